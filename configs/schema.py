@@ -1,0 +1,337 @@
+"""Typed recipe models: one YAML file under configs/ validates into one `Recipe`.
+
+Pure pydantic; this package imports nothing else from the project. Every model is frozen and
+forbids unknown keys, so a typo fails at load time instead of silently falling back to a default.
+Registries in `tasks/` (loaders, strategies, backends) must list exactly the names allowed here;
+tests/test_registries.py keeps the two in step.
+
+Secrets never appear in a recipe: a remote backend names the environment variable that holds its
+key (`api_key_env`), and the key is read from the environment at call time only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Names used across the pipeline; the registries in tasks/ are checked against these.
+DATA_FORMATS = ("builtin", "jsonl", "parquet", "hf", "writingbench", "longbench_write", "creative_writing_v3")
+STRATEGIES = ("direct", "agentwrite", "think-then-write")
+EMBEDDED_MODEL_PREFIX = "embedded:"
+
+_SLUG = r"^[a-z0-9][a-z0-9_.\-]*$"
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_SECRET_LOOKING_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_inline_secrets(cls, data: Any) -> Any:
+        # A key pasted into a recipe would end up in DuckDB, Prefect parameters and git.
+        if isinstance(data, dict):
+            for key in data:
+                if isinstance(key, str) and key.lower() in _SECRET_LOOKING_KEYS:
+                    raise ValueError(
+                        f"'{key}' looks like an inline secret; recipes never hold secrets. Put the value "
+                        "in an environment variable and name it with `api_key_env: NAME`."
+                    )
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage and data
+# ---------------------------------------------------------------------------------------------
+
+
+class StorageConfig(StrictModel):
+    root: Path = Field(
+        Path(".wrl/store"),
+        description="Folder holding the DuckDB catalog (catalog.duckdb) and the Delta tables (datasets/). "
+        "Relative paths resolve against the working directory.",
+    )
+    model_cache: Path = Field(
+        Path(".wrl/models"), description="Where converted local models (the embedded model) are cached."
+    )
+    lock_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a writer waits for another process's catalog lock before failing clearly.",
+    )
+
+
+class DataConfig(StrictModel):
+    format: Literal[DATA_FORMATS] = Field("builtin", description="Which loader reads the instructions.")  # type: ignore[valid-type]
+    path: Path | None = Field(None, description="File or folder to load; not used by the built-in sample.")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N instructions (after loading).")
+    prompt_field: str = Field("prompt", description="jsonl/parquet/hf: the column holding the instruction.")
+    id_field: str | None = Field(
+        "id", description="jsonl/parquet/hf: the column holding a stable id; content hash when absent."
+    )
+    split: str = Field("train", description="hf: which split of a DatasetDict to read.")
+
+    @model_validator(mode="after")
+    def _path_required(self) -> DataConfig:
+        if self.format != "builtin" and self.path is None:
+            raise ValueError(f"data.path: required for format '{self.format}' (only 'builtin' needs none)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM backends: where calls go, and the limits that protect a judge budget
+# ---------------------------------------------------------------------------------------------
+
+
+class _BackendBase(StrictModel):
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    requests_per_minute: int | None = Field(None, ge=1, description="Rate limit; none when unset.")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Token rate limit; none when unset.")
+    max_retries: int = Field(6, ge=0, description="Retries of a 429/5xx/timeout before the call fails.")
+    timeout_s: float = Field(600.0, gt=0, description="Per-request timeout.")
+    max_consecutive_failures: int = Field(
+        25, ge=1, description="Stop the stage after this many failures in a row: the endpoint is down."
+    )
+
+    # Operational knobs change how fast calls run, never what they return: they stay out of cache keys.
+    OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"max_concurrency", "requests_per_minute", "tokens_per_minute", "max_retries", "timeout_s",
+         "max_consecutive_failures", "max_batch_size"}
+    )
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that can change a completion (for cache keys)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.OPERATIONAL_FIELDS}
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(
+            "not an environment variable name (expected e.g. DASHSCOPE_API_KEY); give the "
+            "variable's name, never the key itself"
+        )
+    return value
+
+
+EnvVarName = Annotated[str, AfterValidator(_check_env_name)]
+
+
+class OpenAICompatibleBackend(_BackendBase):
+    kind: Literal["openai-compatible"]
+    base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1 or a vLLM server.")
+    api_key_env: EnvVarName | None = Field(None, description="Environment variable holding the API key.")
+
+
+class AnthropicBackend(_BackendBase):
+    kind: Literal["anthropic"]
+    base_url: str | None = None
+    api_key_env: EnvVarName = "ANTHROPIC_API_KEY"
+
+
+class TransformersBackend(_BackendBase):
+    kind: Literal["transformers"]
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: int = Field(8, ge=1, description="Requests generated together in one forward batch.")
+    max_concurrency: int = Field(64, ge=1)
+
+
+class VLLMBackend(_BackendBase):
+    kind: Literal["vllm"]
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=256)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_concurrency: int = Field(256, ge=1)
+
+
+Backend = Annotated[
+    OpenAICompatibleBackend | AnthropicBackend | TransformersBackend | VLLMBackend,
+    Field(discriminator="kind"),
+]
+
+
+class Decoding(StrictModel):
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1, le=200_000)
+    stop: tuple[str, ...] = ()
+    seed: int | None = Field(0, description="Sampling seed; part of every cache key.")
+    n: int = Field(1, ge=1, le=64, description="Samples per prompt; each is cached separately.")
+    logprobs: int | None = Field(None, ge=0, le=20, description="Top logprobs per token, where supported.")
+
+
+class GeneratorConfig(StrictModel):
+    name: str = Field(pattern=_SLUG, description="Stable name; appears in every generation row.")
+    role: Literal["policy", "competitor"] = "competitor"
+    backend: str = Field(description="A key of `backends`.")
+    model: str = Field(description=f"Model name, local folder, or '{EMBEDDED_MODEL_PREFIX}<name>'.")
+    strategy: Literal[STRATEGIES] = "direct"  # type: ignore[valid-type]
+    system_prompt: str | None = None
+    decoding: Decoding = Decoding()
+
+
+class JudgeConfig(StrictModel):
+    backend: str = Field(description="A key of `backends`.")
+    model: str
+    mode: Literal["json", "logprob"] = Field(
+        "json", description="json: strict JSON replies (API judges); logprob: expected score over score tokens."
+    )
+    prompt_version: str = Field("v1", description="Bump to invalidate cached judgments of an edited prompt.")
+    decoding: Decoding = Decoding(temperature=0.0, max_tokens=1024)
+    max_parse_retries: int = Field(2, ge=0, description="Re-asks after an unparsable reply, then a failure.")
+
+
+class CriteriaWriterConfig(StrictModel):
+    backend: str
+    model: str
+    num_criteria: int = Field(5, ge=1, le=10)
+    decoding: Decoding = Decoding(temperature=0.0, max_tokens=1024)
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection, reward, curriculum, training
+# ---------------------------------------------------------------------------------------------
+
+
+class SelectionConfig(StrictModel):
+    strategy: Literal["margin", "difficulty", "random", "full"] = "margin"
+    competitor_floor: float = Field(
+        0.0, ge=0, le=10, description="Drop an instruction when every competitor scores below this."
+    )
+    top_k: int | None = Field(None, ge=1)
+    top_fraction: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_size(self) -> SelectionConfig:
+        if self.top_k is not None and self.top_fraction is not None:
+            raise ValueError("selection: set top_k or top_fraction, not both")
+        if self.strategy != "full" and self.top_k is None and self.top_fraction is None:
+            raise ValueError(f"selection: strategy '{self.strategy}' needs top_k or top_fraction")
+        return self
+
+
+class RewardConfig(StrictModel):
+    kind: Literal["pairwise", "pointwise"] = "pairwise"
+    position: Literal["position-disadvantage", "position-advantage", "swap"] = "position-disadvantage"
+    judge: JudgeConfig | None = Field(None, description="Defaults to the top-level judge.")
+    tie_margin: float = Field(0.05, ge=0, le=1, description="logprob verdicts: |P(A)-P(B)| below this is a tie.")
+    length_weight: float = Field(0.0, ge=0)
+    format_weight: float = Field(0.0, ge=0)
+
+
+class CurriculumConfig(StrictModel):
+    schedule: Literal["dynamic", "static", "random"] = "dynamic"
+    promotion: Literal["any-win", "majority", "mean-threshold"] = "any-win"
+    threshold: float = Field(0.5, ge=0, le=1, description="mean-threshold: promote when mean reward >= this.")
+    static_rung: Literal["self", "best"] | int = "self"
+
+
+class LoraConfig(StrictModel):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class TrainingConfig(StrictModel):
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    learning_rate: float = Field(1e-6, gt=0)
+    kl_coef: float = Field(0.001, ge=0, description="KL penalty coefficient (TRL's beta).")
+    batch_size: int = Field(32, ge=1, description="Prompts per optimisation step.")
+    num_generations: int = Field(4, ge=2, description="Rollouts per prompt (GRPO group size).")
+    max_prompt_tokens: int = Field(2048, ge=16)
+    max_response_tokens: int = Field(10_000, ge=1)
+    max_steps: int = Field(405, ge=1)
+    save_steps: int = Field(50, ge=1)
+    temperature: float = Field(1.0, gt=0, le=2)
+    seed: int = 0
+    lora: LoraConfig | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    use_vllm: bool = False
+    vllm_mode: Literal["server", "colocate"] = "colocate"
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+
+
+class Price(StrictModel):
+    input_per_mtok: float = Field(ge=0, description="USD per million input tokens.")
+    output_per_mtok: float = Field(ge=0, description="USD per million output tokens.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+
+
+class Recipe(StrictModel):
+    name: str = Field(pattern=_SLUG)
+    description: str = ""
+    storage: StorageConfig = StorageConfig()
+    data: DataConfig = DataConfig()
+    backends: dict[str, Backend]
+    generators: tuple[GeneratorConfig, ...]
+    judge: JudgeConfig | None = None
+    criteria_writer: CriteriaWriterConfig | None = None
+    selection: SelectionConfig = SelectionConfig(strategy="full")
+    reward: RewardConfig = RewardConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    training: TrainingConfig | None = None
+    prices: dict[str, Price] = Field(default_factory=dict, description="Per-model token prices, for cost.")
+
+    @field_validator("backends")
+    @classmethod
+    def _backend_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not re.match(_SLUG, name):
+                raise ValueError(f"backend name '{name}' must match {_SLUG}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Recipe:
+        problems: list[str] = []
+        defined = sorted(self.backends)
+
+        def check_backend(path: str, name: str) -> None:
+            if name not in self.backends:
+                problems.append(f"{path}: '{name}' is not a defined backend; defined: {', '.join(defined)}")
+
+        names = [g.name for g in self.generators]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"generators: name '{dup}' is used more than once")
+        policies = [i for i, g in enumerate(self.generators) if g.role == "policy"]
+        if len(policies) != 1:
+            problems.append(
+                f"generators: exactly one generator must have role 'policy' (found {len(policies)}); "
+                "the policy's own response is rung 0 of every reference ladder"
+            )
+        for i, g in enumerate(self.generators):
+            check_backend(f"generators[{i}].backend", g.backend)
+        if self.judge is not None:
+            check_backend("judge.backend", self.judge.backend)
+        if self.reward.judge is not None:
+            check_backend("reward.judge.backend", self.reward.judge.backend)
+        if self.criteria_writer is not None:
+            check_backend("criteria_writer.backend", self.criteria_writer.backend)
+        if self.judge is not None and self.judge.mode == "logprob":
+            kind = self.backends.get(self.judge.backend)
+            if kind is not None and kind.kind not in ("transformers", "vllm"):
+                problems.append(
+                    f"judge.mode: 'logprob' needs an in-process backend (transformers or vllm); "
+                    f"'{self.judge.backend}' is {kind.kind}. Use mode: json for API judges."
+                )
+        if problems:
+            raise ValueError("\n".join(problems))  # one problem a line; the loader locates each
+        return self
+
+    @property
+    def policy(self) -> GeneratorConfig:
+        return next(g for g in self.generators if g.role == "policy")
+
+    def backend_identity(self, name: str) -> dict[str, Any]:
+        return {"name": name, **self.backends[name].identity()}

@@ -1,0 +1,287 @@
+"""`wrl`: the command line. Thin: it parses options, calls flows and storage, and prints.
+
+Heavy imports (torch, prefect) happen inside commands so `wrl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="wrl",
+    help="Writing-RL: build reference ladders with LLM judges and train long-form writers with RL.\n\n"
+    "Every command takes a recipe (--config, a YAML file under configs/). Start with `wrl demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+config_app = typer.Typer(help="Validate and inspect recipes.", no_args_is_help=True)
+model_app = typer.Typer(help="Local models: provision the embedded model.", no_args_is_help=True)
+data_app = typer.Typer(help="Instruction data: check a source before running on it.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML.", show_default=True)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a recipe field: KEY=VALUE (dotted path; value is YAML)."),
+]
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _defaults_for_local_runs()
+    try:
+        app()
+    except _UserFacingError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+
+
+class _UserFacingError(Exception):
+    pass
+
+
+def _defaults_for_local_runs() -> None:
+    # Prefect state stays inside the project (not ~/.prefect) and sends no analytics; a user's own
+    # settings (PREFECT_API_URL for a real server, PREFECT_HOME) win.
+    os.environ.setdefault("PREFECT_HOME", str(Path(".wrl/prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def _load(config: Path, sets: list[str] | None):
+    from configs.loading import ConfigError, load_recipe, parse_set_option
+
+    try:
+        overrides = dict(parse_set_option(s) for s in sets or [])
+        return load_recipe(config, overrides), overrides
+    except ConfigError as exc:
+        raise _UserFacingError(str(exc)) from None
+
+
+def _user_errors():
+    """Exceptions that are the user's input, shown without a traceback."""
+    from configs.loading import ConfigError
+    from storage import DatasetNotFoundError, StorageBusyError
+    from tasks.instructions import InstructionDataError
+
+    return (ConfigError, InstructionDataError, StorageBusyError, DatasetNotFoundError)
+
+
+# -- pipeline ------------------------------------------------------------------------------------
+
+
+def _run_build_dataset(config: Path, sets: list[str] | None, refresh: list[str], until: str | None) -> dict:
+    recipe, overrides = _load(config, sets)
+    _provision_embedded_models(recipe)
+    from flows.build_dataset import build_dataset
+
+    try:
+        return build_dataset(recipe_path=str(config), overrides=overrides or None, refresh=refresh, until=until)
+    except _user_errors() as exc:
+        raise _UserFacingError(str(exc)) from None
+
+
+@app.command()
+def demo(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Run the main job on the embedded default: the built-in sample and SmolLM2 on the CPU."""
+    started = time.perf_counter()
+    summary = _run_build_dataset(config, None, [], None)
+    _print_summary(summary, time.perf_counter() - started)
+
+
+@app.command("run")
+def run_flow(
+    flow_name: Annotated[str, typer.Argument(help="Flow to run: build-dataset.")] = "build-dataset",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    sets: SetOpt = None,
+    refresh: Annotated[list[str] | None, typer.Option(help="Force this stage to recompute (repeatable).")] = None,
+) -> None:
+    """Run a flow from a recipe. Stages whose inputs and config are unchanged are cache hits."""
+    if flow_name != "build-dataset":
+        raise _UserFacingError(f"unknown flow '{flow_name}'; available: build-dataset")
+    started = time.perf_counter()
+    _print_summary(_run_build_dataset(config, sets, refresh or [], None), time.perf_counter() - started)
+
+
+@app.command("stage")
+def run_one_stage(
+    name: Annotated[str, typer.Argument(help="Stage to run: ingest, generate.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    sets: SetOpt = None,
+    refresh: Annotated[bool, typer.Option(help="Recompute even when the cache is valid.")] = False,
+) -> None:
+    """Run one stage. Its upstream stages are served from the cache (computed if missing)."""
+    from tasks.stages import STAGE_ORDER
+
+    if name not in STAGE_ORDER:
+        raise _UserFacingError(f"unknown stage '{name}'; stages are {', '.join(STAGE_ORDER)}")
+    started = time.perf_counter()
+    summary = _run_build_dataset(config, sets, [name] if refresh else [], name)
+    _print_summary(summary, time.perf_counter() - started)
+
+
+def _provision_embedded_models(recipe) -> None:
+    from configs.schema import EMBEDDED_MODEL_PREFIX
+    from tasks.llm.embedded import ensure_embedded_model
+
+    models = {g.model for g in recipe.generators}
+    models |= {j.model for j in (recipe.judge, recipe.reward.judge) if j is not None}
+    for model in sorted(m for m in models if m.startswith(EMBEDDED_MODEL_PREFIX)):
+        ensure_embedded_model(model.removeprefix(EMBEDDED_MODEL_PREFIX), Path(recipe.storage.model_cache))
+
+
+def _print_summary(summary: dict[str, Any], elapsed: float) -> None:
+    table = Table(title=f"{summary['recipe']}: run {summary['run_id'][:12]}", show_lines=False)
+    for column in ("stage", "status", "outputs", "rows / details", "time"):
+        table.add_column(column)
+    for stage in summary["stages"]:
+        details = {k: v for k, v in stage["summary"].items() if k not in ("cached_from",)}
+        status = "cached" if stage["cached"] else ("done" if not details.get("failures") else "failures")
+        table.add_row(stage["stage"], status, ", ".join(stage["outputs"].values()),
+                      ", ".join(f"{k}={v}" for k, v in details.items()) or "-", f"{stage['elapsed_s']:.1f}s")
+    console.print(table)
+    console.print(f"Stored under [bold]{summary['storage']}[/] (catalog.duckdb + datasets/). "
+                  f"Total {elapsed:.1f}s.")
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+@config_app.command("validate")
+def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe files.")]) -> None:
+    """Validate recipes; print every problem with file, line and field."""
+    from configs.loading import ConfigError, load_recipe
+
+    bad = 0
+    for path in paths:
+        try:
+            recipe = load_recipe(path)
+        except ConfigError as exc:
+            err_console.print(str(exc), highlight=False, markup=False)
+            bad += 1
+        else:
+            console.print(f"[green]ok[/] {path} ({recipe.name}: {len(recipe.generators)} generators)")
+    if bad:
+        raise typer.Exit(2)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
+    """Print the resolved recipe (defaults filled in) and each stage's config hash."""
+    import yaml
+
+    from tasks.stages.generate import SPEC as GENERATE
+    from tasks.stages.ingest import SPEC as INGEST
+
+    recipe, _ = _load(config, sets)
+    console.print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), highlight=False)
+    from configs.loading import stable_hash
+
+    for spec in (INGEST, GENERATE):
+        console.print(f"{spec.name} v{spec.version} config hash: {stable_hash(spec.config_slice(recipe))[:16]}")
+
+
+# -- data, models, storage ----------------------------------------------------------------------
+
+
+@data_app.command("check")
+def data_check(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
+    """Load and validate the recipe's instruction source; write nothing."""
+    from collections import Counter
+
+    from tasks.instructions import InstructionDataError, load_instructions
+
+    recipe, _ = _load(config, sets)
+    try:
+        rows = load_instructions(recipe.data)
+    except InstructionDataError as exc:
+        raise _UserFacingError(str(exc)) from None
+    langs = Counter(r.language for r in rows)
+    console.print(f"[green]ok[/] {len(rows)} instructions; languages {dict(langs)}; "
+                  f"{sum(1 for r in rows if r.criteria)} with criteria")
+
+
+@model_app.command("provision")
+def model_provision(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Convert the embedded model(s) the recipe uses into the local model cache (idempotent)."""
+    recipe, _ = _load(config, None)
+    _provision_embedded_models(recipe)
+    console.print(f"[green]ok[/] models ready under {recipe.storage.model_cache}")
+
+
+@app.command("runs")
+def list_runs(config: ConfigOpt = DEFAULT_CONFIG, limit: int = 10) -> None:
+    """Recent runs and their stage runs, newest first."""
+    from storage import open_storage
+
+    recipe, _ = _load(config, None)
+    storage = open_storage(recipe.storage)
+    df = storage.catalog.query(
+        "SELECT r.run_id, r.flow, r.recipe, r.status, r.started_at, s.stage, s.status AS stage_status,"
+        " s.cached_from IS NOT NULL AS cached FROM runs r LEFT JOIN stage_runs s USING (run_id)"
+        " WHERE r.run_id IN (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT ?)"
+        " ORDER BY r.started_at DESC, s.started_at", [limit],
+    )
+    _print_frame(df, "runs")
+
+
+@app.command("datasets")
+def list_datasets(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Every dataset version in storage, with the stage run that wrote it."""
+    from storage import open_storage
+
+    recipe, _ = _load(config, None)
+    storage = open_storage(recipe.storage)
+    df = storage.catalog.query(
+        "SELECT d.dataset, d.version, d.num_rows, s.stage, s.config_hash[:12] AS config, d.created_at"
+        " FROM dataset_versions d LEFT JOIN stage_runs s USING (stage_run_id) ORDER BY d.dataset, d.version"
+    )
+    _print_frame(df, "dataset versions")
+
+
+@app.command("show")
+def show_dataset(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION, or NAME for the latest version.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    limit: int = 5,
+) -> None:
+    """Preview a dataset version and print the lineage stored in its commit."""
+    from storage import DatasetRef, open_storage
+
+    recipe, _ = _load(config, None)
+    storage = open_storage(recipe.storage)
+    try:
+        dataset_ref = DatasetRef.parse(ref) if "@" in ref else storage.datasets.latest(ref)
+        df = storage.datasets.query(f"SELECT * FROM t LIMIT {int(limit)}", {"t": dataset_ref})
+    except (ValueError, *_user_errors()) as exc:
+        raise _UserFacingError(str(exc)) from None
+    _print_frame(df, str(dataset_ref))
+    for key, value in storage.datasets.lineage(dataset_ref).items():
+        console.print(f"  {key}: {value}", highlight=False)
+
+
+def _print_frame(df, title: str) -> None:
+    table = Table(title=title)
+    for column in df.columns:
+        table.add_column(str(column), overflow="fold", max_width=60)
+    for row in df.itertuples(index=False):
+        table.add_row(*(str(v)[:200] for v in row))
+    console.print(table)

@@ -1,0 +1,44 @@
+"""Storage: the DuckDB catalog and the versioned Delta datasets under one root.
+
+`open_storage(config)` is the entry point. Nothing here imports Prefect or tasks/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from configs.schema import StorageConfig
+from storage.catalog import CachedStage, Catalog
+from storage.datasets import DatasetNotFoundError, DatasetStore
+from storage.locking import StorageBusyError, StorageLock
+from storage.provenance import code_version
+from storage.refs import DatasetRef
+
+__all__ = [
+    "CachedStage",
+    "Catalog",
+    "DatasetNotFoundError",
+    "DatasetRef",
+    "DatasetStore",
+    "Storage",
+    "StorageBusyError",
+    "code_version",
+    "open_storage",
+]
+
+
+@dataclass(frozen=True)
+class Storage:
+    root: Path
+    catalog: Catalog
+    datasets: DatasetStore
+
+
+def open_storage(config: StorageConfig) -> Storage:
+    root = Path(config.root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    lock = StorageLock(root, config.lock_timeout_s)
+    catalog = Catalog(root / "catalog.duckdb", lock)
+    catalog.migrate()
+    return Storage(root=root, catalog=catalog, datasets=DatasetStore(root / "datasets", catalog, lock))

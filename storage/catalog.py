@@ -1,0 +1,204 @@
+"""The DuckDB catalog: the only module that opens `catalog.duckdb`.
+
+It records runs, stage runs and their lineage (config hash, code version, Prefect ids, the dataset
+versions read and written), the dataset-version registry and the stage cache. Every access opens
+a connection inside the storage lock and closes it at the end: see storage/locking.py for why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from storage.locking import StorageLock
+from storage.migrations import MIGRATIONS, Migration, migrate
+from storage.refs import DatasetRef
+
+
+@dataclass(frozen=True)
+class CachedStage:
+    stage_run_id: str
+    outputs: dict[str, DatasetRef]
+
+
+class Catalog:
+    def __init__(self, path: Path, lock: StorageLock, migrations: tuple[Migration, ...] = MIGRATIONS):
+        self.path = path
+        self.lock = lock
+        self._migrations = migrations
+        self._migrated = False
+
+    # -- connection ------------------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self, purpose: str = "catalog access") -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside the storage lock and one transaction; committed on success."""
+        with self.lock.hold(purpose):
+            con = duckdb.connect(str(self.path))
+            try:
+                if not self._migrated:
+                    migrate(con, self._migrations)
+                    self._migrated = True
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.close()
+
+    def migrate(self) -> list[str]:
+        with self.lock.hold("migration"):
+            con = duckdb.connect(str(self.path))
+            try:
+                applied = migrate(con, self._migrations)
+            finally:
+                con.close()
+        self._migrated = True
+        return applied
+
+    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        with self.connect("query") as con:
+            return con.execute(sql, params or []).df()
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def start_run(self, *, flow: str, recipe: str, recipe_path: str | None, config_hash: str,
+                  code_version: str, prefect_flow_run_id: str | None) -> str:
+        run_id = uuid.uuid4().hex
+        with self.connect("start run") as con:
+            con.execute(
+                "INSERT INTO runs (run_id, flow, recipe, recipe_path, config_hash, code_version,"
+                " prefect_flow_run_id, host, pid, started_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, 'running')",
+                [run_id, flow, recipe, recipe_path, config_hash, code_version, prefect_flow_run_id,
+                 socket.gethostname(), os.getpid()],
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, *, status: str, error: str | None = None) -> None:
+        with self.connect("finish run") as con:
+            con.execute(
+                "UPDATE runs SET status = ?, error = ?, ended_at = current_timestamp WHERE run_id = ?",
+                [status, error, run_id],
+            )
+
+    def mark_abandoned(self) -> int:
+        """Runs and stage runs left 'running' by a process on this host that no longer exists
+        (killed, crashed) are marked 'abandoned', so status queries tell the truth."""
+        host = socket.gethostname()
+        fixed = 0
+        with self.connect("mark abandoned") as con:
+            for table, key in (("runs", "run_id"), ("stage_runs", "stage_run_id")):
+                rows = con.execute(
+                    f"SELECT {key}, pid FROM {table} WHERE status = 'running' AND host = ?", [host]
+                ).fetchall()
+                dead = [rid for rid, pid in rows if pid is not None and not _pid_alive(pid)]
+                for rid in dead:
+                    con.execute(
+                        f"UPDATE {table} SET status = 'abandoned', ended_at = current_timestamp,"
+                        f" error = 'process exited without finishing' WHERE {key} = ?", [rid]
+                    )
+                fixed += len(dead)
+        return fixed
+
+    # -- stage runs ------------------------------------------------------------------------------
+
+    def start_stage_run(self, *, run_id: str | None, stage: str, stage_version: int, config_hash: str,
+                        cache_key: str, code_version: str, prefect_flow_run_id: str | None,
+                        prefect_task_run_id: str | None, inputs: Mapping[str, DatasetRef],
+                        status: str = "running", cached_from: str | None = None) -> str:
+        stage_run_id = uuid.uuid4().hex
+        with self.connect("start stage run") as con:
+            con.execute(
+                "INSERT INTO stage_runs (stage_run_id, run_id, stage, stage_version, config_hash,"
+                " cache_key, code_version, prefect_flow_run_id, prefect_task_run_id, host, pid,"
+                " started_at, status, cached_from)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, ?, ?)",
+                [stage_run_id, run_id, stage, stage_version, config_hash, cache_key, code_version,
+                 prefect_flow_run_id, prefect_task_run_id, socket.gethostname(), os.getpid(), status,
+                 cached_from],
+            )
+            _insert_links(con, stage_run_id, "input", inputs)
+        return stage_run_id
+
+    def finish_stage_run(self, stage_run_id: str, *, status: str, outputs: Mapping[str, DatasetRef],
+                         summary: Mapping[str, Any] | None = None, error: str | None = None,
+                         cache_key: str | None = None, stage: str | None = None,
+                         stage_version: int | None = None) -> None:
+        """Close a stage run; with `cache_key`, also enter it in the stage cache (same transaction)."""
+        with self.connect("finish stage run") as con:
+            con.execute(
+                "UPDATE stage_runs SET status = ?, error = ?, summary_json = ?, ended_at = current_timestamp"
+                " WHERE stage_run_id = ?",
+                [status, error, json.dumps(summary or {}, default=str, sort_keys=True), stage_run_id],
+            )
+            _insert_links(con, stage_run_id, "output", outputs)
+            if cache_key is not None:
+                con.execute(
+                    "INSERT OR REPLACE INTO stage_cache VALUES (?, ?, ?, ?, current_timestamp)",
+                    [cache_key, stage, stage_version, stage_run_id],
+                )
+
+    def lookup_cache(self, cache_key: str) -> CachedStage | None:
+        with self.connect("cache lookup") as con:
+            row = con.execute("SELECT stage_run_id FROM stage_cache WHERE cache_key = ?", [cache_key]).fetchone()
+            if row is None:
+                return None
+            links = con.execute(
+                "SELECT role, dataset, version FROM stage_run_datasets"
+                " WHERE stage_run_id = ? AND direction = 'output'", [row[0]]
+            ).fetchall()
+        return CachedStage(row[0], {role: DatasetRef(ds, int(v)) for role, ds, v in links})
+
+    def forget_cache(self, cache_key: str) -> None:
+        with self.connect("forget cache entry") as con:
+            con.execute("DELETE FROM stage_cache WHERE cache_key = ?", [cache_key])
+
+    # -- datasets --------------------------------------------------------------------------------
+
+    def register_dataset_version(self, ref: DatasetRef, *, num_rows: int, stage_run_id: str | None) -> None:
+        with self.connect("register dataset version") as con:
+            con.execute(
+                "INSERT OR REPLACE INTO dataset_versions VALUES (?, ?, ?, ?, current_timestamp)",
+                [ref.name, ref.version, num_rows, stage_run_id],
+            )
+
+    def producer_of(self, ref: DatasetRef) -> str | None:
+        with self.connect("lineage lookup") as con:
+            row = con.execute(
+                "SELECT stage_run_id FROM dataset_versions WHERE dataset = ? AND version = ?",
+                [ref.name, ref.version],
+            ).fetchone()
+        return row[0] if row else None
+
+
+def _insert_links(con: duckdb.DuckDBPyConnection, stage_run_id: str, direction: str,
+                  refs: Mapping[str, DatasetRef]) -> None:
+    for role, ref in refs.items():
+        con.execute(
+            "INSERT INTO stage_run_datasets VALUES (?, ?, ?, ?, ?)",
+            [stage_run_id, direction, role, ref.name, ref.version],
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

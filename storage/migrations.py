@@ -1,0 +1,139 @@
+"""Ordered, named schema migrations for the DuckDB catalog.
+
+Append new migrations; never edit or reorder one that has shipped. Each runs in its own
+transaction together with the row that records it in `schema_migrations`, so a crash leaves the
+schema at a whole migration. DuckDB foreign keys are avoided on purpose: DuckDB forbids updating
+a row that a foreign key points at, and stage runs are updated in place (running -> completed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "lineage_runs_stage_runs_datasets",
+        # A run is one flow invocation; a stage run is one stage inside it (executed or served from
+        # cache). Dataset versions mirror the Delta commits so lineage queries need no Delta scan.
+        """
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY,
+            flow VARCHAR NOT NULL,
+            recipe VARCHAR NOT NULL,
+            recipe_path VARCHAR,
+            config_hash VARCHAR NOT NULL,
+            code_version VARCHAR,
+            prefect_flow_run_id VARCHAR,
+            host VARCHAR,
+            pid INTEGER,
+            started_at TIMESTAMPTZ NOT NULL,
+            ended_at TIMESTAMPTZ,
+            status VARCHAR NOT NULL,
+            error VARCHAR
+        );
+        CREATE TABLE stage_runs (
+            stage_run_id VARCHAR PRIMARY KEY,
+            run_id VARCHAR,
+            stage VARCHAR NOT NULL,
+            stage_version INTEGER NOT NULL,
+            config_hash VARCHAR NOT NULL,
+            cache_key VARCHAR NOT NULL,
+            code_version VARCHAR,
+            prefect_flow_run_id VARCHAR,
+            prefect_task_run_id VARCHAR,
+            host VARCHAR,
+            pid INTEGER,
+            started_at TIMESTAMPTZ NOT NULL,
+            ended_at TIMESTAMPTZ,
+            status VARCHAR NOT NULL,
+            error VARCHAR,
+            cached_from VARCHAR,
+            summary_json VARCHAR
+        );
+        CREATE TABLE stage_run_datasets (
+            stage_run_id VARCHAR NOT NULL,
+            direction VARCHAR NOT NULL CHECK (direction IN ('input', 'output')),
+            role VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL,
+            version BIGINT NOT NULL,
+            PRIMARY KEY (stage_run_id, direction, role)
+        );
+        CREATE TABLE dataset_versions (
+            dataset VARCHAR NOT NULL,
+            version BIGINT NOT NULL,
+            num_rows BIGINT NOT NULL,
+            stage_run_id VARCHAR,
+            created_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (dataset, version)
+        );
+        """,
+    ),
+    Migration(
+        2,
+        "stage_cache",
+        # Maps a stage's cache key (stage, version, config slice, input versions) to the stage run
+        # whose outputs answer it. Only runs with no failed items are entered.
+        """
+        CREATE TABLE stage_cache (
+            cache_key VARCHAR PRIMARY KEY,
+            stage VARCHAR NOT NULL,
+            stage_version INTEGER NOT NULL,
+            stage_run_id VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
+)
+
+
+def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str]]:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    return [(r[0], r[1]) for r in con.execute("SELECT id, name FROM schema_migrations ORDER BY id").fetchall()]
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[str]:
+    """Apply the migrations not yet recorded, in order. Returns the names applied now."""
+    done = dict(applied_migrations(con))
+    known = {m.id: m.name for m in migrations}
+    for mid, name in done.items():
+        if known.get(mid) not in (None, name):
+            raise RuntimeError(
+                f"catalog migration {mid} is recorded as '{name}' but this code calls it '{known[mid]}'; "
+                "the database was written by a different branch of the code"
+            )
+    unknown = sorted(set(done) - set(known))
+    if unknown:
+        raise RuntimeError(
+            f"catalog has migrations {unknown} that this code does not know; it was written by a newer "
+            "version of writing-rl. Upgrade the code, or use a different storage.root."
+        )
+    applied_now = []
+    for m in sorted(migrations, key=lambda m: m.id):
+        if m.id in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(m.sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, current_timestamp)", [m.id, m.name]
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied_now.append(m.name)
+    return applied_now

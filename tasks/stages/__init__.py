@@ -1,0 +1,4 @@
+"""One module per pipeline stage, each with one Prefect task; `runner.run_stage` does the caching
+and lineage for all of them. STAGE_ORDER is the DAG's topological order."""
+
+STAGE_ORDER = ("ingest", "generate")

@@ -1,0 +1,129 @@
+"""Stage 1, generate: every configured generator answers every instruction once.
+
+One generator is the policy (its response becomes rung 0 of the reference ladder); the others are
+competitors. Each (instruction, generator) pair is one row of the `generations` dataset; a call
+that failed after its retries is a row with `error` set and `text` null, never an empty answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from configs.schema import GeneratorConfig, Recipe
+from storage import DatasetRef
+from tasks.instructions import instructions_from_arrow
+from tasks.llm.base import ChatRequest, Completion, Message, chat_many
+from tasks.llm.registry import create_client
+from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
+
+GENERATIONS_SCHEMA = pa.schema(
+    [
+        ("instruction_id", pa.string()),
+        ("generator", pa.string()),
+        ("role", pa.string()),
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("strategy", pa.string()),
+        ("sample_index", pa.int32()),
+        ("text", pa.string()),
+        ("finish_reason", pa.string()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("latency_s", pa.float64()),
+        ("attempts", pa.int32()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def _config_slice(recipe: Recipe) -> dict:
+    # Only what changes a generated text: the generator and its backend's identity (kind, model,
+    # endpoint), never operational limits such as concurrency.
+    return {
+        "generators": [
+            {**g.model_dump(mode="json"), "backend": recipe.backend_identity(g.backend)}
+            for g in recipe.generators
+        ]
+    }
+
+
+SPEC = StageSpec(
+    name="generate",
+    version=1,
+    inputs=("instructions",),
+    outputs=("generations",),
+    description="Each generator writes one response per instruction",
+    config_slice=_config_slice,
+)
+
+
+def build_messages(generator: GeneratorConfig, prompt: str) -> tuple[Message, ...]:
+    system = () if generator.system_prompt is None else ({"role": "system", "content": generator.system_prompt},)
+    return (*system, {"role": "user", "content": prompt})
+
+
+async def _generate_all(ctx: StageContext) -> list[dict]:
+    instructions = instructions_from_arrow(ctx.read("instructions"))
+    rows: list[dict] = []
+    for generator in ctx.recipe.generators:
+        backend = ctx.recipe.backends[generator.backend]
+        client = create_client(ctx.recipe, generator.backend, generator.model)
+        requests = [
+            ChatRequest(build_messages(generator, ins.prompt), generator.decoding, sample_index=0, tag=ins.id)
+            for ins in instructions
+        ]
+        try:
+            completions = await chat_many(client, requests, max_concurrency=backend.max_concurrency,
+                                          description=f"generate[{generator.name}]")
+        finally:
+            await client.aclose()
+        rows.extend(_row(generator, req, comp) for req, comp in zip(requests, completions, strict=True))
+    return rows
+
+
+def _row(generator: GeneratorConfig, request: ChatRequest, completion: Completion) -> dict:
+    return {
+        "instruction_id": request.tag,
+        "generator": generator.name,
+        "role": generator.role,
+        "backend": generator.backend,
+        "model": generator.model,
+        "strategy": generator.strategy,
+        "sample_index": request.sample_index,
+        "text": completion.text,
+        "finish_reason": completion.finish_reason,
+        "input_tokens": completion.usage.input_tokens,
+        "output_tokens": completion.usage.output_tokens,
+        "latency_s": completion.latency_s,
+        "attempts": completion.attempts,
+        "error": completion.error,
+    }
+
+
+def compute(ctx: StageContext) -> StageOutput:
+    rows = asyncio.run(_generate_all(ctx))
+    failed = [r for r in rows if r["error"] is not None]
+    for r in failed[:5]:
+        ctx.logger.warning("generation failed: %s x %s: %s", r["instruction_id"], r["generator"], r["error"])
+    ok = [r for r in rows if r["error"] is None]
+    return StageOutput(
+        tables={"generations": pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA)},
+        summary={
+            "generations": len(rows),
+            "per_generator": dict(Counter(r["generator"] for r in ok)),
+            "output_tokens": sum(r["output_tokens"] for r in ok),
+            "finish_length": sum(1 for r in ok if r["finish_reason"] == "length"),
+        },
+        failures=len(failed),
+    )
+
+
+@task(name="generate", cache_policy=NO_CACHE, persist_result=False)
+def generate(recipe: Recipe, inputs: dict[str, DatasetRef], run_id: str | None = None,
+             refresh: bool = False) -> StageResult:
+    return run_stage(SPEC, compute, recipe, inputs, run_id=run_id, refresh=refresh)

@@ -1,0 +1,188 @@
+"""Runs one pipeline stage with caching and lineage; every stage module goes through `run_stage`.
+
+The cache key is stage name + stage version + the hash of exactly the config slice the stage
+reads + the versions of its input datasets. A hit is used only if every output version it points
+at still exists in the dataset store; otherwise the stage recomputes. A stage whose items partly
+failed is recorded but never entered in the cache, so the next run retries (and, with the
+response cache, redoes only the failed calls). Bump a stage's `version` when its code changes
+what it writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from configs.loading import stable_hash
+from configs.schema import Recipe
+from storage import DatasetRef, Storage, code_version, open_storage
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    version: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    description: str
+    config_slice: Callable[[Recipe], Any]  # exactly the config this stage reads
+
+
+@dataclass
+class StageContext:
+    spec: StageSpec
+    recipe: Recipe
+    storage: Storage
+    inputs: dict[str, DatasetRef]
+    stage_run_id: str
+    logger: logging.Logger | logging.LoggerAdapter
+
+    def read(self, role: str) -> pa.Table:
+        return self.storage.datasets.read(self.inputs[role])
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    tables: dict[str, pa.Table]
+    summary: dict[str, Any] = field(default_factory=dict)
+    failures: int = 0  # items that failed (recorded in the tables); >0 keeps the result out of the cache
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    stage_run_id: str
+    outputs: dict[str, DatasetRef]
+    cached: bool
+    cache_key: str
+    config_hash: str
+    summary: dict[str, Any]
+    elapsed_s: float
+
+
+def stage_keys(spec: StageSpec, recipe: Recipe, inputs: Mapping[str, DatasetRef]) -> tuple[str, str]:
+    """(config_hash, cache_key) for a stage given a recipe and its input versions."""
+    config_hash = stable_hash(spec.config_slice(recipe))
+    cache_key = stable_hash(
+        {"stage": spec.name, "version": spec.version, "config": config_hash,
+         "inputs": {role: str(ref) for role, ref in sorted(inputs.items())}}
+    )
+    return config_hash, cache_key
+
+
+def run_stage(
+    spec: StageSpec,
+    compute: Callable[[StageContext], StageOutput],
+    recipe: Recipe,
+    inputs: Mapping[str, DatasetRef] | None = None,
+    *,
+    run_id: str | None = None,
+    refresh: bool = False,
+    storage: Storage | None = None,
+) -> StageResult:
+    started = time.perf_counter()
+    inputs = dict(inputs or {})
+    missing = set(spec.inputs) - set(inputs)
+    if missing:
+        raise ValueError(f"stage '{spec.name}' needs inputs {sorted(missing)}; got {sorted(inputs)}")
+    storage = storage or open_storage(recipe.storage)
+    logger = _logger(spec.name)
+    config_hash, cache_key = stage_keys(spec, recipe, inputs)
+    flow_run_id, task_run_id = _prefect_ids()
+    common = dict(run_id=run_id, stage=spec.name, stage_version=spec.version, config_hash=config_hash,
+                  cache_key=cache_key, code_version=code_version(), prefect_flow_run_id=flow_run_id,
+                  prefect_task_run_id=task_run_id, inputs=inputs)
+
+    if not refresh:
+        hit = storage.catalog.lookup_cache(cache_key)
+        if hit is not None:
+            gone = [str(ref) for ref in hit.outputs.values() if not storage.datasets.exists(ref)]
+            if not gone and set(hit.outputs) == set(spec.outputs):
+                stage_run_id = storage.catalog.start_stage_run(**common, status="cached",
+                                                               cached_from=hit.stage_run_id)
+                summary = {"cached_from": hit.stage_run_id}
+                storage.catalog.finish_stage_run(stage_run_id, status="cached", outputs=hit.outputs,
+                                                 summary=summary)
+                logger.info("%s: cache hit (key %s) -> %s", spec.name, cache_key[:12],
+                            ", ".join(str(r) for r in hit.outputs.values()))
+                result = StageResult(spec.name, stage_run_id, hit.outputs, True, cache_key, config_hash,
+                                     summary, time.perf_counter() - started)
+                _publish_artifact(result)
+                return result
+            logger.warning("%s: cached outputs %s are gone; recomputing", spec.name, ", ".join(gone))
+            storage.catalog.forget_cache(cache_key)
+
+    stage_run_id = storage.catalog.start_stage_run(**common)
+    ctx = StageContext(spec, recipe, storage, inputs, stage_run_id, logger)
+    try:
+        output = compute(ctx)
+        unexpected = set(output.tables) ^ set(spec.outputs)
+        if unexpected:
+            raise RuntimeError(f"stage '{spec.name}' must write {spec.outputs}, wrote {sorted(output.tables)}")
+        lineage = {"stage": spec.name, "stage_version": spec.version, "stage_run_id": stage_run_id,
+                   "run_id": run_id or "", "config_hash": config_hash, "cache_key": cache_key,
+                   "code_version": code_version(), "prefect_flow_run_id": flow_run_id or "",
+                   "inputs": [str(ref) for ref in inputs.values()]}
+        outputs = {
+            name: storage.datasets.write(name, table, lineage=lineage, stage_run_id=stage_run_id)
+            for name, table in output.tables.items()
+        }
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error("%s failed: %s\n%s", spec.name, error, traceback.format_exc(limit=5))
+        storage.catalog.finish_stage_run(stage_run_id, status="failed", outputs={}, error=error)
+        raise
+    summary = {**output.summary, "failures": output.failures}
+    complete = output.failures == 0
+    storage.catalog.finish_stage_run(
+        stage_run_id, status="completed" if complete else "completed_with_failures", outputs=outputs,
+        summary=summary, cache_key=cache_key if complete else None, stage=spec.name,
+        stage_version=spec.version,
+    )
+    elapsed = time.perf_counter() - started
+    logger.info("%s: wrote %s in %.1fs%s", spec.name, ", ".join(str(r) for r in outputs.values()), elapsed,
+                "" if complete else f" ({output.failures} failed items; not cached, retried next run)")
+    result = StageResult(spec.name, stage_run_id, outputs, False, cache_key, config_hash, summary, elapsed)
+    _publish_artifact(result)
+    return result
+
+
+def _logger(stage: str) -> logging.Logger | logging.LoggerAdapter:
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a Prefect run (CLI single stage, unit tests)
+        return logging.getLogger(f"wrl.stage.{stage}")
+
+
+def _prefect_ids() -> tuple[str | None, str | None]:
+    from prefect.runtime import flow_run, task_run
+
+    return (str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None)
+
+
+def _publish_artifact(result: StageResult) -> None:
+    """A table artifact on the Prefect run (the UI's view of lineage); nothing outside a run."""
+    from prefect.context import get_run_context
+
+    try:
+        get_run_context()
+    except Exception:
+        return
+    from prefect.artifacts import create_table_artifact
+
+    rows = [{"field": "stage", "value": result.stage},
+            {"field": "cached", "value": str(result.cached)},
+            {"field": "stage_run_id", "value": result.stage_run_id},
+            {"field": "config_hash", "value": result.config_hash[:16]},
+            *({"field": f"output:{role}", "value": str(ref)} for role, ref in result.outputs.items()),
+            *({"field": k, "value": str(v)} for k, v in result.summary.items())]
+    create_table_artifact(table=rows, key=f"stage-{result.stage}",
+                          description=f"{result.stage}: outputs and lineage")

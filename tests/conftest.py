@@ -1,0 +1,38 @@
+"""Shared fixtures. Every test runs with its own state folders: nothing touches the user's .wrl/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_BENCHMARKS = PROJECT_ROOT.parent / "shared" / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path, monkeypatch):
+    """Relative storage paths in recipes resolve against the cwd: give each test its own."""
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_benchmarks() -> Path:
+    if not SHARED_BENCHMARKS.is_dir():
+        pytest.skip(f"benchmark files not found at {SHARED_BENCHMARKS}")
+    return SHARED_BENCHMARKS
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random 2-layer Llama with the SmolLM2 tokenizer and chat template (~3M parameters)."""
+    from tests.support.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def pytest_configure(config):
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,140 @@
+"""Recipes: the shipped ones validate; bad ones fail before any work with file, line and field."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from configs.loading import ConfigError, load_recipe, parse_set_option, stable_hash
+from configs.schema import Recipe
+from tests.conftest import PROJECT_ROOT
+
+SHIPPED = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+MINIMAL = """\
+name: t
+backends:
+  local:
+    kind: transformers
+generators:
+  - name: policy
+    role: policy
+    backend: local
+    model: embedded:smollm2-135m-instruct
+"""
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert recipe.policy.role == "policy"
+
+
+def test_demo_is_the_cpu_embedded_default():
+    recipe = load_recipe(PROJECT_ROOT / "configs" / "demo.yaml")
+    assert recipe.data.format == "builtin"
+    assert recipe.policy.model == "embedded:smollm2-135m-instruct"
+    assert recipe.backends[recipe.policy.backend].kind == "transformers"
+    assert recipe.backends[recipe.policy.backend].device == "cpu"
+
+
+def test_paper_recipe_mirrors_the_official_setup():
+    recipe = load_recipe(PROJECT_ROOT / "configs" / "paper-qwen2.5-7b.yaml")
+    assert recipe.policy.model == "Qwen/Qwen2.5-7B-Instruct"
+    assert {g.model for g in recipe.generators if g.role == "competitor"} == {
+        "qwen-plus", "gpt-4o", "claude-3-7-sonnet-20250219", "deepseek-reasoner"}
+    assert recipe.judge.model == "qwen-plus"
+    assert recipe.backends[recipe.judge.backend].kind == "openai-compatible"
+    t = recipe.training
+    assert (t.learning_rate, t.kl_coef, t.batch_size, t.max_response_tokens, t.max_steps) == (1e-6, 0.001, 32, 10_000, 405)
+    for backend in recipe.backends.values():  # keys only by environment variable name
+        assert not hasattr(backend, "api_key")
+
+
+def test_errors_name_file_line_field_and_what_is_allowed(tmp_path):
+    path = _write(tmp_path, MINIMAL.replace("    model: embedded", "    strategy: shout\n    model: embedded")
+                  + "judge:\n  backend: local\n  model: m\n  mode: fuzzy\n  temprature: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert f"{path}:9: generators[0].strategy: Input should be 'direct', 'agentwrite' or 'think-then-write'" in message
+    assert f"{path}:14: judge.mode: Input should be 'json' or 'logprob' (got 'fuzzy')" in message
+    assert f"{path}:15: judge.temprature: Extra inputs are not permitted; allowed here:" in message
+    assert "decoding" in message.split("judge.temprature")[1]
+
+
+def test_cross_field_errors_are_located(tmp_path):
+    path = _write(tmp_path, MINIMAL.replace("backend: local\n    model", "backend: nowhere\n    model"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml:8: generators\[0\].backend: 'nowhere' is not a defined "
+                                          r"backend; defined: local"):
+        load_recipe(path)
+
+
+def test_exactly_one_policy(tmp_path):
+    path = _write(tmp_path, MINIMAL.replace("role: policy", "role: competitor"))
+    with pytest.raises(ConfigError, match="exactly one generator must have role 'policy' \\(found 0\\)"):
+        load_recipe(path)
+
+
+def test_inline_secrets_are_refused_and_never_echoed(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    text = MINIMAL.replace("    kind: transformers", "    kind: transformers\n  api:\n    kind: openai-compatible\n"
+                                                       "    api_key: sk-live-123456")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert "looks like an inline secret" in str(info.value) and "api_key_env" in str(info.value)
+    assert "sk-live-123456" not in str(info.value)
+    text = MINIMAL.replace("    kind: transformers", "    kind: transformers\n  api:\n    kind: openai-compatible\n"
+                                                       "    api_key_env: sk-live-123456")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert "api_key_env: not an environment variable name" in str(info.value)
+    assert "sk-live-123456" not in str(info.value)
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = _write(tmp_path, MINIMAL)
+    recipe = load_recipe(path, {"generators": [{"name": "policy", "role": "policy", "backend": "local",
+                                                "model": "x", "decoding": {"max_tokens": 7}}]})
+    assert recipe.policy.decoding.max_tokens == 7
+    assert load_recipe(path, dict([parse_set_option("data.limit=3")])).data.limit == 3
+    with pytest.raises(ConfigError, match=r"\(from an override\): data.limit: Input should be greater than or equal to 1"):
+        load_recipe(path, {"data.limit": 0})
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    path = _write(tmp_path, "name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml:2: not valid YAML"):
+        load_recipe(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="a recipe is a YAML mapping"):
+        load_recipe(path)
+
+
+def test_models_are_frozen_and_hash_stably(tmp_path):
+    recipe = load_recipe(_write(tmp_path, MINIMAL))
+    with pytest.raises(Exception, match="frozen"):
+        recipe.name = "other"  # type: ignore[misc]
+    again = Recipe.model_validate(recipe.model_dump())
+    assert stable_hash(recipe) == stable_hash(again)
+    assert stable_hash(recipe) != stable_hash(recipe.model_copy(update={"name": "u"}))
+
+
+def test_operational_backend_limits_stay_out_of_identity(tmp_path):
+    recipe = load_recipe(_write(tmp_path, MINIMAL))
+    faster = load_recipe(_write(tmp_path, MINIMAL.replace("kind: transformers", "kind: transformers\n    max_batch_size: 32")))
+    assert recipe.backend_identity("local") == faster.backend_identity("local")
+    other = load_recipe(_write(tmp_path, MINIMAL.replace("kind: transformers", "kind: transformers\n    dtype: bfloat16")))
+    assert recipe.backend_identity("local") != other.backend_identity("local")

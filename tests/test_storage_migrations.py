@@ -1,0 +1,63 @@
+"""Schema migrations: a blank database gets every migration; an old one is upgraded in place."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from storage.migrations import MIGRATIONS, applied_migrations, migrate
+
+
+def _tables(con) -> set[str]:
+    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def test_blank_database_gets_every_migration_in_order(tmp_path):
+    con = duckdb.connect(str(tmp_path / "catalog.duckdb"))
+    applied = migrate(con)
+    assert applied == [m.name for m in MIGRATIONS]
+    assert applied_migrations(con) == [(m.id, m.name) for m in MIGRATIONS]
+    assert {"runs", "stage_runs", "stage_run_datasets", "dataset_versions", "stage_cache",
+            "schema_migrations"} <= _tables(con)
+    assert migrate(con) == []  # idempotent
+
+
+def test_upgrade_from_previous_schema_keeps_data(tmp_path):
+    path = str(tmp_path / "catalog.duckdb")
+    con = duckdb.connect(path)
+    migrate(con, MIGRATIONS[:-1])
+    assert "stage_cache" not in _tables(con)
+    con.execute(
+        "INSERT INTO runs (run_id, flow, recipe, config_hash, started_at, status)"
+        " VALUES ('r1', 'build-dataset', 'demo', 'abc', current_timestamp, 'completed')"
+    )
+    con.execute("INSERT INTO dataset_versions VALUES ('generations', 0, 24, 's1', current_timestamp)")
+    con.close()
+
+    con = duckdb.connect(path)
+    assert migrate(con) == [MIGRATIONS[-1].name]
+    assert con.execute("SELECT run_id, status FROM runs").fetchall() == [("r1", "completed")]
+    assert con.execute("SELECT dataset, version, num_rows FROM dataset_versions").fetchall() == [
+        ("generations", 0, 24)
+    ]
+    con.execute("INSERT INTO stage_cache VALUES ('k', 'generate', 1, 's1', current_timestamp)")
+    assert [m[0] for m in applied_migrations(con)] == [m.id for m in MIGRATIONS]
+
+
+def test_database_from_newer_code_is_refused(tmp_path):
+    con = duckdb.connect(str(tmp_path / "catalog.duckdb"))
+    migrate(con)
+    con.execute("INSERT INTO schema_migrations VALUES (999, 'from_the_future', current_timestamp)")
+    with pytest.raises(RuntimeError, match="newer version"):
+        migrate(con)
+
+
+def test_failed_migration_leaves_schema_at_previous_whole_migration(tmp_path):
+    from storage.migrations import Migration
+
+    broken = (*MIGRATIONS, Migration(99, "broken", "CREATE TABLE half (a INT); SELECT * FROM no_such_table;"))
+    con = duckdb.connect(str(tmp_path / "catalog.duckdb"))
+    with pytest.raises(duckdb.Error):
+        migrate(con, broken)
+    assert "half" not in _tables(con)
+    assert [m[0] for m in applied_migrations(con)] == [m.id for m in MIGRATIONS]

@@ -48,7 +48,9 @@ def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path, root_node, overridden=set(overrides or ()))) from None
+        raise ConfigError(
+            format_validation_error(exc, path, root_node, overridden=set(overrides or ()))
+        ) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,8 +106,12 @@ def format_validation_error(
                 message = "required field is missing"
             got = err.get("input")
             secretish = bool(loc) and str(loc[-1]).endswith("_env")  # may hold a pasted key: never echo
-            if err["type"] not in ("missing", "extra_forbidden") and loc == tuple(err["loc"]) \
-                    and not isinstance(got, dict | list | tuple) and not secretish:
+            if (
+                err["type"] not in ("missing", "extra_forbidden")
+                and loc == tuple(err["loc"])
+                and not isinstance(got, dict | list | tuple)
+                and not secretish
+            ):
                 message += f" (got {got!r})"
             field = f" {display}:" if display else ""
             lines.append(f"  - {where}:{field} {message}")

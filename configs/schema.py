@@ -99,8 +99,15 @@ class _BackendBase(StrictModel):
 
     # Operational knobs change how fast calls run, never what they return: they stay out of cache keys.
     OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"max_concurrency", "requests_per_minute", "tokens_per_minute", "max_retries", "timeout_s",
-         "max_consecutive_failures", "max_batch_size"}
+        {
+            "max_concurrency",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "max_retries",
+            "timeout_s",
+            "max_consecutive_failures",
+            "max_batch_size",
+        }
     )
 
     def identity(self) -> dict[str, Any]:
@@ -179,7 +186,8 @@ class JudgeConfig(StrictModel):
     backend: str = Field(description="A key of `backends`.")
     model: str
     mode: Literal["json", "logprob"] = Field(
-        "json", description="json: strict JSON replies (API judges); logprob: expected score over score tokens."
+        "json",
+        description="json: strict JSON replies (API judges); logprob: expected score over score tokens.",
     )
     prompt_version: str = Field("v1", description="Bump to invalidate cached judgments of an edited prompt.")
     decoding: Decoding = Decoding(temperature=0.0, max_tokens=1024)
@@ -220,7 +228,9 @@ class RewardConfig(StrictModel):
     kind: Literal["pairwise", "pointwise"] = "pairwise"
     position: Literal["position-disadvantage", "position-advantage", "swap"] = "position-disadvantage"
     judge: JudgeConfig | None = Field(None, description="Defaults to the top-level judge.")
-    tie_margin: float = Field(0.05, ge=0, le=1, description="logprob verdicts: |P(A)-P(B)| below this is a tie.")
+    tie_margin: float = Field(
+        0.05, ge=0, le=1, description="logprob verdicts: |P(A)-P(B)| below this is a tie."
+    )
     length_weight: float = Field(0.0, ge=0)
     format_weight: float = Field(0.0, ge=0)
 

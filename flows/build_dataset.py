@@ -43,8 +43,11 @@ def build_dataset(
     storage = open_storage(recipe.storage)
     storage.catalog.mark_abandoned()
     run_id = storage.catalog.start_run(
-        flow="build-dataset", recipe=recipe.name, recipe_path=str(recipe_path),
-        config_hash=stable_hash(recipe), code_version=code_version(),
+        flow="build-dataset",
+        recipe=recipe.name,
+        recipe_path=str(recipe_path),
+        config_hash=stable_hash(recipe),
+        code_version=code_version(),
         prefect_flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
     results: list[StageResult] = []
@@ -52,8 +55,12 @@ def build_dataset(
         ingested = ingest(recipe, run_id=run_id, refresh="ingest" in forced)
         results.append(ingested)
         if last != "ingest":
-            generated = generate(recipe, {"instructions": ingested.outputs["instructions"]}, run_id=run_id,
-                                 refresh="generate" in forced)
+            generated = generate(
+                recipe,
+                {"instructions": ingested.outputs["instructions"]},
+                run_id=run_id,
+                refresh="generate" in forced,
+            )
             results.append(generated)
     except BaseException as exc:
         storage.catalog.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -65,8 +72,13 @@ def build_dataset(
         "recipe": recipe.name,
         "storage": str(storage.root),
         "stages": [
-            {"stage": r.stage, "cached": r.cached, "outputs": {k: str(v) for k, v in r.outputs.items()},
-             "elapsed_s": round(r.elapsed_s, 2), "summary": r.summary}
+            {
+                "stage": r.stage,
+                "cached": r.cached,
+                "outputs": {k: str(v) for k, v in r.outputs.items()},
+                "elapsed_s": round(r.elapsed_s, 2),
+                "summary": r.summary,
+            }
             for r in results
         ],
     }

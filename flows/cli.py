@@ -62,8 +62,11 @@ def _defaults_for_local_runs() -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path(".wrl/prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    for chatty in ("httpx", "httpcore"):  # one line per Prefect API request drowns the stage logs
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _load(config: Path, sets: list[str] | None):
@@ -94,16 +97,18 @@ def _run_build_dataset(config: Path, sets: list[str] | None, refresh: list[str],
     from flows.build_dataset import build_dataset
 
     try:
-        return build_dataset(recipe_path=str(config), overrides=overrides or None, refresh=refresh, until=until)
+        return build_dataset(
+            recipe_path=str(config), overrides=overrides or None, refresh=refresh, until=until
+        )
     except _user_errors() as exc:
         raise _UserFacingError(str(exc)) from None
 
 
 @app.command()
-def demo(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+def demo(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
     """Run the main job on the embedded default: the built-in sample and SmolLM2 on the CPU."""
     started = time.perf_counter()
-    summary = _run_build_dataset(config, None, [], None)
+    summary = _run_build_dataset(config, sets, [], None)
     _print_summary(summary, time.perf_counter() - started)
 
 
@@ -112,7 +117,9 @@ def run_flow(
     flow_name: Annotated[str, typer.Argument(help="Flow to run: build-dataset.")] = "build-dataset",
     config: ConfigOpt = DEFAULT_CONFIG,
     sets: SetOpt = None,
-    refresh: Annotated[list[str] | None, typer.Option(help="Force this stage to recompute (repeatable).")] = None,
+    refresh: Annotated[
+        list[str] | None, typer.Option(help="Force this stage to recompute (repeatable).")
+    ] = None,
 ) -> None:
     """Run a flow from a recipe. Stages whose inputs and config are unchanged are cache hits."""
     if flow_name != "build-dataset":
@@ -155,11 +162,17 @@ def _print_summary(summary: dict[str, Any], elapsed: float) -> None:
     for stage in summary["stages"]:
         details = {k: v for k, v in stage["summary"].items() if k not in ("cached_from",)}
         status = "cached" if stage["cached"] else ("done" if not details.get("failures") else "failures")
-        table.add_row(stage["stage"], status, ", ".join(stage["outputs"].values()),
-                      ", ".join(f"{k}={v}" for k, v in details.items()) or "-", f"{stage['elapsed_s']:.1f}s")
+        table.add_row(
+            stage["stage"],
+            status,
+            ", ".join(stage["outputs"].values()),
+            ", ".join(f"{k}={v}" for k, v in details.items()) or "-",
+            f"{stage['elapsed_s']:.1f}s",
+        )
     console.print(table)
-    console.print(f"Stored under [bold]{summary['storage']}[/] (catalog.duckdb + datasets/). "
-                  f"Total {elapsed:.1f}s.")
+    console.print(
+        f"Stored under [bold]{summary['storage']}[/] (catalog.duckdb + datasets/). Total {elapsed:.1f}s."
+    )
 
 
 # -- config --------------------------------------------------------------------------------------
@@ -196,7 +209,9 @@ def config_show(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None
     from configs.loading import stable_hash
 
     for spec in (INGEST, GENERATE):
-        console.print(f"{spec.name} v{spec.version} config hash: {stable_hash(spec.config_slice(recipe))[:16]}")
+        console.print(
+            f"{spec.name} v{spec.version} config hash: {stable_hash(spec.config_slice(recipe))[:16]}"
+        )
 
 
 # -- data, models, storage ----------------------------------------------------------------------
@@ -215,8 +230,10 @@ def data_check(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
     except InstructionDataError as exc:
         raise _UserFacingError(str(exc)) from None
     langs = Counter(r.language for r in rows)
-    console.print(f"[green]ok[/] {len(rows)} instructions; languages {dict(langs)}; "
-                  f"{sum(1 for r in rows if r.criteria)} with criteria")
+    console.print(
+        f"[green]ok[/] {len(rows)} instructions; languages {dict(langs)}; "
+        f"{sum(1 for r in rows if r.criteria)} with criteria"
+    )
 
 
 @model_app.command("provision")
@@ -238,7 +255,8 @@ def list_runs(config: ConfigOpt = DEFAULT_CONFIG, limit: int = 10) -> None:
         "SELECT r.run_id, r.flow, r.recipe, r.status, r.started_at, s.stage, s.status AS stage_status,"
         " s.cached_from IS NOT NULL AS cached FROM runs r LEFT JOIN stage_runs s USING (run_id)"
         " WHERE r.run_id IN (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT ?)"
-        " ORDER BY r.started_at DESC, s.started_at", [limit],
+        " ORDER BY r.started_at DESC, s.started_at",
+        [limit],
     )
     _print_frame(df, "runs")
 

@@ -75,16 +75,33 @@ class Catalog:
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def start_run(self, *, flow: str, recipe: str, recipe_path: str | None, config_hash: str,
-                  code_version: str, prefect_flow_run_id: str | None) -> str:
+    def start_run(
+        self,
+        *,
+        flow: str,
+        recipe: str,
+        recipe_path: str | None,
+        config_hash: str,
+        code_version: str,
+        prefect_flow_run_id: str | None,
+    ) -> str:
         run_id = uuid.uuid4().hex
         with self.connect("start run") as con:
             con.execute(
                 "INSERT INTO runs (run_id, flow, recipe, recipe_path, config_hash, code_version,"
                 " prefect_flow_run_id, host, pid, started_at, status)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, 'running')",
-                [run_id, flow, recipe, recipe_path, config_hash, code_version, prefect_flow_run_id,
-                 socket.gethostname(), os.getpid()],
+                [
+                    run_id,
+                    flow,
+                    recipe,
+                    recipe_path,
+                    config_hash,
+                    code_version,
+                    prefect_flow_run_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                ],
             )
         return run_id
 
@@ -109,17 +126,29 @@ class Catalog:
                 for rid in dead:
                     con.execute(
                         f"UPDATE {table} SET status = 'abandoned', ended_at = current_timestamp,"
-                        f" error = 'process exited without finishing' WHERE {key} = ?", [rid]
+                        f" error = 'process exited without finishing' WHERE {key} = ?",
+                        [rid],
                     )
                 fixed += len(dead)
         return fixed
 
     # -- stage runs ------------------------------------------------------------------------------
 
-    def start_stage_run(self, *, run_id: str | None, stage: str, stage_version: int, config_hash: str,
-                        cache_key: str, code_version: str, prefect_flow_run_id: str | None,
-                        prefect_task_run_id: str | None, inputs: Mapping[str, DatasetRef],
-                        status: str = "running", cached_from: str | None = None) -> str:
+    def start_stage_run(
+        self,
+        *,
+        run_id: str | None,
+        stage: str,
+        stage_version: int,
+        config_hash: str,
+        cache_key: str,
+        code_version: str,
+        prefect_flow_run_id: str | None,
+        prefect_task_run_id: str | None,
+        inputs: Mapping[str, DatasetRef],
+        status: str = "running",
+        cached_from: str | None = None,
+    ) -> str:
         stage_run_id = uuid.uuid4().hex
         with self.connect("start stage run") as con:
             con.execute(
@@ -127,17 +156,37 @@ class Catalog:
                 " cache_key, code_version, prefect_flow_run_id, prefect_task_run_id, host, pid,"
                 " started_at, status, cached_from)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, ?, ?)",
-                [stage_run_id, run_id, stage, stage_version, config_hash, cache_key, code_version,
-                 prefect_flow_run_id, prefect_task_run_id, socket.gethostname(), os.getpid(), status,
-                 cached_from],
+                [
+                    stage_run_id,
+                    run_id,
+                    stage,
+                    stage_version,
+                    config_hash,
+                    cache_key,
+                    code_version,
+                    prefect_flow_run_id,
+                    prefect_task_run_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    status,
+                    cached_from,
+                ],
             )
             _insert_links(con, stage_run_id, "input", inputs)
         return stage_run_id
 
-    def finish_stage_run(self, stage_run_id: str, *, status: str, outputs: Mapping[str, DatasetRef],
-                         summary: Mapping[str, Any] | None = None, error: str | None = None,
-                         cache_key: str | None = None, stage: str | None = None,
-                         stage_version: int | None = None) -> None:
+    def finish_stage_run(
+        self,
+        stage_run_id: str,
+        *,
+        status: str,
+        outputs: Mapping[str, DatasetRef],
+        summary: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        cache_key: str | None = None,
+        stage: str | None = None,
+        stage_version: int | None = None,
+    ) -> None:
         """Close a stage run; with `cache_key`, also enter it in the stage cache (same transaction)."""
         with self.connect("finish stage run") as con:
             con.execute(
@@ -154,12 +203,15 @@ class Catalog:
 
     def lookup_cache(self, cache_key: str) -> CachedStage | None:
         with self.connect("cache lookup") as con:
-            row = con.execute("SELECT stage_run_id FROM stage_cache WHERE cache_key = ?", [cache_key]).fetchone()
+            row = con.execute(
+                "SELECT stage_run_id FROM stage_cache WHERE cache_key = ?", [cache_key]
+            ).fetchone()
             if row is None:
                 return None
             links = con.execute(
                 "SELECT role, dataset, version FROM stage_run_datasets"
-                " WHERE stage_run_id = ? AND direction = 'output'", [row[0]]
+                " WHERE stage_run_id = ? AND direction = 'output'",
+                [row[0]],
             ).fetchall()
         return CachedStage(row[0], {role: DatasetRef(ds, int(v)) for role, ds, v in links})
 
@@ -185,8 +237,9 @@ class Catalog:
         return row[0] if row else None
 
 
-def _insert_links(con: duckdb.DuckDBPyConnection, stage_run_id: str, direction: str,
-                  refs: Mapping[str, DatasetRef]) -> None:
+def _insert_links(
+    con: duckdb.DuckDBPyConnection, stage_run_id: str, direction: str, refs: Mapping[str, DatasetRef]
+) -> None:
     for role, ref in refs.items():
         con.execute(
             "INSERT INTO stage_run_datasets VALUES (?, ?, ?, ?, ?)",

@@ -46,15 +46,19 @@ class DatasetStore:
 
     # -- write -----------------------------------------------------------------------------------
 
-    def write(self, name: str, table: pa.Table, *, lineage: Mapping[str, Any],
-              stage_run_id: str | None = None) -> DatasetRef:
+    def write(
+        self, name: str, table: pa.Table, *, lineage: Mapping[str, Any], stage_run_id: str | None = None
+    ) -> DatasetRef:
         """Commit `table` as the next version of `name`; returns its reference."""
         path = self.path_of(name)
         # Every value JSON-encoded, so lineage reads back with its types (the int 3 stays 3).
         metadata = {f"{LINEAGE_PREFIX}{k}": json.dumps(v, default=str) for k, v in lineage.items()}
         with self.lock.hold(f"writing dataset {name}"):
             write_deltalake(
-                str(path), table, mode="overwrite", schema_mode="overwrite",
+                str(path),
+                table,
+                mode="overwrite",
+                schema_mode="overwrite",
                 commit_properties=CommitProperties(custom_metadata=metadata),
             )
             ref = DatasetRef(name, DeltaTable(str(path)).version())
@@ -99,8 +103,11 @@ class DatasetStore:
         # table relative to the loaded version (version 0's history labels commit 1 as 0).
         for entry in self.history(ref.name):
             if entry.get("version") == ref.version:
-                return {k.removeprefix(LINEAGE_PREFIX): json.loads(v) for k, v in entry.items()
-                        if k.startswith(LINEAGE_PREFIX)}
+                return {
+                    k.removeprefix(LINEAGE_PREFIX): json.loads(v)
+                    for k, v in entry.items()
+                    if k.startswith(LINEAGE_PREFIX)
+                }
         return {}
 
     def names(self) -> list[str]:

@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -52,12 +52,15 @@ class StorageLock:
 
     def _write_owner(self, purpose: str) -> None:
         # Advisory only (for the error message above); the lock itself is the flock.
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                "purpose": purpose, "argv": " ".join(sys.argv[:3])}
-        try:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+            "purpose": purpose,
+            "argv": " ".join(sys.argv[:3]),
+        }
+        with suppress(OSError):
             self.owner_path.write_text(json.dumps(info))
-        except OSError:
-            pass
 
     def _describe_owner(self) -> str:
         try:
@@ -65,5 +68,7 @@ class StorageLock:
         except (OSError, ValueError):
             return "another process"
         held = time.time() - float(info.get("since", time.time()))
-        return (f"process {info.get('pid')} on {info.get('host')} ({info.get('argv')!s}, "
-                f"{info.get('purpose')}, for {held:.0f}s)")
+        return (
+            f"process {info.get('pid')} on {info.get('host')} ({info.get('argv')!s}, "
+            f"{info.get('purpose')}, for {held:.0f}s)"
+        )

@@ -102,7 +102,9 @@ def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str]]:
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
     )
-    return [(r[0], r[1]) for r in con.execute("SELECT id, name FROM schema_migrations ORDER BY id").fetchall()]
+    return [
+        (r[0], r[1]) for r in con.execute("SELECT id, name FROM schema_migrations ORDER BY id").fetchall()
+    ]
 
 
 def migrate(con: duckdb.DuckDBPyConnection, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[str]:
@@ -128,9 +130,7 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: tuple[Migration, ...] = 
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(m.sql)
-            con.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, current_timestamp)", [m.id, m.name]
-            )
+            con.execute("INSERT INTO schema_migrations VALUES (?, ?, current_timestamp)", [m.id, m.name])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

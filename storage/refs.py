@@ -22,5 +22,7 @@ class DatasetRef:
     def parse(cls, text: str) -> DatasetRef:
         match = _REF.match(text.strip())
         if not match:
-            raise ValueError(f"'{text}' is not a dataset reference; expected NAME@VERSION, e.g. generations@3")
+            raise ValueError(
+                f"'{text}' is not a dataset reference; expected NAME@VERSION, e.g. generations@3"
+            )
         return cls(match["name"], int(match["version"]))

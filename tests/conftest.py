@@ -36,3 +36,47 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def pytest_configure(config):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One ephemeral Prefect API for the session (~20 s to start); heartbeats off for speed."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield
+
+
+def write_recipe(
+    path: Path, *, store: Path, model: str, limit: int = 4, max_tokens: int = 8, extra: str = ""
+) -> Path:
+    """A small recipe on a local model folder, for flow tests."""
+    path.write_text(
+        f"""\
+name: test
+storage:
+  root: {store}
+  model_cache: {store.parent / "models"}
+data:
+  format: builtin
+  limit: {limit}
+backends:
+  local:
+    kind: transformers
+    device: cpu
+    dtype: float32
+    max_batch_size: 4
+generators:
+  - name: policy
+    role: policy
+    backend: local
+    model: {model}
+    decoding: {{temperature: 0.0, max_tokens: {max_tokens}, seed: 0}}
+{extra}"""
+    )
+    return path

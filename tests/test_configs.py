@@ -50,22 +50,38 @@ def test_paper_recipe_mirrors_the_official_setup():
     recipe = load_recipe(PROJECT_ROOT / "configs" / "paper-qwen2.5-7b.yaml")
     assert recipe.policy.model == "Qwen/Qwen2.5-7B-Instruct"
     assert {g.model for g in recipe.generators if g.role == "competitor"} == {
-        "qwen-plus", "gpt-4o", "claude-3-7-sonnet-20250219", "deepseek-reasoner"}
+        "qwen-plus",
+        "gpt-4o",
+        "claude-3-7-sonnet-20250219",
+        "deepseek-reasoner",
+    }
     assert recipe.judge.model == "qwen-plus"
     assert recipe.backends[recipe.judge.backend].kind == "openai-compatible"
     t = recipe.training
-    assert (t.learning_rate, t.kl_coef, t.batch_size, t.max_response_tokens, t.max_steps) == (1e-6, 0.001, 32, 10_000, 405)
+    assert (t.learning_rate, t.kl_coef, t.batch_size, t.max_response_tokens, t.max_steps) == (
+        1e-6,
+        0.001,
+        32,
+        10_000,
+        405,
+    )
     for backend in recipe.backends.values():  # keys only by environment variable name
         assert not hasattr(backend, "api_key")
 
 
 def test_errors_name_file_line_field_and_what_is_allowed(tmp_path):
-    path = _write(tmp_path, MINIMAL.replace("    model: embedded", "    strategy: shout\n    model: embedded")
-                  + "judge:\n  backend: local\n  model: m\n  mode: fuzzy\n  temprature: 0\n")
+    path = _write(
+        tmp_path,
+        MINIMAL.replace("    model: embedded", "    strategy: shout\n    model: embedded")
+        + "judge:\n  backend: local\n  model: m\n  mode: fuzzy\n  temprature: 0\n",
+    )
     with pytest.raises(ConfigError) as info:
         load_recipe(path)
     message = str(info.value)
-    assert f"{path}:9: generators[0].strategy: Input should be 'direct', 'agentwrite' or 'think-then-write'" in message
+    assert (
+        f"{path}:9: generators[0].strategy: Input should be 'direct', 'agentwrite' or 'think-then-write'"
+        in message
+    )
     assert f"{path}:14: judge.mode: Input should be 'json' or 'logprob' (got 'fuzzy')" in message
     assert f"{path}:15: judge.temprature: Extra inputs are not permitted; allowed here:" in message
     assert "decoding" in message.split("judge.temprature")[1]
@@ -73,8 +89,11 @@ def test_errors_name_file_line_field_and_what_is_allowed(tmp_path):
 
 def test_cross_field_errors_are_located(tmp_path):
     path = _write(tmp_path, MINIMAL.replace("backend: local\n    model", "backend: nowhere\n    model"))
-    with pytest.raises(ConfigError, match=r"recipe.yaml:8: generators\[0\].backend: 'nowhere' is not a defined "
-                                          r"backend; defined: local"):
+    with pytest.raises(
+        ConfigError,
+        match=r"recipe.yaml:8: generators\[0\].backend: 'nowhere' is not a defined "
+        r"backend; defined: local",
+    ):
         load_recipe(path)
 
 
@@ -86,15 +105,19 @@ def test_exactly_one_policy(tmp_path):
 
 def test_inline_secrets_are_refused_and_never_echoed(tmp_path):
     path = tmp_path / "recipe.yaml"
-    text = MINIMAL.replace("    kind: transformers", "    kind: transformers\n  api:\n    kind: openai-compatible\n"
-                                                       "    api_key: sk-live-123456")
+    text = MINIMAL.replace(
+        "    kind: transformers",
+        "    kind: transformers\n  api:\n    kind: openai-compatible\n    api_key: sk-live-123456",
+    )
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_recipe(path)
     assert "looks like an inline secret" in str(info.value) and "api_key_env" in str(info.value)
     assert "sk-live-123456" not in str(info.value)
-    text = MINIMAL.replace("    kind: transformers", "    kind: transformers\n  api:\n    kind: openai-compatible\n"
-                                                       "    api_key_env: sk-live-123456")
+    text = MINIMAL.replace(
+        "    kind: transformers",
+        "    kind: transformers\n  api:\n    kind: openai-compatible\n    api_key_env: sk-live-123456",
+    )
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_recipe(path)
@@ -104,11 +127,25 @@ def test_inline_secrets_are_refused_and_never_echoed(tmp_path):
 
 def test_overrides_are_validated_like_the_file(tmp_path):
     path = _write(tmp_path, MINIMAL)
-    recipe = load_recipe(path, {"generators": [{"name": "policy", "role": "policy", "backend": "local",
-                                                "model": "x", "decoding": {"max_tokens": 7}}]})
+    recipe = load_recipe(
+        path,
+        {
+            "generators": [
+                {
+                    "name": "policy",
+                    "role": "policy",
+                    "backend": "local",
+                    "model": "x",
+                    "decoding": {"max_tokens": 7},
+                }
+            ]
+        },
+    )
     assert recipe.policy.decoding.max_tokens == 7
     assert load_recipe(path, dict([parse_set_option("data.limit=3")])).data.limit == 3
-    with pytest.raises(ConfigError, match=r"\(from an override\): data.limit: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        ConfigError, match=r"\(from an override\): data.limit: Input should be greater than or equal to 1"
+    ):
         load_recipe(path, {"data.limit": 0})
 
 
@@ -134,7 +171,11 @@ def test_models_are_frozen_and_hash_stably(tmp_path):
 
 def test_operational_backend_limits_stay_out_of_identity(tmp_path):
     recipe = load_recipe(_write(tmp_path, MINIMAL))
-    faster = load_recipe(_write(tmp_path, MINIMAL.replace("kind: transformers", "kind: transformers\n    max_batch_size: 32")))
+    faster = load_recipe(
+        _write(tmp_path, MINIMAL.replace("kind: transformers", "kind: transformers\n    max_batch_size: 32"))
+    )
     assert recipe.backend_identity("local") == faster.backend_identity("local")
-    other = load_recipe(_write(tmp_path, MINIMAL.replace("kind: transformers", "kind: transformers\n    dtype: bfloat16")))
+    other = load_recipe(
+        _write(tmp_path, MINIMAL.replace("kind: transformers", "kind: transformers\n    dtype: bfloat16"))
+    )
     assert recipe.backend_identity("local") != other.backend_identity("local")

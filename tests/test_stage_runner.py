@@ -14,12 +14,22 @@ from tasks.stages.runner import StageOutput, StageSpec, run_stage
 
 
 def _recipe(tmp_path, **decoding) -> Recipe:
-    return Recipe.model_validate({
-        "name": "t", "storage": {"root": str(tmp_path / "store")},
-        "backends": {"local": {"kind": "transformers"}},
-        "generators": [{"name": "policy", "role": "policy", "backend": "local", "model": "m",
-                        "decoding": {"max_tokens": 8, **decoding}}],
-    })
+    return Recipe.model_validate(
+        {
+            "name": "t",
+            "storage": {"root": str(tmp_path / "store")},
+            "backends": {"local": {"kind": "transformers"}},
+            "generators": [
+                {
+                    "name": "policy",
+                    "role": "policy",
+                    "backend": "local",
+                    "model": "m",
+                    "decoding": {"max_tokens": 8, **decoding},
+                }
+            ],
+        }
+    )
 
 
 class Counting:
@@ -33,11 +43,19 @@ class Counting:
         if self.raises:
             raise RuntimeError("boom")
         upstream = ctx.read("source").num_rows if "source" in ctx.inputs else 0
-        return StageOutput({"out": pa.table({"n": [upstream, self.calls]})}, {"rows": 2}, failures=self.failures)
+        return StageOutput(
+            {"out": pa.table({"n": [upstream, self.calls]})}, {"rows": 2}, failures=self.failures
+        )
 
 
-SPEC = StageSpec("toy", 1, inputs=("source",), outputs=("out",), description="toy",
-                 config_slice=lambda r: r.policy.decoding.model_dump(mode="json"))
+SPEC = StageSpec(
+    "toy",
+    1,
+    inputs=("source",),
+    outputs=("out",),
+    description="toy",
+    config_slice=lambda r: r.policy.decoding.model_dump(mode="json"),
+)
 
 
 @pytest.fixture
@@ -56,8 +74,11 @@ def test_second_run_is_a_cache_hit_with_the_same_outputs(tmp_path, source):
     assert second.outputs == first.outputs
     with storage.catalog.connect() as con:
         rows = con.execute("SELECT status, cached_from FROM stage_runs ORDER BY started_at").fetchall()
-        lineage = con.execute("SELECT direction, dataset, version FROM stage_run_datasets WHERE stage_run_id = ?"
-                              " ORDER BY direction", [first.stage_run_id]).fetchall()
+        lineage = con.execute(
+            "SELECT direction, dataset, version FROM stage_run_datasets WHERE stage_run_id = ?"
+            " ORDER BY direction",
+            [first.stage_run_id],
+        ).fetchall()
     assert rows == [("completed", None), ("cached", first.stage_run_id)]
     assert lineage == [("input", "source", 0), ("output", "out", 0)]
     assert storage.datasets.lineage(first.outputs["out"])["inputs"] == ["source@0"]
@@ -105,7 +126,9 @@ def test_partly_failed_stage_is_recorded_but_not_cached(tmp_path, source):
     run_stage(SPEC, compute, _recipe(tmp_path), {"source": src})
     assert compute.calls == 2
     with storage.catalog.connect() as con:
-        status = con.execute("SELECT status FROM stage_runs WHERE stage_run_id = ?", [first.stage_run_id]).fetchone()
+        status = con.execute(
+            "SELECT status FROM stage_runs WHERE stage_run_id = ?", [first.stage_run_id]
+        ).fetchone()
     assert status == ("completed_with_failures",)
 
 
@@ -114,6 +137,8 @@ def test_a_failing_stage_is_recorded_and_writes_nothing(tmp_path, source):
     with pytest.raises(RuntimeError, match="boom"):
         run_stage(SPEC, Counting(raises=True), _recipe(tmp_path), {"source": src})
     with storage.catalog.connect() as con:
-        assert con.execute("SELECT status, error FROM stage_runs").fetchall() == [("failed", "RuntimeError: boom")]
+        assert con.execute("SELECT status, error FROM stage_runs").fetchall() == [
+            ("failed", "RuntimeError: boom")
+        ]
         assert con.execute("SELECT count(*) FROM stage_cache").fetchone() == (0,)
     assert "out" not in storage.datasets.names()

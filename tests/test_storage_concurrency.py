@@ -13,8 +13,13 @@ N = 15
 
 
 def _worker(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.support.storage_worker", *args], cwd=PROJECT_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.storage_worker", *args],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
@@ -26,12 +31,19 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
 
     storage = open_storage(StorageConfig(root=root))
     with storage.catalog.connect() as con:
-        assert con.execute("SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'completed'"
-                           ).fetchone() == (2 * N, 2 * N)
-        assert con.execute("SELECT count(*) FROM stage_runs WHERE status = 'completed'").fetchone() == (2 * N,)
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'completed'"
+        ).fetchone() == (2 * N, 2 * N)
+        assert con.execute("SELECT count(*) FROM stage_runs WHERE status = 'completed'").fetchone() == (
+            2 * N,
+        )
         assert con.execute("SELECT count(*) FROM stage_cache").fetchone() == (2 * N,)
-        versions = [r[0] for r in con.execute("SELECT version FROM dataset_versions ORDER BY version").fetchall()]
-        links = con.execute("SELECT dataset, version FROM stage_run_datasets WHERE direction = 'output'").fetchall()
+        versions = [
+            r[0] for r in con.execute("SELECT version FROM dataset_versions ORDER BY version").fetchall()
+        ]
+        links = con.execute(
+            "SELECT dataset, version FROM stage_run_datasets WHERE direction = 'output'"
+        ).fetchall()
     assert versions == list(range(2 * N))  # every commit registered once, no gaps, no duplicates
     assert sorted(v for _, v in links) == versions
     seen = set()
@@ -45,7 +57,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
 def test_a_writer_that_cannot_get_the_lock_fails_clearly_and_writes_nothing(tmp_path):
     root = str(tmp_path / "store")
     open_storage(StorageConfig(root=root))  # migrate first
-    holder = _worker(root, "--hold", "8")
+    holder = _worker(root, "--hold", "5")
     assert holder.stdout.readline().strip() == "holding"
     blocked = _worker(root, "late", "1", "1.0")
     _, err = blocked.communicate(timeout=60)

@@ -18,7 +18,9 @@ def storage(tmp_path):
 
 def test_every_write_is_a_new_readable_version(storage):
     v0 = storage.datasets.write("generations", pa.table({"x": [1, 2]}), lineage={"stage": "a"})
-    v1 = storage.datasets.write("generations", pa.table({"x": [3], "y": ["new column"]}), lineage={"stage": "b"})
+    v1 = storage.datasets.write(
+        "generations", pa.table({"x": [3], "y": ["new column"]}), lineage={"stage": "b"}
+    )
     assert (v0, v1) == (DatasetRef("generations", 0), DatasetRef("generations", 1))
     assert storage.datasets.read(v0).to_pydict() == {"x": [1, 2]}
     assert storage.datasets.read(v1).to_pydict() == {"x": [3], "y": ["new column"]}
@@ -27,21 +29,30 @@ def test_every_write_is_a_new_readable_version(storage):
 
 def test_lineage_is_in_the_commit_metadata_and_the_catalog(storage):
     ref = storage.datasets.write(
-        "generations", pa.table({"x": [1]}),
-        lineage={"stage": "generate", "inputs": ["instructions@4"], "config_hash": "abc"}, stage_run_id="sr1",
+        "generations",
+        pa.table({"x": [1]}),
+        lineage={"stage": "generate", "inputs": ["instructions@4"], "config_hash": "abc"},
+        stage_run_id="sr1",
     )
     storage.datasets.write("generations", pa.table({"x": [2]}), lineage={"stage": "later"})
-    assert storage.datasets.lineage(ref) == {"stage": "generate", "inputs": ["instructions@4"], "config_hash": "abc"}
+    assert storage.datasets.lineage(ref) == {
+        "stage": "generate",
+        "inputs": ["instructions@4"],
+        "config_hash": "abc",
+    }
     with storage.catalog.connect() as con:
-        rows = con.execute("SELECT dataset, version, num_rows, stage_run_id FROM dataset_versions ORDER BY version")
+        rows = con.execute(
+            "SELECT dataset, version, num_rows, stage_run_id FROM dataset_versions ORDER BY version"
+        )
         assert rows.fetchall() == [("generations", 0, 1, "sr1"), ("generations", 1, 1, None)]
 
 
 def test_duckdb_queries_any_version(storage):
     v0 = storage.datasets.write("scores", pa.table({"s": [1.0, 2.0, 3.0]}), lineage={})
     v1 = storage.datasets.write("scores", pa.table({"s": [10.0]}), lineage={})
-    df = storage.datasets.query("SELECT (SELECT sum(s) FROM a) AS old, (SELECT sum(s) FROM b) AS new",
-                                {"a": v0, "b": v1})
+    df = storage.datasets.query(
+        "SELECT (SELECT sum(s) FROM a) AS old, (SELECT sum(s) FROM b) AS new", {"a": v0, "b": v1}
+    )
     assert df.iloc[0].tolist() == [6.0, 10.0]
 
 

@@ -17,8 +17,14 @@ def test_blank_database_gets_every_migration_in_order(tmp_path):
     applied = migrate(con)
     assert applied == [m.name for m in MIGRATIONS]
     assert applied_migrations(con) == [(m.id, m.name) for m in MIGRATIONS]
-    assert {"runs", "stage_runs", "stage_run_datasets", "dataset_versions", "stage_cache",
-            "schema_migrations"} <= _tables(con)
+    assert {
+        "runs",
+        "stage_runs",
+        "stage_run_datasets",
+        "dataset_versions",
+        "stage_cache",
+        "schema_migrations",
+    } <= _tables(con)
     assert migrate(con) == []  # idempotent
 
 

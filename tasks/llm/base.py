@@ -96,8 +96,13 @@ async def chat_many(
     """
     semaphore = asyncio.Semaphore(max_concurrency)
     results: list[Completion | None] = [None] * len(requests)
-    bar = tqdm(total=len(requests), desc=description or f"{client.backend_name}:{client.model}",
-               unit="req", disable=description is None and len(requests) < 2, leave=False)
+    bar = tqdm(
+        total=len(requests),
+        desc=description or client.model,
+        unit="req",
+        disable=description is None and len(requests) < 2,
+        leave=False,
+    )
 
     async def one(index: int, request: ChatRequest) -> None:
         async with semaphore:

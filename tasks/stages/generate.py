@@ -63,7 +63,9 @@ SPEC = StageSpec(
 
 
 def build_messages(generator: GeneratorConfig, prompt: str) -> tuple[Message, ...]:
-    system = () if generator.system_prompt is None else ({"role": "system", "content": generator.system_prompt},)
+    system = (
+        () if generator.system_prompt is None else ({"role": "system", "content": generator.system_prompt},)
+    )
     return (*system, {"role": "user", "content": prompt})
 
 
@@ -78,8 +80,12 @@ async def _generate_all(ctx: StageContext) -> list[dict]:
             for ins in instructions
         ]
         try:
-            completions = await chat_many(client, requests, max_concurrency=backend.max_concurrency,
-                                          description=f"generate[{generator.name}]")
+            completions = await chat_many(
+                client,
+                requests,
+                max_concurrency=backend.max_concurrency,
+                description=f"generate[{generator.name}]",
+            )
         finally:
             await client.aclose()
         rows.extend(_row(generator, req, comp) for req, comp in zip(requests, completions, strict=True))
@@ -124,6 +130,7 @@ def compute(ctx: StageContext) -> StageOutput:
 
 
 @task(name="generate", cache_policy=NO_CACHE, persist_result=False)
-def generate(recipe: Recipe, inputs: dict[str, DatasetRef], run_id: str | None = None,
-             refresh: bool = False) -> StageResult:
+def generate(
+    recipe: Recipe, inputs: dict[str, DatasetRef], run_id: str | None = None, refresh: bool = False
+) -> StageResult:
     return run_stage(SPEC, compute, recipe, inputs, run_id=run_id, refresh=refresh)

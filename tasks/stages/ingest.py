@@ -31,12 +31,19 @@ def compute(ctx: StageContext) -> StageOutput:
     languages = Counter(r.language or "unknown" for r in rows)
     return StageOutput(
         tables={"instructions": instructions_to_arrow(rows)},
-        summary={"instructions": len(rows), "languages": dict(languages),
-                 "with_criteria": sum(1 for r in rows if r.criteria)},
+        summary={
+            "instructions": len(rows),
+            "languages": dict(languages),
+            "with_criteria": sum(1 for r in rows if r.criteria),
+        },
     )
 
 
 @task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
-def ingest(recipe: Recipe, run_id: str | None = None, refresh: bool = False,
-           inputs: dict[str, DatasetRef] | None = None) -> StageResult:
+def ingest(
+    recipe: Recipe,
+    run_id: str | None = None,
+    refresh: bool = False,
+    inputs: dict[str, DatasetRef] | None = None,
+) -> StageResult:
     return run_stage(SPEC, compute, recipe, inputs, run_id=run_id, refresh=refresh)

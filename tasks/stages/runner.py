@@ -70,8 +70,12 @@ def stage_keys(spec: StageSpec, recipe: Recipe, inputs: Mapping[str, DatasetRef]
     """(config_hash, cache_key) for a stage given a recipe and its input versions."""
     config_hash = stable_hash(spec.config_slice(recipe))
     cache_key = stable_hash(
-        {"stage": spec.name, "version": spec.version, "config": config_hash,
-         "inputs": {role: str(ref) for role, ref in sorted(inputs.items())}}
+        {
+            "stage": spec.name,
+            "version": spec.version,
+            "config": config_hash,
+            "inputs": {role: str(ref) for role, ref in sorted(inputs.items())},
+        }
     )
     return config_hash, cache_key
 
@@ -95,24 +99,46 @@ def run_stage(
     logger = _logger(spec.name)
     config_hash, cache_key = stage_keys(spec, recipe, inputs)
     flow_run_id, task_run_id = _prefect_ids()
-    common = dict(run_id=run_id, stage=spec.name, stage_version=spec.version, config_hash=config_hash,
-                  cache_key=cache_key, code_version=code_version(), prefect_flow_run_id=flow_run_id,
-                  prefect_task_run_id=task_run_id, inputs=inputs)
+    common = dict(
+        run_id=run_id,
+        stage=spec.name,
+        stage_version=spec.version,
+        config_hash=config_hash,
+        cache_key=cache_key,
+        code_version=code_version(),
+        prefect_flow_run_id=flow_run_id,
+        prefect_task_run_id=task_run_id,
+        inputs=inputs,
+    )
 
     if not refresh:
         hit = storage.catalog.lookup_cache(cache_key)
         if hit is not None:
             gone = [str(ref) for ref in hit.outputs.values() if not storage.datasets.exists(ref)]
             if not gone and set(hit.outputs) == set(spec.outputs):
-                stage_run_id = storage.catalog.start_stage_run(**common, status="cached",
-                                                               cached_from=hit.stage_run_id)
+                stage_run_id = storage.catalog.start_stage_run(
+                    **common, status="cached", cached_from=hit.stage_run_id
+                )
                 summary = {"cached_from": hit.stage_run_id}
-                storage.catalog.finish_stage_run(stage_run_id, status="cached", outputs=hit.outputs,
-                                                 summary=summary)
-                logger.info("%s: cache hit (key %s) -> %s", spec.name, cache_key[:12],
-                            ", ".join(str(r) for r in hit.outputs.values()))
-                result = StageResult(spec.name, stage_run_id, hit.outputs, True, cache_key, config_hash,
-                                     summary, time.perf_counter() - started)
+                storage.catalog.finish_stage_run(
+                    stage_run_id, status="cached", outputs=hit.outputs, summary=summary
+                )
+                logger.info(
+                    "%s: cache hit (key %s) -> %s",
+                    spec.name,
+                    cache_key[:12],
+                    ", ".join(str(r) for r in hit.outputs.values()),
+                )
+                result = StageResult(
+                    spec.name,
+                    stage_run_id,
+                    hit.outputs,
+                    True,
+                    cache_key,
+                    config_hash,
+                    summary,
+                    time.perf_counter() - started,
+                )
                 _publish_artifact(result)
                 return result
             logger.warning("%s: cached outputs %s are gone; recomputing", spec.name, ", ".join(gone))
@@ -124,11 +150,20 @@ def run_stage(
         output = compute(ctx)
         unexpected = set(output.tables) ^ set(spec.outputs)
         if unexpected:
-            raise RuntimeError(f"stage '{spec.name}' must write {spec.outputs}, wrote {sorted(output.tables)}")
-        lineage = {"stage": spec.name, "stage_version": spec.version, "stage_run_id": stage_run_id,
-                   "run_id": run_id or "", "config_hash": config_hash, "cache_key": cache_key,
-                   "code_version": code_version(), "prefect_flow_run_id": flow_run_id or "",
-                   "inputs": [str(ref) for ref in inputs.values()]}
+            raise RuntimeError(
+                f"stage '{spec.name}' must write {spec.outputs}, wrote {sorted(output.tables)}"
+            )
+        lineage = {
+            "stage": spec.name,
+            "stage_version": spec.version,
+            "stage_run_id": stage_run_id,
+            "run_id": run_id or "",
+            "config_hash": config_hash,
+            "cache_key": cache_key,
+            "code_version": code_version(),
+            "prefect_flow_run_id": flow_run_id or "",
+            "inputs": [str(ref) for ref in inputs.values()],
+        }
         outputs = {
             name: storage.datasets.write(name, table, lineage=lineage, stage_run_id=stage_run_id)
             for name, table in output.tables.items()
@@ -141,13 +176,22 @@ def run_stage(
     summary = {**output.summary, "failures": output.failures}
     complete = output.failures == 0
     storage.catalog.finish_stage_run(
-        stage_run_id, status="completed" if complete else "completed_with_failures", outputs=outputs,
-        summary=summary, cache_key=cache_key if complete else None, stage=spec.name,
+        stage_run_id,
+        status="completed" if complete else "completed_with_failures",
+        outputs=outputs,
+        summary=summary,
+        cache_key=cache_key if complete else None,
+        stage=spec.name,
         stage_version=spec.version,
     )
     elapsed = time.perf_counter() - started
-    logger.info("%s: wrote %s in %.1fs%s", spec.name, ", ".join(str(r) for r in outputs.values()), elapsed,
-                "" if complete else f" ({output.failures} failed items; not cached, retried next run)")
+    logger.info(
+        "%s: wrote %s in %.1fs%s",
+        spec.name,
+        ", ".join(str(r) for r in outputs.values()),
+        elapsed,
+        "" if complete else f" ({output.failures} failed items; not cached, retried next run)",
+    )
     result = StageResult(spec.name, stage_run_id, outputs, False, cache_key, config_hash, summary, elapsed)
     _publish_artifact(result)
     return result
@@ -178,11 +222,14 @@ def _publish_artifact(result: StageResult) -> None:
         return
     from prefect.artifacts import create_table_artifact
 
-    rows = [{"field": "stage", "value": result.stage},
-            {"field": "cached", "value": str(result.cached)},
-            {"field": "stage_run_id", "value": result.stage_run_id},
-            {"field": "config_hash", "value": result.config_hash[:16]},
-            *({"field": f"output:{role}", "value": str(ref)} for role, ref in result.outputs.items()),
-            *({"field": k, "value": str(v)} for k, v in result.summary.items())]
-    create_table_artifact(table=rows, key=f"stage-{result.stage}",
-                          description=f"{result.stage}: outputs and lineage")
+    rows = [
+        {"field": "stage", "value": result.stage},
+        {"field": "cached", "value": str(result.cached)},
+        {"field": "stage_run_id", "value": result.stage_run_id},
+        {"field": "config_hash", "value": result.config_hash[:16]},
+        *({"field": f"output:{role}", "value": str(ref)} for role, ref in result.outputs.items()),
+        *({"field": k, "value": str(v)} for k, v in result.summary.items()),
+    ]
+    create_table_artifact(
+        table=rows, key=f"stage-{result.stage}", description=f"{result.stage}: outputs and lineage"
+    )

@@ -18,17 +18,39 @@ from storage import DatasetRef, StorageBusyError, open_storage
 def write_many(root: str, writer: str, n: int, timeout: float) -> None:
     storage = open_storage(StorageConfig(root=root, lock_timeout_s=timeout))
     for i in range(n):
-        run_id = storage.catalog.start_run(flow="test", recipe=writer, recipe_path=None, config_hash="h",
-                                           code_version="test", prefect_flow_run_id=None)
+        run_id = storage.catalog.start_run(
+            flow="test",
+            recipe=writer,
+            recipe_path=None,
+            config_hash="h",
+            code_version="test",
+            prefect_flow_run_id=None,
+        )
         sr = storage.catalog.start_stage_run(
-            run_id=run_id, stage="write", stage_version=1, config_hash="h", cache_key=f"{writer}-{i}",
-            code_version="test", prefect_flow_run_id=None, prefect_task_run_id=None,
+            run_id=run_id,
+            stage="write",
+            stage_version=1,
+            config_hash="h",
+            cache_key=f"{writer}-{i}",
+            code_version="test",
+            prefect_flow_run_id=None,
+            prefect_task_run_id=None,
             inputs={"seed": DatasetRef("seed", 0)},
         )
-        ref = storage.datasets.write("shared", pa.table({"writer": [writer], "i": [i]}),
-                                     lineage={"writer": writer, "i": i}, stage_run_id=sr)
-        storage.catalog.finish_stage_run(sr, status="completed", outputs={"shared": ref}, cache_key=f"{writer}-{i}",
-                                         stage="write", stage_version=1)
+        ref = storage.datasets.write(
+            "shared",
+            pa.table({"writer": [writer], "i": [i]}),
+            lineage={"writer": writer, "i": i},
+            stage_run_id=sr,
+        )
+        storage.catalog.finish_stage_run(
+            sr,
+            status="completed",
+            outputs={"shared": ref},
+            cache_key=f"{writer}-{i}",
+            stage="write",
+            stage_version=1,
+        )
         storage.catalog.finish_run(run_id, status="completed")
 
 

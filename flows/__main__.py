@@ -1,0 +1,5 @@
+"""`python -m flows` is `wrl`."""
+
+from flows.cli import main
+
+main()

@@ -1,0 +1,83 @@
+"""Backend registry: recipe `backends.<name>.kind` -> the factory that builds its LLMClient.
+
+Kinds are the ones `configs.schema` allows; a kind the schema allows but this build does not
+implement yet fails with `BackendUnavailableError` naming the backend and kind, when a client is
+created (not when the recipe loads, so a recipe can be validated anywhere).
+
+Factories import their backend lazily: importing this module stays cheap (no torch).
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from configs.schema import Backend, Recipe
+from tasks.llm.base import LLMClient
+
+# (recipe, backend name, that backend's config, model) -> client
+BackendFactory = Callable[[Recipe, str, Any, str], LLMClient]
+
+
+def _schema_kinds() -> tuple[str, ...]:
+    union = typing.get_args(Backend)[0]  # Annotated[A | B | ..., Field(discriminator="kind")]
+    kinds: list[str] = []
+    for model in typing.get_args(union):
+        kinds.extend(typing.get_args(model.model_fields["kind"].annotation))
+    return tuple(kinds)
+
+
+SCHEMA_BACKEND_KINDS: tuple[str, ...] = _schema_kinds()
+_FACTORIES: dict[str, BackendFactory] = {}
+
+
+class BackendUnavailableError(ValueError):
+    """The recipe names a backend kind that this build has no implementation for."""
+
+
+def register_backend(kind: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Decorator registering the factory for `kind`; a kind registers once, and must be in the schema."""
+    if kind not in SCHEMA_BACKEND_KINDS:
+        raise ValueError(
+            f"backend kind '{kind}' is not in configs.schema; allowed: {', '.join(SCHEMA_BACKEND_KINDS)}"
+        )
+
+    def decorate(factory: BackendFactory) -> BackendFactory:
+        if kind in _FACTORIES:
+            raise ValueError(f"backend kind '{kind}' is already registered ({_FACTORIES[kind]!r})")
+        _FACTORIES[kind] = factory
+        return factory
+
+    return decorate
+
+
+def registered_kinds() -> frozenset[str]:
+    return frozenset(_FACTORIES)
+
+
+def create_client(recipe: Recipe, backend_name: str, model: str) -> LLMClient:
+    """Build the client for `model` on the recipe's backend `backend_name`."""
+    try:
+        config = recipe.backends[backend_name]
+    except KeyError:
+        defined = ", ".join(sorted(recipe.backends)) or "none"
+        raise ValueError(
+            f"backend '{backend_name}' is not defined in recipe '{recipe.name}'; defined: {defined}"
+        ) from None
+    factory = _FACTORIES.get(config.kind)
+    if factory is None:
+        available = ", ".join(sorted(_FACTORIES)) or "none"
+        raise BackendUnavailableError(
+            f"backend '{backend_name}' has kind '{config.kind}', which is not available in this build "
+            f"(available kinds: {available})"
+        )
+    return factory(recipe, backend_name, config, model)
+
+
+@register_backend("transformers")
+def _transformers(recipe: Recipe, backend_name: str, config: Any, model: str) -> LLMClient:
+    from tasks.llm.transformers_backend import TransformersClient
+
+    return TransformersClient(backend_name, config, model, Path(recipe.storage.model_cache))

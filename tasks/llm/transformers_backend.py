@@ -1,0 +1,502 @@
+"""In-process generation with Hugging Face transformers, on CPU or GPU, with transparent micro-batching.
+
+`TransformersClient.chat` looks like any other backend: one request in, one Completion out. Behind
+it, one worker task per client collects requests that arrive while a batch is running and generates
+up to `max_batch_size` of them together (left padding) in a worker thread, so the event loop stays
+free. Requests are batched only with others that share their decoding parameters (the seed aside).
+
+Weights load lazily on first use and are shared by every client in the process with the same
+resolved path, device and dtype: a policy and a competitor on one model load it once.
+
+`next_token_logprobs` serves local judges: the log-probability of each candidate's first token
+right after the assistant turn opens (score tokens "1".."10", verdict tokens "A"/"B"/"C").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from configs.schema import Decoding, TransformersBackend
+from tasks.llm.base import Completion, Message, TokenLogprob, Usage
+from tasks.llm.embedded import resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared weights: one copy per (resolved path, device, dtype) per process
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    path: str
+    device: str
+    dtype: str
+    model: Any  # a transformers PreTrainedModel in eval mode
+    tokenizer: Any  # left-padding tokenizer with a pad token
+    eos_ids: frozenset[int]
+    pad_id: int
+    top_k: int  # the checkpoint's own top_k, or 0 (off): transformers' global default of 50 is not ours
+
+
+_MODELS: dict[tuple[str, str, str], LoadedModel] = {}
+_MODELS_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+# model string + cache -> local path, once per process: verifying the embedded model's manifest
+# hashes ~540 MB, which every client on that model would otherwise repeat.
+_RESOLVED: dict[tuple[str, str], str] = {}
+
+# One forward computation at a time per process. Seeded sampling seeds torch's global RNG, so
+# seeding and generating must not interleave with another batch; on a CPU the cores are shared
+# anyway. (The fast GPU path is vLLM, not this backend.)
+_COMPUTE_LOCK = threading.Lock()
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"  # half precision on a CPU is slower, not faster
+
+
+def _load_shared(model: str, model_cache: Path, device: str, dtype: str) -> LoadedModel:
+    """Return the process-wide copy of `model`, loading it (blocking) if nobody has yet."""
+    resolved_key = (model, str(model_cache))
+    with _MODELS_LOCK:
+        path = _RESOLVED.get(resolved_key)
+    if path is None:
+        path = resolve_model_path(model, model_cache)  # may provision the embedded model (file-locked)
+        if Path(path).is_dir():
+            path = str(Path(path).resolve())
+        with _MODELS_LOCK:
+            _RESOLVED[resolved_key] = path
+    key = (path, device, dtype)
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            return _MODELS[key]
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:  # two clients asking at once: one loads, the other waits for it
+        with _MODELS_LOCK:
+            if key in _MODELS:
+                return _MODELS[key]
+        loaded = _load(path, device, dtype)
+        with _MODELS_LOCK:
+            _MODELS[key] = loaded
+    return loaded
+
+
+def _load(path: str, device: str, dtype: str) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    eos_ids = set(_as_ids(model.generation_config.eos_token_id)) | set(_as_ids(tokenizer.eos_token_id))
+    if not eos_ids:
+        raise ValueError(f"{path}: neither the generation config nor the tokenizer names an EOS token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(min(eos_ids))
+    logger.info(
+        "transformers: loaded %s on %s as %s in %.1f s", path, device, dtype, time.perf_counter() - started
+    )
+    return LoadedModel(
+        path=path,
+        device=device,
+        dtype=dtype,
+        model=model,
+        tokenizer=tokenizer,
+        eos_ids=frozenset(eos_ids),
+        pad_id=int(tokenizer.pad_token_id),
+        top_k=int(model.generation_config.top_k or 0),
+    )
+
+
+def _as_ids(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched computations (run in a worker thread)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Generated:
+    text: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None
+
+
+def _encode(loaded: LoadedModel, conversations: Sequence[Sequence[Message]]) -> Any:
+    tokenizer = loaded.tokenizer
+    texts = [
+        tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
+        for messages in conversations
+    ]
+    # The template already holds the special tokens (BOS, turn markers): add none twice.
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
+
+
+def _generate_batch(
+    loaded: LoadedModel, conversations: Sequence[Sequence[Message]], params: Decoding
+) -> list[_Generated]:
+    import torch
+
+    # The lock covers all tokenizer work too: a fast tokenizer keeps its padding settings as
+    # state, and two threads sharing one (two clients on one model) corrupt each other's batches.
+    with _COMPUTE_LOCK, torch.inference_mode():
+        return _generate_locked(loaded, conversations, params)
+
+
+def _generate_locked(
+    loaded: LoadedModel, conversations: Sequence[Sequence[Message]], params: Decoding
+) -> list[_Generated]:
+    import torch
+
+    encoded = _encode(loaded, conversations)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": params.max_tokens,
+        "eos_token_id": sorted(loaded.eos_ids),
+        "pad_token_id": loaded.pad_id,
+    }
+    if params.temperature > 0:
+        kwargs |= {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        kwargs["top_k"] = loaded.top_k
+    else:
+        kwargs |= {"do_sample": False, "temperature": 1.0, "top_p": 1.0}
+    if params.stop:
+        kwargs |= {"stop_strings": list(params.stop), "tokenizer": loaded.tokenizer}
+    if params.logprobs is not None:
+        kwargs |= {"return_dict_in_generate": True, "output_logits": True}
+    if params.seed is not None:
+        # One seed for the whole batch, taken from its first request: the rows of a batch draw
+        # from one RNG stream, so per-request seeds within a batch are not independent, and a
+        # seeded sample can differ with the batch it happened to land in.
+        torch.manual_seed(params.seed)
+    output = loaded.model.generate(**encoded, **kwargs)
+
+    sequences = output.sequences if params.logprobs is not None else output
+    prompt_width = encoded["input_ids"].shape[1]
+    results = []
+    for row in range(len(conversations)):
+        generated = sequences[row, prompt_width:].tolist()
+        text, finish_reason, count = _finish(loaded, generated, params.stop)
+        logprobs = None
+        if params.logprobs is not None:
+            logprobs = _token_logprobs(loaded, output.logits, row, generated[:count], params.logprobs)
+        results.append(
+            _Generated(
+                text=text,
+                finish_reason=finish_reason,
+                input_tokens=int(encoded["attention_mask"][row].sum()),
+                output_tokens=count,
+                logprobs=logprobs,
+            )
+        )
+    return results
+
+
+def _finish(loaded: LoadedModel, generated: list[int], stop: Sequence[str]) -> tuple[str, str, int]:
+    """(text, finish_reason, generated token count) of one row, padding after its end removed."""
+    tokenizer = loaded.tokenizer
+    end = next((i for i, token in enumerate(generated) if token in loaded.eos_ids), None)
+    tokens = generated if end is None else generated[: end + 1]  # the EOS counts as generated
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], "stop", _tokens_until_stop(tokenizer, tokens, stop)
+    return text, "length" if end is None else "stop", len(tokens)
+
+
+def _tokens_until_stop(tokenizer: Any, tokens: list[int], stop: Sequence[str]) -> int:
+    # The shortest prefix whose text holds a stop string: generation halted right there (rows that
+    # stopped early were padded afterwards). Containment only grows with the prefix: bisect.
+    low, high = 1, len(tokens)
+    while low < high:
+        mid = (low + high) // 2
+        text = tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+        if any(s in text for s in stop):
+            high = mid
+        else:
+            low = mid + 1
+    return high
+
+
+def _token_logprobs(
+    loaded: LoadedModel, logits: Sequence[Any], row: int, tokens: list[int], top_n: int
+) -> tuple[TokenLogprob, ...]:
+    import torch
+
+    # Log-probabilities of the model's own distribution (raw logits), as OpenAI-style APIs report
+    # them: temperature and top_p change what is sampled, not these numbers.
+    decode = loaded.tokenizer.decode
+    out = []
+    for step, token in enumerate(tokens):
+        logprobs = torch.log_softmax(logits[step][row].float(), dim=-1)
+        top: dict[str, float] = {}
+        if top_n:
+            values, ids = torch.topk(logprobs, top_n)
+            for value, token_id in zip(values.tolist(), ids.tolist(), strict=True):
+                top.setdefault(decode([token_id]), value)  # distinct ids can decode alike: keep the best
+        out.append(TokenLogprob(token=decode([token]), logprob=float(logprobs[token]), top=top))
+    return tuple(out)
+
+
+def _first_token_id(tokenizer: Any, candidate: str) -> int:
+    ids = tokenizer.encode(candidate, add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"candidate {candidate!r} tokenizes to nothing")
+    return int(ids[0])
+
+
+def _next_token_batch(
+    loaded: LoadedModel, items: Sequence[tuple[Sequence[Message], Sequence[str]]]
+) -> list[dict[str, float]]:
+    import torch
+
+    with _COMPUTE_LOCK, torch.inference_mode():
+        encoded = _encode(loaded, [messages for messages, _ in items])
+        mask = encoded["attention_mask"]
+        # A plain forward pass does not derive positions from the mask as generate() does:
+        # without this, left-padded rows would see shifted positions.
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = loaded.model(**encoded, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        return [  # still under the lock: encoding candidates uses the shared tokenizer
+            {c: float(logprobs[row, _first_token_id(loaded.tokenizer, c)]) for c in candidates}
+            for row, (_, candidates) in enumerate(items)
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Job:
+    kind: Literal["generate", "next_token"]
+    messages: tuple[Message, ...]
+    future: asyncio.Future[Any]
+    params: Decoding | None = None
+    candidates: tuple[str, ...] = ()
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def group(self) -> Hashable:
+        # Rows of one generate() call share every decoding parameter. The seed is not one of them
+        # (one seed per batch, see _generate_batch), and n is handled by callers (chat_many).
+        if self.kind == "generate" and self.params is not None:
+            return ("generate", self.params.model_copy(update={"seed": None, "n": 1}))
+        return (self.kind,)
+
+
+_STOP = object()  # queue sentinel: aclose() was called
+
+
+class TransformersClient:
+    """An `LLMClient` generating in this process with transformers. Safe to call concurrently."""
+
+    def __init__(self, backend_name: str, config: TransformersBackend, model: str, model_cache: Path) -> None:
+        self.backend_name = backend_name
+        self.model = model
+        self.config = config
+        self.model_cache = Path(model_cache)
+        self.device = _resolve_device(config.device)
+        self.dtype = _resolve_dtype(config.dtype, self.device)
+        self._loaded: LoadedModel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Any] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "transformers", "model": self.model, "dtype": self.dtype}
+
+    def __repr__(self) -> str:
+        return f"TransformersClient({self.backend_name!r}, {self.model!r}, {self.device}/{self.dtype})"
+
+    async def load(self) -> LoadedModel:
+        """Load (or join) the shared weights now; chat() does this on first use anyway."""
+        if self._loaded is None:
+            self._loaded = await asyncio.to_thread(
+                _load_shared, self.model, self.model_cache, self.device, self.dtype
+            )
+        return self._loaded
+
+    async def chat(self, messages: Sequence[Message], params: Decoding) -> Completion:
+        """One completion (`params.n` is the caller's business: chat_many sends n requests).
+
+        Never raises: a failed batch gives each of its requests a failed Completion.
+        """
+        started = time.perf_counter()
+        try:
+            return await self._submit("generate", messages, params=params)
+        except Exception as exc:  # a closed client or a worker bug: a Completion comes back regardless
+            return Completion.failure(f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
+
+    async def next_token_logprobs(
+        self, messages: Sequence[Message], candidates: Sequence[str]
+    ) -> dict[str, float]:
+        """Log-probability of each candidate as the first token of the assistant's reply.
+
+        A candidate that tokenizes to several tokens is scored by its first token only (with the
+        SmolLM2 tokenizer "10" is "1" + "0", so it scores the same as "1"): pick candidates that
+        are single tokens. Raises on failure (unlike chat): a judge decides what a failure means.
+        """
+        if not candidates:
+            return {}
+        return await self._submit("next_token", messages, candidates=tuple(candidates))
+
+    async def aclose(self) -> None:
+        """Stop the batching worker: the batch in flight finishes, queued requests fail.
+
+        The weights stay loaded: other clients may share them.
+        """
+        self._closed = True
+        worker, queue = self._worker, self._queue
+        self._worker = self._queue = None
+        if worker is None or queue is None or worker.done():
+            return
+        if self._loop is not asyncio.get_running_loop():
+            # The worker belongs to another loop (still running in another thread): cancel it there.
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(worker.cancel)
+            return
+        queue.put_nowait(_STOP)
+        await worker
+
+    # -- batching -----------------------------------------------------------------------------
+
+    def _submit(
+        self,
+        kind: Literal["generate", "next_token"],
+        messages: Sequence[Message],
+        *,
+        params: Decoding | None = None,
+        candidates: tuple[str, ...] = (),
+    ) -> asyncio.Future[Any]:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        loop = asyncio.get_running_loop()
+        # A client can outlive an event loop (tests, asyncio.run per stage): one worker per loop.
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._run(self._queue), name=f"{self!r} batcher")
+        assert self._queue is not None
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put_nowait(
+            _Job(kind=kind, messages=tuple(messages), future=future, params=params, candidates=candidates)
+        )
+        return future
+
+    async def _run(self, queue: asyncio.Queue[Any]) -> None:
+        pending: list[_Job] = []
+        batch: list[_Job] = []
+        try:
+            while True:
+                if not pending:
+                    item = await queue.get()
+                    if item is _STOP:
+                        return
+                    pending.append(item)
+                    # Let requests submitted around the same moment (a gather, a semaphore just
+                    # released) join this batch: a few loop turns, until the queue stops growing.
+                    for _ in range(8):
+                        size = queue.qsize()
+                        await asyncio.sleep(0)
+                        if queue.qsize() == size:
+                            break
+                for item in _drain(queue):  # everything that arrived meanwhile is a candidate
+                    if item is _STOP:
+                        return
+                    pending.append(item)
+                pending = [job for job in pending if not job.future.done()]  # callers that gave up
+                if not pending:
+                    continue
+                group = pending[0].group  # oldest first, so no group waits forever
+                batch = [job for job in pending if job.group == group][: self.config.max_batch_size]
+                pending = [job for job in pending if job not in batch]
+                await self._execute(batch)
+                batch = []
+        finally:
+            # Reached on aclose() or when the loop shuts down (cancellation): nobody waits forever.
+            for job in batch + pending + [item for item in _drain(queue) if item is not _STOP]:
+                _resolve(job, error=RuntimeError(f"{self!r} was closed before this request ran"))
+
+    async def _execute(self, batch: list[_Job]) -> None:
+        try:
+            loaded = await self.load()
+            if batch[0].kind == "generate":
+                params = batch[0].params
+                assert params is not None
+                results: list[Any] = await asyncio.to_thread(
+                    _generate_batch, loaded, [job.messages for job in batch], params
+                )
+            else:
+                results = await asyncio.to_thread(
+                    _next_token_batch, loaded, [(job.messages, job.candidates) for job in batch]
+                )
+        except Exception as exc:
+            logger.warning("%r: a batch of %d failed: %s: %s", self, len(batch), type(exc).__name__, exc)
+            for job in batch:
+                _resolve(job, error=exc)
+            return
+        for job, result in zip(batch, results, strict=True):
+            _resolve(job, result=result)
+
+
+def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def _resolve(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
+    if job.future.done():  # the caller was cancelled
+        return
+    latency = time.perf_counter() - job.started
+    if job.kind == "next_token":
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+    elif error is not None:
+        job.future.set_result(Completion.failure(f"{type(error).__name__}: {error}", latency_s=latency))
+    else:
+        job.future.set_result(
+            Completion(
+                text=result.text,
+                finish_reason=result.finish_reason,
+                usage=Usage(input_tokens=result.input_tokens, output_tokens=result.output_tokens),
+                latency_s=latency,
+                logprobs=result.logprobs,
+            )
+        )

@@ -1,0 +1,133 @@
+"""The first slice end to end on a tiny model: ingest -> generate, stored with lineage, cached."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from configs.loading import load_recipe
+from flows.build_dataset import build_dataset
+from storage import DatasetRef, open_storage
+from tests.conftest import write_recipe
+
+
+@pytest.fixture
+def counting_generation(monkeypatch):
+    """Counts chat() calls that reach a backend during the flow."""
+    import tasks.stages.generate as generate_stage
+
+    calls = []
+    real = generate_stage.create_client
+
+    def counted(recipe, backend, model):
+        client = real(recipe, backend, model)
+        original = client.chat
+
+        async def chat(messages, params):
+            calls.append(messages[-1]["content"])
+            return await original(messages, params)
+
+        client.chat = chat
+        return client
+
+    monkeypatch.setattr(generate_stage, "create_client", counted)
+    return calls
+
+
+def _stages(summary):
+    return {s["stage"]: s for s in summary["stages"]}
+
+
+def test_first_slice_stores_generations_with_lineage_and_reruns_from_cache(
+    prefect_harness, tiny_model_dir, tmp_path, counting_generation
+):
+    recipe_path = write_recipe(tmp_path / "r.yaml", store=tmp_path / "store", model=str(tiny_model_dir))
+    first = build_dataset(recipe_path=str(recipe_path))
+    stages = _stages(first)
+    assert stages["ingest"]["outputs"] == {"instructions": "instructions@0"}
+    assert stages["generate"]["outputs"] == {"generations": "generations@0"}
+    assert len(counting_generation) == 4
+
+    storage = open_storage(load_recipe(recipe_path).storage)
+    generations = storage.datasets.read(DatasetRef("generations", 0)).to_pylist()
+    instructions = storage.datasets.read(DatasetRef("instructions", 0)).to_pylist()
+    assert [g["instruction_id"] for g in generations] == [i["id"] for i in instructions]
+    assert all(
+        g["error"] is None and g["text"] is not None and g["generator"] == "policy" for g in generations
+    )
+    assert all(0 < g["output_tokens"] <= 8 for g in generations)
+
+    lineage = storage.datasets.lineage(DatasetRef("generations", 0))
+    assert lineage["stage"] == "generate" and lineage["inputs"] == ["instructions@0"]
+    assert lineage["run_id"] == first["run_id"] and lineage["prefect_flow_run_id"]
+    with storage.catalog.connect() as con:
+        run = con.execute(
+            "SELECT status, prefect_flow_run_id FROM runs WHERE run_id = ?", [first["run_id"]]
+        ).fetchone()
+        stage_rows = con.execute(
+            "SELECT stage, stage_version, status, config_hash, code_version, prefect_task_run_id"
+            " FROM stage_runs WHERE run_id = ? ORDER BY started_at",
+            [first["run_id"]],
+        ).fetchall()
+    assert run[0] == "completed" and run[1] == lineage["prefect_flow_run_id"]
+    assert [(s[0], s[1], s[2]) for s in stage_rows] == [
+        ("ingest", 1, "completed"),
+        ("generate", 1, "completed"),
+    ]
+    assert all(s[3] and s[4] and s[5] for s in stage_rows)
+
+    counting_generation.clear()
+    second = build_dataset(recipe_path=str(recipe_path))
+    assert [s["cached"] for s in second["stages"]] == [True, True]
+    assert _stages(second)["generate"]["outputs"] == {"generations": "generations@0"}
+    assert counting_generation == []  # nothing generated again
+
+
+def test_cache_checks_outputs_exist_and_refresh_and_config_changes_recompute(
+    prefect_harness, tiny_model_dir, tmp_path, counting_generation
+):
+    store = tmp_path / "store"
+    recipe_path = write_recipe(tmp_path / "r.yaml", store=store, model=str(tiny_model_dir), limit=2)
+    build_dataset(recipe_path=str(recipe_path))
+    assert len(counting_generation) == 2
+
+    shutil.rmtree(store / "datasets" / "generations")  # the cached version no longer exists
+    rebuilt = _stages(build_dataset(recipe_path=str(recipe_path)))
+    assert rebuilt["ingest"]["cached"] and not rebuilt["generate"]["cached"]
+    assert len(counting_generation) == 4
+
+    forced = _stages(build_dataset(recipe_path=str(recipe_path), refresh=["generate"]))
+    assert forced["ingest"]["cached"] and not forced["generate"]["cached"]
+    assert len(counting_generation) == 6
+
+    changed = _stages(
+        build_dataset(
+            recipe_path=str(recipe_path),
+            overrides={
+                "generators": [
+                    {
+                        "name": "policy",
+                        "role": "policy",
+                        "backend": "local",
+                        "model": str(tiny_model_dir),
+                        "decoding": {"temperature": 0.0, "max_tokens": 4, "seed": 0},
+                    }
+                ]
+            },
+        )
+    )
+    assert changed["ingest"]["cached"] and not changed["generate"]["cached"]
+    assert len(counting_generation) == 8
+
+    with pytest.raises(ValueError, match="unknown stage"):
+        build_dataset(recipe_path=str(recipe_path), refresh=["scorre"])
+
+
+def test_until_stops_after_the_named_stage(prefect_harness, tiny_model_dir, tmp_path, counting_generation):
+    recipe_path = write_recipe(
+        tmp_path / "r.yaml", store=tmp_path / "store", model=str(tiny_model_dir), limit=2
+    )
+    summary = build_dataset(recipe_path=str(recipe_path), until="ingest")
+    assert [s["stage"] for s in summary["stages"]] == ["ingest"]
+    assert counting_generation == []

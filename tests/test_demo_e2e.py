@@ -38,7 +38,9 @@ def test_demo_runs_the_slice_then_reruns_from_cache(tmp_path):
     storage = open_storage(recipe.storage.model_copy(update={"root": tmp_path / recipe.storage.root}))
     rows = storage.datasets.read(DatasetRef("generations", 0)).to_pylist()
     assert len(rows) == recipe.data.limit == 24
-    assert all(r["error"] is None and len(r["text"].split()) >= 5 for r in rows), rows[:2]
+    assert all(r["error"] is None and len(r["text"].strip()) >= 20 for r in rows), rows[
+        :2
+    ]  # zh has no spaces
     assert storage.datasets.lineage(DatasetRef("generations", 0))["inputs"] == ["instructions@0"]
 
     second = _wrl("demo", "--config", str(config), cwd=tmp_path)

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from configs.schema import DATA_FORMATS, DataConfig
 from tasks.instructions.schema import Criterion, Instruction
+from tasks.registry import Registry
 
 __all__ = [
     "LOADERS",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 Loader = Callable[[DataConfig], list[Instruction]]
-LOADERS: dict[str, Loader] = {}
+LOADERS: Registry[Loader] = Registry("instruction loader", allowed=DATA_FORMATS)
 
 BUILTIN_SAMPLE = "builtin_sample.jsonl"
 RUBRIC_BANDS = ("1-2", "3-4", "5-6", "7-8", "9-10")
@@ -77,26 +78,13 @@ class InstructionDataError(ValueError):
 
 
 def register_loader(name: str) -> Callable[[Loader], Loader]:
-    if name not in DATA_FORMATS:
-        # The recipe schema only admits DATA_FORMATS, so any other loader would be unreachable.
-        raise ValueError(f"loader '{name}' is not in configs.schema.DATA_FORMATS; add it there first")
-
-    def decorate(fn: Loader) -> Loader:
-        if name in LOADERS:
-            raise ValueError(f"a loader named '{name}' is already registered ({LOADERS[name].__qualname__})")
-        LOADERS[name] = fn
-        return fn
-
-    return decorate
+    """Decorator adding a loader under a `DATA_FORMATS` name; a name registers once."""
+    return LOADERS.register(name)
 
 
 def load_instructions(cfg: DataConfig) -> list[Instruction]:
     """Load, validate (raising `InstructionDataError` listing every bad row), then keep the first `limit`."""
-    try:
-        loader = LOADERS[cfg.format]
-    except KeyError:
-        raise ValueError(f"no loader for data format '{cfg.format}'; known: {', '.join(LOADERS)}") from None
-    rows = loader(cfg)
+    rows = LOADERS[cfg.format](cfg)
     return rows[: cfg.limit] if cfg.limit is not None else rows
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from configs.schema import Backend, Recipe
 from tasks.llm.base import LLMClient
+from tasks.registry import Registry
 
 # (recipe, backend name, that backend's config, model) -> client
 BackendFactory = Callable[[Recipe, str, Any, str], LLMClient]
@@ -30,7 +31,7 @@ def _schema_kinds() -> tuple[str, ...]:
 
 
 SCHEMA_BACKEND_KINDS: tuple[str, ...] = _schema_kinds()
-_FACTORIES: dict[str, BackendFactory] = {}
+BACKENDS: Registry[BackendFactory] = Registry("backend kind", allowed=SCHEMA_BACKEND_KINDS)
 
 
 class BackendUnavailableError(ValueError):
@@ -39,22 +40,11 @@ class BackendUnavailableError(ValueError):
 
 def register_backend(kind: str) -> Callable[[BackendFactory], BackendFactory]:
     """Decorator registering the factory for `kind`; a kind registers once, and must be in the schema."""
-    if kind not in SCHEMA_BACKEND_KINDS:
-        raise ValueError(
-            f"backend kind '{kind}' is not in configs.schema; allowed: {', '.join(SCHEMA_BACKEND_KINDS)}"
-        )
-
-    def decorate(factory: BackendFactory) -> BackendFactory:
-        if kind in _FACTORIES:
-            raise ValueError(f"backend kind '{kind}' is already registered ({_FACTORIES[kind]!r})")
-        _FACTORIES[kind] = factory
-        return factory
-
-    return decorate
+    return BACKENDS.register(kind)
 
 
 def registered_kinds() -> frozenset[str]:
-    return frozenset(_FACTORIES)
+    return frozenset(BACKENDS)
 
 
 def create_client(recipe: Recipe, backend_name: str, model: str) -> LLMClient:
@@ -66,9 +56,9 @@ def create_client(recipe: Recipe, backend_name: str, model: str) -> LLMClient:
         raise ValueError(
             f"backend '{backend_name}' is not defined in recipe '{recipe.name}'; defined: {defined}"
         ) from None
-    factory = _FACTORIES.get(config.kind)
+    factory = BACKENDS.get(config.kind)
     if factory is None:
-        available = ", ".join(sorted(_FACTORIES)) or "none"
+        available = ", ".join(sorted(BACKENDS)) or "none"
         raise BackendUnavailableError(
             f"backend '{backend_name}' has kind '{config.kind}', which is not available in this build "
             f"(available kinds: {available})"

@@ -331,9 +331,8 @@ def test_registry_refuses_duplicates_and_unknown_kinds():
 
 def test_registry_names_the_unavailable_backend(tmp_path, monkeypatch):
     # Only transformers is registered in this build; keep the test true once others land.
-    monkeypatch.setattr(
-        registry, "_FACTORIES", {k: v for k, v in registry._FACTORIES.items() if k == "transformers"}
-    )
+    for kind in [k for k in registry.BACKENDS if k != "transformers"]:
+        monkeypatch.delitem(registry.BACKENDS._entries, kind)
     with pytest.raises(BackendUnavailableError, match=r"'api' has kind 'openai-compatible'.*not available"):
         create_client(_recipe(tmp_path), "api", "gpt-4o")
     with pytest.raises(ValueError, match="backend 'missing' is not defined"):

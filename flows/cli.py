@@ -252,8 +252,10 @@ def list_runs(config: ConfigOpt = DEFAULT_CONFIG, limit: int = 10) -> None:
     recipe, _ = _load(config, None)
     storage = open_storage(recipe.storage)
     df = storage.catalog.query(
-        "SELECT r.run_id, r.flow, r.recipe, r.status, r.started_at, s.stage, s.status AS stage_status,"
-        " s.cached_from IS NOT NULL AS cached FROM runs r LEFT JOIN stage_runs s USING (run_id)"
+        "SELECT left(r.run_id, 12) AS run, r.flow, r.recipe, r.status AS run_status,"
+        " strftime(r.started_at, '%Y-%m-%d %H:%M:%S') AS started, s.stage, s.status AS stage_status,"
+        " round(epoch(s.ended_at - s.started_at), 1) AS seconds, left(s.config_hash, 12) AS config"
+        " FROM runs r LEFT JOIN stage_runs s USING (run_id)"
         " WHERE r.run_id IN (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT ?)"
         " ORDER BY r.started_at DESC, s.started_at",
         [limit],
@@ -269,7 +271,8 @@ def list_datasets(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     recipe, _ = _load(config, None)
     storage = open_storage(recipe.storage)
     df = storage.catalog.query(
-        "SELECT d.dataset, d.version, d.num_rows, s.stage, s.config_hash[:12] AS config, d.created_at"
+        "SELECT d.dataset, d.version, d.num_rows AS rows, s.stage, left(s.stage_run_id, 12) AS stage_run,"
+        " left(s.config_hash, 12) AS config, strftime(d.created_at, '%Y-%m-%d %H:%M:%S') AS created"
         " FROM dataset_versions d LEFT JOIN stage_runs s USING (stage_run_id) ORDER BY d.dataset, d.version"
     )
     _print_frame(df, "dataset versions")
@@ -291,7 +294,15 @@ def show_dataset(
         df = storage.datasets.query(f"SELECT * FROM t LIMIT {int(limit)}", {"t": dataset_ref})
     except (ValueError, *_user_errors()) as exc:
         raise _UserFacingError(str(exc)) from None
-    _print_frame(df, str(dataset_ref))
+    for index, record in enumerate(df.to_dict(orient="records")):  # rows are wide: one block per row
+        table = Table(title=f"{dataset_ref} row {index}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for key, value in record.items():
+            text = str(value)
+            table.add_row(key, text if len(text) <= 400 else text[:400] + " ...")
+        console.print(table)
+    console.print(f"[bold]lineage of {dataset_ref}[/]")
     for key, value in storage.datasets.lineage(dataset_ref).items():
         console.print(f"  {key}: {value}", highlight=False)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from configs.schema import StorageConfig
 from storage.catalog import CachedStage, Catalog
 from storage.datasets import DatasetNotFoundError, DatasetStore
-from storage.locking import StorageBusyError, StorageLock
+from storage.locking import StageClaim, StorageBusyError, StorageLock
 from storage.provenance import code_version
 from storage.refs import DatasetRef
 
@@ -33,6 +33,7 @@ class Storage:
     root: Path
     catalog: Catalog
     datasets: DatasetStore
+    claims: StageClaim
 
 
 def open_storage(config: StorageConfig) -> Storage:
@@ -41,4 +42,9 @@ def open_storage(config: StorageConfig) -> Storage:
     lock = StorageLock(root, config.lock_timeout_s)
     catalog = Catalog(root / "catalog.duckdb", lock)
     catalog.migrate()
-    return Storage(root=root, catalog=catalog, datasets=DatasetStore(root / "datasets", catalog, lock))
+    return Storage(
+        root=root,
+        catalog=catalog,
+        datasets=DatasetStore(root / "datasets", catalog, lock),
+        claims=StageClaim(root),
+    )

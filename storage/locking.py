@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -72,3 +72,30 @@ class StorageLock:
             f"process {info.get('pid')} on {info.get('host')} ({info.get('argv')!s}, "
             f"{info.get('purpose')}, for {held:.0f}s)"
         )
+
+
+class StageClaim:
+    """One process at a time computes a given stage cache key.
+
+    A second pipeline reaching the same (stage, config, inputs) waits here, then finds the first
+    one's result in the cache instead of paying for the same generations or judgments again. The
+    OS releases the lock when its holder dies, so a killed process never blocks anyone.
+    """
+
+    def __init__(self, root: Path):
+        self.folder = root / "claims"
+
+    @contextmanager
+    def hold(self, cache_key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.folder / f"{cache_key[:32]}.lock"), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait()
+            lock.acquire()  # no timeout: the holder is computing, and finishes or dies
+        try:
+            yield
+        finally:
+            lock.release()

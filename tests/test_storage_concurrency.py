@@ -69,3 +69,31 @@ def test_a_writer_that_cannot_get_the_lock_fails_clearly_and_writes_nothing(tmp_
     with storage.catalog.connect() as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
     assert storage.datasets.names() == []
+
+
+def test_two_processes_reaching_the_same_stage_compute_it_once(tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    root = tmp_path / "store"
+    open_storage(StorageConfig(root=root)).datasets.write("source", pa.table({"x": [1]}), lineage={})
+    calls = tmp_path / "calls.txt"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.support.stage_worker", str(root), str(calls)],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert calls.read_text().splitlines() == ["computed"]  # the second process waited, then reused
+    assert sorted(r["cached"] for r in results) == [False, True]
+    assert {r["out"] for r in results} == {"out@0"}

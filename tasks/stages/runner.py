@@ -111,39 +111,66 @@ def run_stage(
         inputs=inputs,
     )
 
-    if not refresh:
+    def serve_from_cache() -> StageResult | None:
         hit = storage.catalog.lookup_cache(cache_key)
-        if hit is not None:
-            gone = [str(ref) for ref in hit.outputs.values() if not storage.datasets.exists(ref)]
-            if not gone and set(hit.outputs) == set(spec.outputs):
-                stage_run_id = storage.catalog.start_stage_run(
-                    **common, status="cached", cached_from=hit.stage_run_id
-                )
-                summary = {"cached_from": hit.stage_run_id}
-                storage.catalog.finish_stage_run(
-                    stage_run_id, status="cached", outputs=hit.outputs, summary=summary
-                )
-                logger.info(
-                    "%s: cache hit (key %s) -> %s",
-                    spec.name,
-                    cache_key[:12],
-                    ", ".join(str(r) for r in hit.outputs.values()),
-                )
-                result = StageResult(
-                    spec.name,
-                    stage_run_id,
-                    hit.outputs,
-                    True,
-                    cache_key,
-                    config_hash,
-                    summary,
-                    time.perf_counter() - started,
-                )
-                _publish_artifact(result)
-                return result
+        if hit is None:
+            return None
+        gone = [str(ref) for ref in hit.outputs.values() if not storage.datasets.exists(ref)]
+        if gone or set(hit.outputs) != set(spec.outputs):
             logger.warning("%s: cached outputs %s are gone; recomputing", spec.name, ", ".join(gone))
             storage.catalog.forget_cache(cache_key)
+            return None
+        stage_run_id = storage.catalog.start_stage_run(
+            **common, status="cached", cached_from=hit.stage_run_id
+        )
+        summary = {"cached_from": hit.stage_run_id}
+        storage.catalog.finish_stage_run(stage_run_id, status="cached", outputs=hit.outputs, summary=summary)
+        logger.info(
+            "%s: cache hit (key %s) -> %s",
+            spec.name,
+            cache_key[:12],
+            ", ".join(str(r) for r in hit.outputs.values()),
+        )
+        result = StageResult(
+            spec.name,
+            stage_run_id,
+            hit.outputs,
+            True,
+            cache_key,
+            config_hash,
+            summary,
+            time.perf_counter() - started,
+        )
+        _publish_artifact(result)
+        return result
 
+    if not refresh and (cached := serve_from_cache()) is not None:
+        return cached
+
+    def waiting() -> None:
+        logger.info(
+            "%s: another process is computing this stage (key %s); waiting for it", spec.name, cache_key[:12]
+        )
+
+    with storage.claims.hold(cache_key, on_wait=waiting):
+        # Whoever held the claim may have just finished this exact stage: take its result.
+        if not refresh and (cached := serve_from_cache()) is not None:
+            return cached
+        return _compute_and_record(spec, compute, recipe, storage, inputs, common, logger, started)
+
+
+def _compute_and_record(
+    spec: StageSpec,
+    compute: Callable[[StageContext], StageOutput],
+    recipe: Recipe,
+    storage: Storage,
+    inputs: dict[str, DatasetRef],
+    common: dict[str, Any],
+    logger: logging.Logger | logging.LoggerAdapter,
+    started: float,
+) -> StageResult:
+    run_id, config_hash, cache_key = common["run_id"], common["config_hash"], common["cache_key"]
+    flow_run_id = common["prefect_flow_run_id"]
     stage_run_id = storage.catalog.start_stage_run(**common)
     ctx = StageContext(spec, recipe, storage, inputs, stage_run_id, logger)
     try:

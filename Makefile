@@ -1,6 +1,6 @@
 # The two commands a fresh machine needs: `make demo` and `make test`.
 # Both create .venv and install what is missing; a stamp makes re-runs a no-op until pyproject changes.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -12,6 +12,8 @@ CONFIG ?= configs/demo.yaml
 install: $(STAMP)
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] in ((3, 11), (3, 12)) else \
+		"writing-rl needs Python 3.11 or 3.12; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, then everything else constrained by it (a looser torch pulls GB of CUDA wheels).

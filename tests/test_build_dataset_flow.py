@@ -24,9 +24,9 @@ def counting_generation(monkeypatch):
         client = real(recipe, backend, model)
         original = client.chat
 
-        async def chat(messages, params):
+        async def chat(messages, params, **kwargs):
             calls.append(messages[-1]["content"])
-            return await original(messages, params)
+            return await original(messages, params, **kwargs)
 
         client.chat = chat
         return client

@@ -44,7 +44,8 @@ class Completion:
     latency_s: float = 0.0
     logprobs: tuple[TokenLogprob, ...] | None = None
     error: str | None = None  # set iff the call failed after its retries
-    attempts: int = 1
+    attempts: int = 1  # 1 + retries
+    cached: bool = False  # served from the response cache: no call was made
 
     @property
     def ok(self) -> bool:
@@ -65,12 +66,19 @@ class ChatRequest:
 
 @runtime_checkable
 class LLMClient(Protocol):
-    """One backend + model. Implementations must be safe to call concurrently."""
+    """One backend + model. Implementations must be safe to call concurrently.
+
+    `sample_index` tells n>1 samples of one prompt apart (the response cache keys on it); backends
+    themselves may ignore it. `chat` returns a failed Completion rather than raising, except
+    `EndpointFailingError`, which stops the stage: the endpoint is down, not one request bad.
+    """
 
     backend_name: str
     model: str
 
-    async def chat(self, messages: Sequence[Message], params: Decoding) -> Completion: ...
+    async def chat(
+        self, messages: Sequence[Message], params: Decoding, *, sample_index: int = 0
+    ) -> Completion: ...
 
     def identity(self) -> dict[str, Any]:
         """What determines a completion besides messages and params (cache keys): backend kind,
@@ -78,6 +86,11 @@ class LLMClient(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class EndpointFailingError(RuntimeError):
+    """Too many consecutive failures on one endpoint: stop instead of burning the remaining budget.
+    The message says which endpoint (backend, model, base URL) and how it fails (last errors)."""
 
 
 async def chat_many(
@@ -90,9 +103,10 @@ async def chat_many(
 ) -> list[Completion]:
     """Run requests with bounded concurrency; results in input order.
 
-    A request that raises becomes a failed Completion: one bad item never sinks the batch.
-    `on_result(index, completion)` runs as each result arrives, so callers can persist
-    results immediately rather than at the end.
+    A request that raises becomes a failed Completion: one bad item never sinks the batch. The
+    exception is `EndpointFailingError`: it cancels the rest and propagates (results that arrived
+    before it were already handed to `on_result`). `on_result(index, completion)` runs as each
+    result arrives, so callers can persist results immediately rather than at the end.
     """
     semaphore = asyncio.Semaphore(max_concurrency)
     results: list[Completion | None] = [None] * len(requests)
@@ -109,7 +123,9 @@ async def chat_many(
             started = time.perf_counter()
             try:
                 params = request.params.model_copy(update={"seed": _sample_seed(request)})
-                completion = await client.chat(request.messages, params)
+                completion = await client.chat(request.messages, params, sample_index=request.sample_index)
+            except EndpointFailingError:
+                raise
             except Exception as exc:  # a backend bug or unexpected error: record, don't sink the batch
                 completion = Completion.failure(
                     f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started
@@ -122,7 +138,11 @@ async def chat_many(
         bar.update(1)
 
     try:
-        await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        async with asyncio.TaskGroup() as group:  # an EndpointFailingError cancels the rest
+            for i, r in enumerate(requests):
+                group.create_task(one(i, r))
+    except* EndpointFailingError as failing:
+        raise failing.exceptions[0] from None
     finally:
         bar.close()
     return [r if r is not None else Completion.failure("not run") for r in results]

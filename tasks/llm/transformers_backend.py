@@ -349,7 +349,9 @@ class TransformersClient:
             )
         return self._loaded
 
-    async def chat(self, messages: Sequence[Message], params: Decoding) -> Completion:
+    async def chat(
+        self, messages: Sequence[Message], params: Decoding, *, sample_index: int = 0
+    ) -> Completion:
         """One completion (`params.n` is the caller's business: chat_many sends n requests).
 
         Never raises: a failed batch gives each of its requests a failed Completion.

@@ -71,3 +71,24 @@ def _transformers(recipe: Recipe, backend_name: str, config: Any, model: str) ->
     from tasks.llm.transformers_backend import TransformersClient
 
     return TransformersClient(backend_name, config, model, Path(recipe.storage.model_cache))
+
+
+@register_backend("openai-compatible")
+def _openai(recipe: Recipe, backend_name: str, config: Any, model: str) -> LLMClient:
+    from tasks.llm.openai_backend import OpenAICompatibleClient
+
+    return OpenAICompatibleClient(backend_name, config, model)
+
+
+@register_backend("anthropic")
+def _anthropic(recipe: Recipe, backend_name: str, config: Any, model: str) -> LLMClient:
+    from tasks.llm.anthropic_backend import AnthropicClient
+
+    return AnthropicClient(backend_name, config, model)
+
+
+@register_backend("vllm")
+def _vllm(recipe: Recipe, backend_name: str, config: Any, model: str) -> LLMClient:
+    from tasks.llm.vllm_backend import VLLMClient
+
+    return VLLMClient(backend_name, config, model, Path(recipe.storage.model_cache))

@@ -14,6 +14,7 @@ from storage.datasets import DatasetNotFoundError, DatasetStore
 from storage.locking import StageClaim, StorageBusyError, StorageLock
 from storage.provenance import code_version
 from storage.refs import DatasetRef
+from storage.responses import ResponseCache
 
 __all__ = [
     "CachedStage",
@@ -21,6 +22,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetRef",
     "DatasetStore",
+    "ResponseCache",
     "Storage",
     "StorageBusyError",
     "code_version",
@@ -34,6 +36,7 @@ class Storage:
     catalog: Catalog
     datasets: DatasetStore
     claims: StageClaim
+    responses: ResponseCache
 
 
 def open_storage(config: StorageConfig) -> Storage:
@@ -47,4 +50,5 @@ def open_storage(config: StorageConfig) -> Storage:
         catalog=catalog,
         datasets=DatasetStore(root / "datasets", catalog, lock),
         claims=StageClaim(root),
+        responses=ResponseCache(catalog),
     )

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -29,11 +30,26 @@ class StorageLock:
         self.path = root / "storage.lock"
         self.owner_path = root / "storage.lock.owner"
         self.timeout_s = timeout_s
-        # thread_local=False: one process-wide recursive lock; threads inside a process queue on it.
+        # The file lock excludes other processes; its re-entrancy count is shared by all threads of
+        # this process, so an RLock makes threads (cache writes from worker threads) take turns.
         self._lock = FileLock(str(self.path), thread_local=False)
+        self._threads = threading.RLock()
 
     @contextmanager
     def hold(self, purpose: str) -> Iterator[None]:
+        if not self._threads.acquire(timeout=self.timeout_s):
+            raise StorageBusyError(
+                f"storage at {self.path.parent} is busy: another thread of this process held its lock for "
+                f"longer than storage.lock_timeout_s={self.timeout_s:g}s (wanted for {purpose})"
+            )
+        try:
+            with self._hold_file(purpose):
+                yield
+        finally:
+            self._threads.release()
+
+    @contextmanager
+    def _hold_file(self, purpose: str) -> Iterator[None]:
         outermost = not self._lock.is_locked
         try:
             self._lock.acquire(timeout=self.timeout_s)

@@ -94,6 +94,44 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "llm_response_cache_and_usage",
+        # Every completed LLM call, keyed by a hash of backend identity, model, messages, decoding
+        # params, seed and sample index, written as it arrives: a crashed stage resumes without
+        # paying for any call twice. Failed calls are never stored, so they are retried. Usage is
+        # one row per (stage run, backend, model), written when the stage ends (or fails).
+        """
+        CREATE TABLE llm_responses (
+            cache_key VARCHAR PRIMARY KEY,
+            backend VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            sample_index INTEGER NOT NULL,
+            text VARCHAR NOT NULL,
+            finish_reason VARCHAR,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            latency_s DOUBLE NOT NULL,
+            attempts INTEGER NOT NULL,
+            logprobs_json VARCHAR,
+            stage_run_id VARCHAR,
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE llm_usage (
+            stage_run_id VARCHAR NOT NULL,
+            backend VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            requests BIGINT NOT NULL,
+            cache_hits BIGINT NOT NULL,
+            failures BIGINT NOT NULL,
+            retries BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cost_usd DOUBLE,
+            PRIMARY KEY (stage_run_id, backend, model)
+        );
+        """,
+    ),
 )
 
 

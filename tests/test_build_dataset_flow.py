@@ -15,10 +15,10 @@ from tests.conftest import write_recipe
 @pytest.fixture
 def counting_generation(monkeypatch):
     """Counts chat() calls that reach a backend during the flow."""
-    import tasks.stages.generate as generate_stage
+    import tasks.stages.runner as runner
 
     calls = []
-    real = generate_stage.create_client
+    real = runner.create_client
 
     def counted(recipe, backend, model):
         client = real(recipe, backend, model)
@@ -31,7 +31,7 @@ def counting_generation(monkeypatch):
         client.chat = chat
         return client
 
-    monkeypatch.setattr(generate_stage, "create_client", counted)
+    monkeypatch.setattr(runner, "create_client", counted)
     return calls
 
 
@@ -95,11 +95,13 @@ def test_cache_checks_outputs_exist_and_refresh_and_config_changes_recompute(
     shutil.rmtree(store / "datasets" / "generations")  # the cached version no longer exists
     rebuilt = _stages(build_dataset(recipe_path=str(recipe_path)))
     assert rebuilt["ingest"]["cached"] and not rebuilt["generate"]["cached"]
-    assert len(counting_generation) == 4
+    assert len(counting_generation) == 2  # rebuilt from the response cache: no call paid twice
+    assert rebuilt["generate"]["summary"]["llm"]["cache_hits"] == 2
 
     forced = _stages(build_dataset(recipe_path=str(recipe_path), refresh=["generate"]))
     assert forced["ingest"]["cached"] and not forced["generate"]["cached"]
-    assert len(counting_generation) == 6
+    assert forced["generate"]["outputs"] == {"generations": "generations@1"}
+    assert len(counting_generation) == 2
 
     changed = _stages(
         build_dataset(
@@ -118,7 +120,8 @@ def test_cache_checks_outputs_exist_and_refresh_and_config_changes_recompute(
         )
     )
     assert changed["ingest"]["cached"] and not changed["generate"]["cached"]
-    assert len(counting_generation) == 8
+    assert len(counting_generation) == 4  # new decoding params: new calls
+    assert changed["generate"]["summary"]["llm"]["requests"] == 2
 
     with pytest.raises(ValueError, match="unknown stage"):
         build_dataset(recipe_path=str(recipe_path), refresh=["scorre"])

@@ -23,16 +23,23 @@ def test_blank_database_gets_every_migration_in_order(tmp_path):
         "stage_run_datasets",
         "dataset_versions",
         "stage_cache",
+        "llm_responses",
+        "llm_usage",
         "schema_migrations",
     } <= _tables(con)
     assert migrate(con) == []  # idempotent
 
 
 def test_upgrade_from_previous_schema_keeps_data(tmp_path):
+    blank = duckdb.connect()
+    migrate(blank)
+    latest_tables = _tables(blank)
+
     path = str(tmp_path / "catalog.duckdb")
     con = duckdb.connect(path)
-    migrate(con, MIGRATIONS[:-1])
-    assert "stage_cache" not in _tables(con)
+    migrate(con, MIGRATIONS[:-1])  # a database written by the previous release
+    previous_tables = _tables(con)
+    assert previous_tables < latest_tables
     con.execute(
         "INSERT INTO runs (run_id, flow, recipe, config_hash, started_at, status)"
         " VALUES ('r1', 'build-dataset', 'demo', 'abc', current_timestamp, 'completed')"
@@ -42,11 +49,11 @@ def test_upgrade_from_previous_schema_keeps_data(tmp_path):
 
     con = duckdb.connect(path)
     assert migrate(con) == [MIGRATIONS[-1].name]
+    assert _tables(con) == latest_tables
     assert con.execute("SELECT run_id, status FROM runs").fetchall() == [("r1", "completed")]
     assert con.execute("SELECT dataset, version, num_rows FROM dataset_versions").fetchall() == [
         ("generations", 0, 24)
     ]
-    con.execute("INSERT INTO stage_cache VALUES ('k', 'generate', 1, 's1', current_timestamp)")
     assert [m[0] for m in applied_migrations(con)] == [m.id for m in MIGRATIONS]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from tqdm.auto import tqdm
@@ -108,6 +108,11 @@ async def chat_many(
     before it were already handed to `on_result`). `on_result(index, completion)` runs as each
     result arrives, so callers can persist results immediately rather than at the end.
     """
+    # Each of n samples gets its own seed, so n>1 samples of one prompt differ (and cache apart).
+    requests = [replace(r, params=r.params.model_copy(update={"seed": _sample_seed(r)})) for r in requests]
+    prefetch = getattr(client, "prefetch", None)
+    if prefetch is not None:  # a caching client: one lookup for the whole batch
+        await prefetch(requests)
     semaphore = asyncio.Semaphore(max_concurrency)
     results: list[Completion | None] = [None] * len(requests)
     bar = tqdm(
@@ -122,8 +127,9 @@ async def chat_many(
         async with semaphore:
             started = time.perf_counter()
             try:
-                params = request.params.model_copy(update={"seed": _sample_seed(request)})
-                completion = await client.chat(request.messages, params, sample_index=request.sample_index)
+                completion = await client.chat(
+                    request.messages, request.params, sample_index=request.sample_index
+                )
             except EndpointFailingError:
                 raise
             except Exception as exc:  # a backend bug or unexpected error: record, don't sink the batch
@@ -149,6 +155,5 @@ async def chat_many(
 
 
 def _sample_seed(request: ChatRequest) -> int | None:
-    # Each of n samples gets its own seed, so n>1 samples of one prompt differ and cache apart.
     seed = request.params.seed
     return None if seed is None else seed + request.sample_index

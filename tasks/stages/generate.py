@@ -18,7 +18,6 @@ from configs.schema import GeneratorConfig, Recipe
 from storage import DatasetRef
 from tasks.instructions import instructions_from_arrow
 from tasks.llm.base import ChatRequest, Completion, Message, chat_many
-from tasks.llm.registry import create_client
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
 
 GENERATIONS_SCHEMA = pa.schema(
@@ -74,7 +73,7 @@ async def _generate_all(ctx: StageContext) -> list[dict]:
     rows: list[dict] = []
     for generator in ctx.recipe.generators:
         backend = ctx.recipe.backends[generator.backend]
-        client = create_client(ctx.recipe, generator.backend, generator.model)
+        client = ctx.llm(generator.backend, generator.model)
         requests = [
             ChatRequest(build_messages(generator, ins.prompt), generator.decoding, sample_index=0, tag=ins.id)
             for ins in instructions

@@ -22,6 +22,8 @@ import pyarrow as pa
 from configs.loading import stable_hash
 from configs.schema import Recipe
 from storage import DatasetRef, Storage, code_version, open_storage
+from tasks.llm.cache import CachingClient, UsageMeter
+from tasks.llm.registry import create_client
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,16 @@ class StageContext:
     inputs: dict[str, DatasetRef]
     stage_run_id: str
     logger: logging.Logger | logging.LoggerAdapter
+    usage: UsageMeter = field(default_factory=UsageMeter)
 
     def read(self, role: str) -> pa.Table:
         return self.storage.datasets.read(self.inputs[role])
+
+    def llm(self, backend_name: str, model: str) -> CachingClient:
+        """A client for `model` on the recipe's backend, behind the response cache and this
+        stage run's usage meter. Every stage talks to LLMs through this."""
+        inner = create_client(self.recipe, backend_name, model)
+        return CachingClient(inner, self.storage.responses, stage_run_id=self.stage_run_id, meter=self.usage)
 
 
 @dataclass(frozen=True)
@@ -172,7 +181,7 @@ def _compute_and_record(
     run_id, config_hash, cache_key = common["run_id"], common["config_hash"], common["cache_key"]
     flow_run_id = common["prefect_flow_run_id"]
     stage_run_id = storage.catalog.start_stage_run(**common)
-    ctx = StageContext(spec, recipe, storage, inputs, stage_run_id, logger)
+    ctx = StageContext(spec, recipe, storage, inputs, stage_run_id, logger, UsageMeter(recipe.prices))
     try:
         output = compute(ctx)
         unexpected = set(output.tables) ^ set(spec.outputs)
@@ -198,9 +207,15 @@ def _compute_and_record(
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         logger.error("%s failed: %s\n%s", spec.name, error, traceback.format_exc(limit=5))
-        storage.catalog.finish_stage_run(stage_run_id, status="failed", outputs={}, error=error)
+        storage.responses.record_usage(ctx.usage.rows(stage_run_id))  # calls paid for still count
+        storage.catalog.finish_stage_run(
+            stage_run_id, status="failed", outputs={}, error=error, summary={"llm": ctx.usage.summary()}
+        )
         raise
+    storage.responses.record_usage(ctx.usage.rows(stage_run_id))
     summary = {**output.summary, "failures": output.failures}
+    if ctx.usage.rows(stage_run_id):
+        summary["llm"] = ctx.usage.summary()
     complete = output.failures == 0
     storage.catalog.finish_stage_run(
         stage_run_id,

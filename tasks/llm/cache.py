@@ -1,0 +1,163 @@
+"""No call is ever paid for twice: a client wrapper backed by the response cache in storage.
+
+The key hashes the backend identity (kind, model, endpoint; never a key or a rate limit), the
+messages, the decoding params (seed included) and the sample index, so n>1 samples of one
+prompt are distinct entries. A successful completion is written to the catalog the moment it
+arrives (from a worker thread, inside the storage lock), so a process killed mid-batch loses
+nothing it has paid for. Failed completions are not stored: the next run retries them.
+
+`UsageMeter` counts requests, cache hits, failures, retries, tokens and cost per backend and
+model for one stage run; the stage runner writes it to `llm_usage` when the stage ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from configs.loading import stable_hash
+from configs.schema import Decoding, Price
+from storage import ResponseCache
+from tasks.llm.base import ChatRequest, Completion, LLMClient, Message, TokenLogprob, Usage
+
+
+@dataclass
+class UsageCounts:
+    requests: int = 0  # calls that reached the backend
+    cache_hits: int = 0
+    failures: int = 0
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class UsageMeter:
+    """Thread-safe usage counters for one stage run, keyed by (backend name, model)."""
+
+    def __init__(self, prices: Mapping[str, Price] | None = None):
+        self.prices = dict(prices or {})
+        self._counts: dict[tuple[str, str], UsageCounts] = defaultdict(UsageCounts)
+        self._lock = threading.Lock()
+
+    def record(self, backend: str, model: str, completion: Completion) -> None:
+        with self._lock:
+            counts = self._counts[(backend, model)]
+            if completion.cached:
+                counts.cache_hits += 1
+                return
+            counts.requests += 1
+            counts.retries += max(0, completion.attempts - 1)
+            if completion.error is not None:
+                counts.failures += 1
+            counts.input_tokens += completion.usage.input_tokens
+            counts.output_tokens += completion.usage.output_tokens
+
+    def cost_usd(self, model: str, counts: UsageCounts) -> float | None:
+        price = self.prices.get(model)
+        if price is None:
+            return None
+        return (
+            counts.input_tokens * price.input_per_mtok + counts.output_tokens * price.output_per_mtok
+        ) / 1e6
+
+    def rows(self, stage_run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {"stage_run_id": stage_run_id, "backend": backend, "model": model, **asdict(counts),
+                 "cost_usd": self.cost_usd(model, counts)}
+                for (backend, model), counts in sorted(self._counts.items())
+            ]  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        """Totals for stage summaries and artifacts."""
+        rows = self.rows("")
+        totals = {k: sum(r[k] for r in rows) for k in asdict(UsageCounts())}
+        costs = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
+        return {**totals, "cost_usd": round(sum(costs), 6) if costs else None}
+
+
+def response_cache_key(identity: Mapping[str, Any], messages: Sequence[Message], params: Decoding,
+                       sample_index: int) -> str:  # fmt: skip
+    return stable_hash(
+        {"identity": dict(identity), "messages": [dict(m) for m in messages],
+         "params": params.model_dump(mode="json"), "sample_index": sample_index}
+    )  # fmt: skip
+
+
+class CachingClient:
+    """An LLMClient that answers from the response cache when it can and stores what it pays for."""
+
+    def __init__(self, inner: LLMClient, cache: ResponseCache, *, stage_run_id: str | None,
+                 meter: UsageMeter | None = None):  # fmt: skip
+        self.inner = inner
+        self.cache = cache
+        self.stage_run_id = stage_run_id
+        self.meter = meter
+        self.backend_name = inner.backend_name
+        self.model = inner.model
+        self._known: dict[str, dict[str, Any]] = {}  # prefetched rows
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def key(self, messages: Sequence[Message], params: Decoding, sample_index: int = 0) -> str:
+        return response_cache_key(self.inner.identity(), messages, params, sample_index)
+
+    async def prefetch(self, requests: Sequence[ChatRequest]) -> int:
+        """Load the cached rows for a batch with one query instead of one per call."""
+        keys = [self.key(r.messages, r.params, r.sample_index) for r in requests]
+        found = await asyncio.to_thread(self.cache.get_many, keys)
+        self._known.update(found)
+        return len(found)
+
+    async def chat(
+        self, messages: Sequence[Message], params: Decoding, *, sample_index: int = 0
+    ) -> Completion:
+        key = self.key(messages, params, sample_index)
+        row = self._known.get(key)
+        if row is None:
+            row = (await asyncio.to_thread(self.cache.get_many, [key])).get(key)
+        if row is not None:
+            completion = _from_row(row)
+        else:
+            completion = await self.inner.chat(messages, params, sample_index=sample_index)
+            if completion.ok:
+                await asyncio.to_thread(self.cache.put, self._row(key, sample_index, completion))
+        if self.meter is not None:
+            self.meter.record(self.backend_name, self.model, completion)
+        return completion
+
+    def _row(self, key: str, sample_index: int, completion: Completion) -> dict[str, Any]:
+        logprobs = None
+        if completion.logprobs is not None:
+            logprobs = json.dumps([asdict(t) for t in completion.logprobs], ensure_ascii=False)
+        return {
+            "cache_key": key, "backend": self.backend_name, "model": self.model, "sample_index": sample_index,
+            "text": completion.text, "finish_reason": completion.finish_reason,
+            "input_tokens": completion.usage.input_tokens, "output_tokens": completion.usage.output_tokens,
+            "latency_s": completion.latency_s, "attempts": completion.attempts, "logprobs_json": logprobs,
+            "stage_run_id": self.stage_run_id,
+        }  # fmt: skip
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        # Backend extras (e.g. next_token_logprobs of in-process backends) pass through uncached.
+        return getattr(self.inner, name)
+
+
+def _from_row(row: Mapping[str, Any]) -> Completion:
+    logprobs = None
+    if row.get("logprobs_json"):
+        logprobs = tuple(TokenLogprob(**t) for t in json.loads(row["logprobs_json"]))
+    return Completion(
+        text=row["text"], finish_reason=row["finish_reason"],
+        usage=Usage(row["input_tokens"], row["output_tokens"]), latency_s=row["latency_s"],
+        logprobs=logprobs, attempts=row["attempts"], cached=True,
+    )  # fmt: skip

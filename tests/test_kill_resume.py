@@ -1,0 +1,62 @@
+"""SIGKILL in the middle of generation, then run again: no lost rows, no completed call repeated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from configs.loading import load_recipe
+from storage import DatasetRef, open_storage
+from tests.conftest import PROJECT_ROOT, write_recipe
+
+
+def _start(recipe, calls):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.generate_worker", str(recipe), str(calls)],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_generation_killed_mid_batch_resumes_without_repeating_calls(tiny_model_dir, tmp_path):
+    recipe_path = write_recipe(
+        tmp_path / "r.yaml", store=tmp_path / "store", model=str(tiny_model_dir), limit=12, max_tokens=48
+    )
+    recipe_path.write_text(recipe_path.read_text().replace("max_batch_size: 4", "max_batch_size: 1"))
+    storage = open_storage(load_recipe(recipe_path).storage)
+    calls = tmp_path / "calls.txt"
+
+    first = _start(recipe_path, calls)
+    deadline = time.monotonic() + 120
+    while storage.responses.count() < 3:  # some calls completed and persisted, most not yet
+        assert first.poll() is None, first.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "generation never started"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    persisted = storage.responses.count()
+    made_before_kill = len(calls.read_text().splitlines())
+    assert 3 <= persisted < 12 and made_before_kill >= persisted
+
+    second = _start(recipe_path, calls)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-3000:]
+    made_after = len(calls.read_text().splitlines()) - made_before_kill
+    assert made_after == 12 - persisted  # every completed call was reused, none repeated
+
+    ref = DatasetRef.parse(out.strip().splitlines()[-1])
+    rows = storage.datasets.read(ref).to_pylist()
+    assert len(rows) == 12 and len({r["instruction_id"] for r in rows}) == 12
+    assert all(r["error"] is None and r["text"] for r in rows)
+    with storage.catalog.connect() as con:
+        statuses = con.execute("SELECT stage, status FROM stage_runs ORDER BY started_at").fetchall()
+        hits = con.execute(
+            "SELECT sum(cache_hits), sum(requests) FROM llm_usage u JOIN stage_runs s USING (stage_run_id)"
+            " WHERE s.status = 'completed' AND s.stage = 'generate'"
+        ).fetchone()
+    assert statuses[-1] == ("generate", "completed")
+    assert ("generate", "running") in statuses  # the killed stage run; the next flow marks it abandoned
+    assert hits == (persisted, 12 - persisted)

@@ -1,0 +1,112 @@
+"""OpenAI-compatible chat completions: api.openai.com, DashScope, vLLM, llama.cpp, `transformers serve`.
+
+`OpenAICompatibleClient` is a `RemoteClient` (tasks.llm.remote: keys, limits, retries, failures,
+breaker) over one `openai.AsyncOpenAI`. Decoding maps to the request as:
+
+    temperature -> temperature      top_p -> top_p (sent only below 1.0, every API's default)
+    max_tokens  -> max_tokens       (not max_completion_tokens: vLLM, llama.cpp and
+                                     `transformers serve` all read max_tokens)
+    stop        -> stop             seed -> seed
+    logprobs=k  -> logprobs=True, top_logprobs=k (k=0: the chosen tokens' logprobs only)
+    n           -> always 1         (chat_many sends n requests, each with its own seed)
+
+The response is read raw (`.with_raw_response`) for the SDK's `retries_taken` and parsed here with
+checks of only the fields used, so a lenient local server's missing extras are no error and a
+missing choice or content is one (retried as a bad response).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+
+from configs.schema import Decoding, OpenAICompatibleBackend
+from tasks.llm.base import Message, TokenLogprob, Usage
+from tasks.llm.remote import PLACEHOLDER_API_KEY, BadResponseError, RemoteClient, Reply
+
+
+class OpenAICompatibleClient(RemoteClient):
+    """An `LLMClient` for any OpenAI-compatible /chat/completions endpoint. Safe to call concurrently."""
+
+    kind = "openai-compatible"
+    sdk_errors = (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
+
+    def __init__(self, backend_name: str, config: OpenAICompatibleBackend, model: str) -> None:
+        super().__init__(backend_name, config, model)
+
+    def _make_sdk(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.config.base_url,  # None: the SDK's default (api.openai.com or $OPENAI_BASE_URL)
+            api_key=self._secret or PLACEHOLDER_API_KEY,
+            max_retries=self.config.max_retries,
+            timeout=self.config.timeout_s,
+        )
+
+    async def _send(
+        self, messages: Sequence[Message], params: Decoding, max_retries: int
+    ) -> tuple[bytes, int]:
+        raw = await self._sdk_for(max_retries).chat.completions.with_raw_response.create(
+            **self._arguments(messages, params)
+        )
+        return raw.http_response.content, raw.retries_taken
+
+    def _arguments(self, messages: Sequence[Message], params: Decoding) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": params.temperature,
+            "max_tokens": params.max_tokens,
+            "n": 1,
+        }
+        if params.top_p < 1.0:
+            arguments["top_p"] = params.top_p
+        if params.stop:
+            arguments["stop"] = list(params.stop)
+        if params.seed is not None:
+            arguments["seed"] = params.seed
+        if params.logprobs is not None:
+            arguments["logprobs"] = True
+            if params.logprobs > 0:
+                arguments["top_logprobs"] = params.logprobs
+        return arguments
+
+    def _parse(self, data: Any) -> Reply:
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BadResponseError("the response has no choices")
+        choice = choices[0]
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise BadResponseError(
+                f"the first choice has no text content (finish_reason={choice.get('finish_reason')!r})"
+            )
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        try:
+            return Reply(
+                text=content,
+                finish_reason=choice.get("finish_reason"),
+                usage=Usage(
+                    input_tokens=int(usage.get("prompt_tokens") or 0),
+                    output_tokens=int(usage.get("completion_tokens") or 0),
+                ),
+                logprobs=_logprobs(choice.get("logprobs")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadResponseError(f"malformed usage or logprobs ({type(exc).__name__}: {exc})") from None
+
+
+def _logprobs(value: Any) -> tuple[TokenLogprob, ...] | None:
+    content = value.get("content") if isinstance(value, dict) else None
+    if not isinstance(content, list):
+        return None
+    return tuple(
+        TokenLogprob(
+            token=str(item.get("token", "")),
+            logprob=float(item.get("logprob", 0.0)),
+            top={str(t["token"]): float(t["logprob"]) for t in item.get("top_logprobs") or []},
+        )
+        for item in content
+    )

@@ -1,0 +1,490 @@
+"""A real local HTTP server that speaks the OpenAI and Anthropic chat APIs and misbehaves on cue.
+
+`FaultServer` runs uvicorn + starlette in a background thread on 127.0.0.1 (a free port) and serves
+
+- `POST /v1/chat/completions` (OpenAI format: point an OpenAI client at `server.openai_base_url`)
+- `POST /v1/messages` (Anthropic format: point an Anthropic client at `server.base_url`)
+
+with a canned, deterministic reply: "You wrote N words." where N counts the words of the last user
+message. `max_tokens` cuts the reply to that many words (finish "length" / "max_tokens"), a `stop`
+string cuts it before the stop (finish "stop" / "stop_sequence"), usage counts words (prompt: all
+message words; completion: reply words), and OpenAI logprobs come back when asked (one token per
+word, logprob -0.1 * (i + 1); top alternatives "alt1", "alt2"... below it).
+
+Faults: a script of `Fault`s applies to successive requests, one each, in arrival order, whatever
+the path; once the script is used up, requests get the canned reply. `triggers` applies a fault to
+every request whose last user message contains a marker, however often it is retried (for failures
+inside a concurrent batch). Kinds:
+
+    "ok"          the canned reply (a placeholder in a script)
+    "429", "500", "503", any other 4xx/5xx code
+                  that status with an API-shaped error body; `retry_after` adds `Retry-After: N`
+    "hang"        wait `hang_s` (longer than any sane client timeout), then reply normally
+    "truncated"   200 with a JSON body cut in half (a complete HTTP message; the JSON is not)
+    "malformed"   200 with valid JSON missing the fields that matter (choices / content)
+    "garbage"     200 labelled application/json whose body is an HTML error page
+    "reset"       drop the connection with a TCP RST and no response at all
+
+"reset" reaches the socket through uvicorn's per-request cycle object (`send.__self__.transport`),
+an implementation detail of uvicorn's h11 protocol (pinned here with `http="h11"`); should a future
+uvicorn hide it, a "reset" request fails loudly (the client sees a 500) rather than pass silently.
+
+Like the real API version 2026-10-21, `/v1/messages` answers 400 to temperature, top_p or top_k.
+
+Also: `latency_s` delays every reply; `requests_per_minute` answers 429 with `Retry-After` (and
+`retry-after-ms`, the wait until the window frees a place) to a request that finds that many
+requests already served in the last 60 s. Every request is
+recorded (`requests`: path, arrival time, JSON body, headers, fault applied; "rate_limit" for a
+429 from the rpm limit) and so is the largest number of requests in flight at once
+(`max_in_flight`). `clear()` forgets them; `add_faults()` extends the script.
+
+    with FaultServer(["429", Fault("500", retry_after=0.1)], latency_s=0.01) as server:
+        client = openai.OpenAI(base_url=server.openai_base_url, api_key="x", max_retries=2)
+        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi you"}])
+        assert reply.choices[0].message.content == "You wrote 2 words."
+        assert [r.fault for r in server.requests] == ["429", "500", None]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+FAULT_KINDS = ("ok", "hang", "truncated", "malformed", "garbage", "reset")
+_TRANSPORT_KEY = "fault_server.transport"  # scope key: the connection's asyncio transport (for "reset")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One misbehaviour. `kind` is a FAULT_KINDS name or an HTTP status code (4xx/5xx)."""
+
+    kind: str
+    retry_after: float | None = None  # status faults: send `Retry-After: <this>` (seconds)
+    message: str | None = None  # status faults: the error message in the body
+    hang_s: float | None = None  # "hang": overrides the server's hang_s
+
+    def __post_init__(self) -> None:
+        kind = str(self.kind)
+        object.__setattr__(self, "kind", kind)
+        if kind not in FAULT_KINDS and not (kind.isdigit() and 400 <= int(kind) <= 599):
+            raise ValueError(f"unknown fault {kind!r}: use one of {FAULT_KINDS} or a 4xx/5xx status code")
+
+    @property
+    def status(self) -> int | None:
+        return int(self.kind) if self.kind.isdigit() else None
+
+
+FaultLike = Fault | str | int
+
+
+def as_fault(value: FaultLike) -> Fault:
+    return value if isinstance(value, Fault) else Fault(str(value))
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    time: float  # time.monotonic() on arrival
+    body: Any  # the parsed JSON body, or None when it was not JSON
+    headers: dict[str, str]  # lower-cased names
+    fault: str | None  # the fault kind applied; None for a plain canned reply
+
+
+@dataclass
+class _State:
+    script: collections.deque[Fault] = field(default_factory=collections.deque)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    arrivals: collections.deque[float] = field(default_factory=collections.deque)  # for the rpm limit
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+class FaultServer:
+    """A local OpenAI/Anthropic-compatible server with scripted faults. Use as a context manager."""
+
+    def __init__(
+        self,
+        faults: Iterable[FaultLike] = (),
+        *,
+        triggers: Mapping[str, FaultLike] | None = None,
+        latency_s: float = 0.0,
+        requests_per_minute: int | None = None,
+        hang_s: float = 30.0,
+    ) -> None:
+        self.latency_s = latency_s
+        self.requests_per_minute = requests_per_minute
+        self.hang_s = hang_s
+        self.triggers = {marker: as_fault(f) for marker, f in (triggers or {}).items()}
+        self._state = _State(script=collections.deque(as_fault(f) for f in faults))
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The server root, e.g. http://127.0.0.1:PORT (an Anthropic client's base_url)."""
+        if self.port is None:
+            raise RuntimeError("the fault server is not running")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        """base_url + /v1 (an OpenAI client's base_url)."""
+        return f"{self.base_url}/v1"
+
+    def add_faults(self, *faults: FaultLike) -> None:
+        """Append faults to the script."""
+        with self._lock:
+            self._state.script.extend(as_fault(f) for f in faults)
+
+    @property
+    def pending_faults(self) -> list[Fault]:
+        with self._lock:
+            return list(self._state.script)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request so far, in arrival order (a copy)."""
+        with self._lock:
+            return list(self._state.requests)
+
+    @property
+    def max_in_flight(self) -> int:
+        with self._lock:
+            return self._state.max_in_flight
+
+    def clear(self) -> None:
+        """Forget recorded requests, the in-flight maximum, the rpm window and any pending script."""
+        with self._lock:
+            self._state = _State()
+
+    def start(self) -> FaultServer:
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        self._stopping.clear()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._openai, methods=["POST"]),
+                Route("/v1/messages", self._anthropic, methods=["POST"]),
+            ]
+        )
+        config = uvicorn.Config(
+            _CaptureTransport(app),
+            log_config=None,  # leave the process's logging alone (tests capture it)
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            http="h11",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="fault-server", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the fault server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._stopping.set()  # wakes hanging handlers
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- request handling ---------------------------------------------------------------------
+
+    async def _openai(self, request: Request) -> Response:
+        return await self._handle(request, "openai")
+
+    async def _anthropic(self, request: Request) -> Response:
+        return await self._handle(request, "anthropic")
+
+    async def _handle(self, request: Request, api: str) -> Response:
+        arrived = time.monotonic()
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        fault, rate_wait = self._admit(body, arrived)
+        with self._lock:
+            self._state.requests.append(
+                RecordedRequest(
+                    path=request.url.path,
+                    time=arrived,
+                    body=body,
+                    headers={k.lower(): v for k, v in request.headers.items()},
+                    fault="rate_limit"
+                    if rate_wait is not None
+                    else (None if fault.kind == "ok" else fault.kind),
+                )
+            )
+            self._state.in_flight += 1
+            self._state.max_in_flight = max(self._state.max_in_flight, self._state.in_flight)
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            if rate_wait is not None:
+                headers = {
+                    "retry-after": str(math.ceil(rate_wait)),
+                    "retry-after-ms": str(int(rate_wait * 1000)),
+                }
+                return _error(api, 429, "rate limit exceeded (server-side requests_per_minute)", headers)
+            return await self._respond(api, fault, body)
+        finally:
+            with self._lock:
+                self._state.in_flight -= 1
+
+    def _admit(self, body: Any, now: float) -> tuple[Fault, float | None]:
+        """The fault for this request, and how long to wait if the server-side rpm limit is hit."""
+        with self._lock:
+            rate_wait = None
+            if self.requests_per_minute is not None:
+                arrivals = self._state.arrivals
+                while arrivals and arrivals[0] <= now - 60:
+                    arrivals.popleft()
+                if len(arrivals) >= self.requests_per_minute:
+                    rate_wait = max(arrivals[0] + 60 - now, 0.001)
+                else:
+                    arrivals.append(now)
+            last = _last_user_text(body)
+            triggered = next((f for marker, f in self.triggers.items() if marker in last), None)
+            if triggered is not None:
+                return triggered, rate_wait
+            if rate_wait is None and self._state.script:
+                return self._state.script.popleft(), None
+            return Fault("ok"), rate_wait
+
+    async def _respond(self, api: str, fault: Fault, body: Any) -> Response:
+        if fault.status is not None:
+            headers = {}
+            if fault.retry_after is not None:
+                headers["retry-after"] = _seconds(fault.retry_after)
+            return _error(
+                api, fault.status, fault.message or _DEFAULT_MESSAGES.get(fault.status, "error"), headers
+            )
+        if fault.kind == "reset":
+            return _Reset()
+        if fault.kind == "hang":
+            deadline = time.monotonic() + (fault.hang_s if fault.hang_s is not None else self.hang_s)
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                await asyncio.sleep(0.02)
+        if fault.kind == "garbage":
+            page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            return Response(page, status_code=200, media_type="application/json")
+        if not isinstance(body, dict):
+            return _error(api, 400, "request body is not a JSON object", {})
+        if api == "anthropic":
+            # API version 2026-10-21 (what anthropic SDK 2.x sends) has no sampling parameters.
+            extra = sorted({"temperature", "top_p", "top_k"} & set(body))
+            if extra:
+                return _error(api, 400, f"{extra[0]}: Extra inputs are not permitted", {})
+        reply = _openai_reply(body) if api == "openai" else _anthropic_reply(body)
+        if fault.kind == "malformed":
+            keep = (
+                ("id", "object", "model", "created") if api == "openai" else ("id", "type", "role", "model")
+            )
+            return JSONResponse({k: v for k, v in reply.items() if k in keep})
+        if fault.kind == "truncated":
+            data = json.dumps(reply).encode()
+            return Response(data[: len(data) // 2], status_code=200, media_type="application/json")
+        return JSONResponse(reply)
+
+
+# -----------------------------------------------------------------------------------------------
+# Canned replies
+# -----------------------------------------------------------------------------------------------
+
+_DEFAULT_MESSAGES = {
+    400: "bad request",
+    401: "Incorrect API key provided.",
+    403: "permission denied",
+    404: "not found",
+    408: "request timeout",
+    429: "rate limit exceeded",
+    500: "internal server error (injected)",
+    502: "bad gateway (injected)",
+    503: "service unavailable (injected)",
+}
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks
+        return " ".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+def _last_user_text(body: Any) -> str:
+    if not isinstance(body, dict):
+        return ""
+    users = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return _content_text(users[-1].get("content")) if users else ""
+
+
+def _generate(body: dict[str, Any], stop: list[str]) -> tuple[list[str], str, str | None, int]:
+    """(reply words, why it ended: "stop" | "length" | "stop_sequence", the stop string that
+    matched, prompt word count)."""
+    words = f"You wrote {len(_last_user_text(body).split())} words.".split(" ")
+    prompt_words = sum(len(_content_text(m.get("content")).split()) for m in body.get("messages") or [])
+    system = body.get("system")
+    prompt_words += len(_content_text(system).split()) if system else 0
+    reason = "stop"
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    if isinstance(max_tokens, int) and len(words) > max_tokens:
+        words, reason = words[:max_tokens], "length"
+    text = " ".join(words)
+    cuts = sorted((text.find(s), s) for s in stop if s and s in text)
+    matched = None
+    if cuts:
+        (cut, matched), reason = cuts[0], "stop_sequence"
+        text = text[:cut]
+        words = text.split(" ") if text else []
+    return words, reason, matched, prompt_words
+
+
+def _openai_reply(body: dict[str, Any]) -> dict[str, Any]:
+    stop = body.get("stop") or []
+    words, reason, _, prompt_words = _generate(body, [stop] if isinstance(stop, str) else list(stop))
+    text = " ".join(words)
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "finish_reason": "length" if reason == "length" else "stop",
+        "logprobs": None,
+    }
+    if body.get("logprobs"):
+        top_n = int(body.get("top_logprobs") or 0)
+        tokens = [w if i == 0 else f" {w}" for i, w in enumerate(words)]
+        choice["logprobs"] = {
+            "content": [
+                {
+                    "token": token,
+                    "logprob": -0.1 * (i + 1),
+                    "bytes": list(token.encode()),
+                    "top_logprobs": [
+                        {
+                            "token": token if j == 0 else f"alt{j}",
+                            "logprob": -0.1 * (i + 1) - j,
+                            "bytes": None,
+                        }
+                        for j in range(top_n)
+                    ],
+                }
+                for i, token in enumerate(tokens)
+            ]
+        }
+    return {
+        "id": "chatcmpl-fault-server",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model", ""),
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt_words,
+            "completion_tokens": len(text.split()),
+            "total_tokens": prompt_words + len(text.split()),
+        },
+    }
+
+
+def _anthropic_reply(body: dict[str, Any]) -> dict[str, Any]:
+    stop = list(body.get("stop_sequences") or [])
+    words, reason, matched, prompt_words = _generate(body, stop)
+    text = " ".join(words)
+    stop_reason = {"length": "max_tokens", "stop": "end_turn", "stop_sequence": "stop_sequence"}[reason]
+    return {
+        "id": "msg_fault_server",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model", ""),
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": matched,
+        "usage": {"input_tokens": prompt_words, "output_tokens": len(text.split())},
+    }
+
+
+def _error(api: str, status: int, message: str, headers: dict[str, str]) -> Response:
+    if api == "openai":
+        payload: dict[str, Any] = {"error": {"message": message, "type": "fault_server", "code": status}}
+    else:
+        payload = {"type": "error", "error": {"type": "fault_server_error", "message": message}}
+    return JSONResponse(payload, status_code=status, headers=headers)
+
+
+# -----------------------------------------------------------------------------------------------
+# Connection reset
+# -----------------------------------------------------------------------------------------------
+
+
+class _CaptureTransport:
+    """Outermost ASGI app: puts the connection's transport in the scope (starlette wraps `send`)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope[_TRANSPORT_KEY] = getattr(getattr(send, "__self__", None), "transport", None)
+        await self.app(scope, receive, send)
+
+
+class _Reset(Response):
+    """Abort the connection with an RST (SO_LINGER 0) instead of sending a response."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        transport = scope.get(_TRANSPORT_KEY)
+        if transport is None:
+            raise RuntimeError("'reset' needs uvicorn's connection transport, which this uvicorn hides")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        # Wait until uvicorn has seen the disconnect, or it would try to send a 500 on a dead socket.
+        while (await receive())["type"] != "http.disconnect":
+            pass

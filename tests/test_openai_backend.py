@@ -298,6 +298,18 @@ def test_max_concurrency_is_respected_and_shared_by_clients_of_one_backend():
     assert peak == 2 and models == {MODEL, "judge-model"}
 
 
+def test_retries_go_through_the_rate_limiter_too():
+    # A 429 asking for only 10 ms must not let the retry jump the queue: every attempt, first or
+    # retried, is spaced by the limiter, so retries never push the endpoint past its limit.
+    with FaultServer([Fault("429", retry_after=0.01)] * 3) as server:
+        client = client_for(server, requests_per_minute=240, max_retries=5)  # one every 0.25 s
+        batch = [ChatRequest(messages=user(f"prompt {i}"), params=GREEDY) for i in range(3)]
+        results = run(client, lambda: chat_many(client, batch, max_concurrency=3))
+        arrivals = [r.time for r in server.requests]
+    assert all(r.ok for r in results) and sum(r.attempts for r in results) == 6 == len(arrivals)
+    assert min(b - a for a, b in itertools.pairwise(arrivals)) >= 0.2
+
+
 def test_requests_per_minute_is_respected():
     with FaultServer() as server:
         client = client_for(server, requests_per_minute=240)  # one every 0.25 s

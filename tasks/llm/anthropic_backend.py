@@ -48,17 +48,13 @@ class AnthropicClient(RemoteClient):
         return anthropic.AsyncAnthropic(
             api_key=self._secret,
             base_url=self.config.base_url,  # None: the SDK's default (api.anthropic.com)
-            max_retries=self.config.max_retries,
+            max_retries=0,  # RemoteClient.chat retries, each attempt through the rate limiter
             timeout=self.config.timeout_s,
         )
 
-    async def _send(
-        self, messages: Sequence[Message], params: Decoding, max_retries: int
-    ) -> tuple[bytes, int]:
-        raw = await self._sdk_for(max_retries).messages.with_raw_response.create(
-            **self._arguments(messages, params)
-        )
-        return await raw.read(), raw.retries_taken
+    async def _send(self, messages: Sequence[Message], params: Decoding) -> bytes:
+        raw = await self._sdk_now().messages.with_raw_response.create(**self._arguments(messages, params))
+        return await raw.read()
 
     def _arguments(self, messages: Sequence[Message], params: Decoding) -> dict[str, Any]:
         system = [m["content"] for m in messages if m["role"] == "system"]

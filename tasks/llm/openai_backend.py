@@ -10,7 +10,7 @@ breaker) over one `openai.AsyncOpenAI`. Decoding maps to the request as:
     logprobs=k  -> logprobs=True, top_logprobs=k (k=0: the chosen tokens' logprobs only)
     n           -> always 1         (chat_many sends n requests, each with its own seed)
 
-The response is read raw (`.with_raw_response`) for the SDK's `retries_taken` and parsed here with
+The response is read raw (`.with_raw_response`) and parsed here with
 checks of only the fields used, so a lenient local server's missing extras are no error and a
 missing choice or content is one (retried as a bad response).
 """
@@ -40,17 +40,15 @@ class OpenAICompatibleClient(RemoteClient):
         return openai.AsyncOpenAI(
             base_url=self.config.base_url,  # None: the SDK's default (api.openai.com or $OPENAI_BASE_URL)
             api_key=self._secret or PLACEHOLDER_API_KEY,
-            max_retries=self.config.max_retries,
+            max_retries=0,  # RemoteClient.chat retries, each attempt through the rate limiter
             timeout=self.config.timeout_s,
         )
 
-    async def _send(
-        self, messages: Sequence[Message], params: Decoding, max_retries: int
-    ) -> tuple[bytes, int]:
-        raw = await self._sdk_for(max_retries).chat.completions.with_raw_response.create(
+    async def _send(self, messages: Sequence[Message], params: Decoding) -> bytes:
+        raw = await self._sdk_now().chat.completions.with_raw_response.create(
             **self._arguments(messages, params)
         )
-        return raw.http_response.content, raw.retries_taken
+        return raw.http_response.content
 
     def _arguments(self, messages: Sequence[Message], params: Decoding) -> dict[str, Any]:
         arguments: dict[str, Any] = {

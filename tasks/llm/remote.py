@@ -6,16 +6,16 @@ JSON body. Along the path:
 - The key comes from the environment variable the recipe names, once, at construction; a missing
   or empty variable fails there with the variable's name. The key is handed to the SDK and kept
   only to scrub it from error texts (a server may echo it); it is in no repr, identity or log.
-- `limits.EndpointLimits.slot` (concurrency, rpm, tpm) wraps the whole call.
-- The SDK retries what it knows is transient: 408/409/429/5xx, timeouts, connection errors, with
-  exponential backoff (0.5 s doubling to 8 s, minus up to 25% jitter), waiting out a Retry-After
-  instead when the server sends one (openai: up to 120 s, and a longer one is not retried at all;
-  anthropic: however long it says).
-- A 200 whose body is unusable (cut off, not JSON, no choices/content) is asked again with
-  tenacity, also with exponential backoff and jitter. Both layers draw on one budget: at most
-  `1 + max_retries` HTTP requests per call, so `max_retries` means what the recipe says.
-- `Completion.attempts` counts those HTTP requests: the SDK reports its retries (`retries_taken`
-  on a response, the `x-stainless-retry-count` header of the last request on an error).
+- Every HTTP attempt, retries included, takes its own `limits.EndpointLimits.slot` (concurrency,
+  rpm, tpm). So retries are paced by the rate limiter like first tries (with the SDKs' built-in
+  retries they bypassed it and a burst of 429s fed more 429s), and a request waiting out a
+  Retry-After holds no concurrency place.
+- tenacity retries what is transient: 408/409/429/5xx, timeouts, connection errors, and a 200
+  whose body is unusable (cut off, not JSON, no choices/content). It waits out a Retry-After
+  (`retry-after-ms` or `retry-after`, seconds or an HTTP date; at most MAX_RETRY_AFTER_S) when the
+  server sends one, else backs off exponentially with full jitter (0.5 s doubling, at most 8 s).
+  At most `1 + max_retries` HTTP requests per call; the SDKs' own retries are off.
+- `Completion.attempts` counts those HTTP requests.
 - A call that finally fails returns `Completion.failure` with a message naming the status or
   error, the URL and the attempts, and feeds the endpoint's breaker, which raises
   `EndpointFailingError` after `max_consecutive_failures` failures in a row.
@@ -24,6 +24,7 @@ JSON body. Along the path:
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import os
@@ -32,7 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from configs.schema import Decoding
 from tasks.llm.base import Completion, Message, TokenLogprob, Usage
@@ -44,9 +51,10 @@ PLACEHOLDER_API_KEY = "EMPTY"  # local servers (vLLM, llama.cpp) accept any key;
 _REDACTED = "[REDACTED]"
 _SNIPPET = 300  # characters of a server's error text kept in a Completion's error
 
-# Re-asks after a bad body back off like the SDKs' own retries (0.5 s doubling, at most 8 s),
-# with full jitter.
-REASK_WAIT = wait_random_exponential(multiplier=0.5, max=8)
+# Without a Retry-After, back off like the SDKs would (0.5 s doubling, at most 8 s), full jitter.
+BACKOFF = wait_random_exponential(multiplier=0.5, max=8)
+MAX_RETRY_AFTER_S = 600.0  # a longer Retry-After is cut to this (the request still counts its attempts)
+RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx
 
 
 REQUEST_SPECIFIC_STATUS = frozenset({400, 413, 422})
@@ -58,10 +66,6 @@ class MissingAPIKeyError(RuntimeError):
 
 class BadResponseError(Exception):
     """A 200 whose body is unusable: not JSON (cut off, an HTML page) or missing choices/content."""
-
-    def __init__(self, message: str, retries_taken: int = 0) -> None:
-        super().__init__(message)
-        self.retries_taken = retries_taken
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,15 @@ def read_api_key(backend_name: str, api_key_env: str | None) -> str | None:
     return value.strip()
 
 
+def _wait(state: RetryCallState) -> float:
+    """Retry-After when the server sent one, else exponential backoff with full jitter."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    asked = _retry_after(exc)
+    if asked is not None:
+        return min(asked, MAX_RETRY_AFTER_S)
+    return BACKOFF(state)
+
+
 def _plural(n: int) -> str:
     return f"{n} attempt" if n == 1 else f"{n} attempts"
 
@@ -109,15 +122,25 @@ def _server_message(exc: Any) -> str:
     return message.strip()[:_SNIPPET]
 
 
-def _retries_taken(exc: BaseException) -> int:
-    if isinstance(exc, BadResponseError):
-        return exc.retries_taken
-    # Both SDKs stamp every attempt with this header; an error carries its last request.
-    request = getattr(exc, "request", None)
+def _retry_after(exc: BaseException | None) -> float | None:
+    """Seconds the server asked us to wait (Retry-After / retry-after-ms), if it said."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
     try:
-        return int(request.headers.get("x-stainless-retry-count", 0)) if request is not None else 0
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
     except (TypeError, ValueError):
-        return 0
+        return None
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -156,13 +179,12 @@ class RemoteClient:
     # -- what a subclass provides ---------------------------------------------------------------
 
     def _make_sdk(self) -> Any:
-        """A new SDK client for this backend, with `self._secret`, max_retries and timeout_s."""
+        """A new SDK client for this backend, with `self._secret`, timeout_s and max_retries=0
+        (retries happen in `chat`, each through the rate limiter)."""
         raise NotImplementedError
 
-    async def _send(
-        self, messages: Sequence[Message], params: Decoding, max_retries: int
-    ) -> tuple[bytes, int]:
-        """One SDK call (which retries by itself up to `max_retries`): (the 200's body, retries taken)."""
+    async def _send(self, messages: Sequence[Message], params: Decoding) -> bytes:
+        """One HTTP request through the SDK: the 200's body (an SDK error otherwise)."""
         raise NotImplementedError
 
     def _parse(self, data: Any) -> Reply:
@@ -171,17 +193,15 @@ class RemoteClient:
 
     # -- for subclasses -------------------------------------------------------------------------
 
-    def _sdk_for(self, max_retries: int) -> Any:
-        """The SDK client to send with, allowing `max_retries` retries."""
+    def _sdk_now(self) -> Any:
+        """The SDK client for the running event loop."""
         # Pooled connections belong to the event loop that opened them; a client that outlives a
         # loop (asyncio.run per stage, per test) starts a fresh SDK client in the next one.
         loop = asyncio.get_running_loop()
         if self._sdk_loop is not None and self._sdk_loop is not loop:
             self._sdk = self._make_sdk()
         self._sdk_loop = loop
-        if max_retries == self.config.max_retries:
-            return self._sdk
-        return self._sdk.with_options(max_retries=max_retries)  # a re-ask spends what is left
+        return self._sdk
 
     async def aclose(self) -> None:
         await self._sdk.close()
@@ -202,30 +222,20 @@ class RemoteClient:
         Returns a failed Completion rather than raising, except EndpointFailingError.
         """
         started = time.perf_counter()
-        budget = self.config.max_retries + 1  # HTTP requests in all, SDK retries and re-asks alike
         used = 0
-
-        def out_of_budget(state: RetryCallState) -> bool:
-            return used >= budget
-
         try:
-            async with self._limits.slot(estimate_tokens(messages, params.max_tokens)):
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type(BadResponseError),
-                    stop=out_of_budget,
-                    wait=REASK_WAIT,
-                    before_sleep=self._log_reask,
-                    reraise=True,
-                ):
-                    with attempt:
-                        try:
-                            reply, retries = await self._attempt(
-                                messages, params, max_retries=budget - used - 1
-                            )
-                        except Exception as exc:
-                            used += 1 + _retries_taken(exc)
-                            raise
-                        used += 1 + retries
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(self._retryable),
+                stop=stop_after_attempt(self.config.max_retries + 1),
+                wait=_wait,
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    used += 1
+                    # Each attempt waits for its own place and rate tokens: retries are paced too.
+                    async with self._limits.slot(estimate_tokens(messages, params.max_tokens)):
+                        reply = await self._attempt(messages, params)
         except Exception as exc:
             kind, error = self._describe(exc, max(used, 1))
             error = self._scrub(error)
@@ -248,27 +258,27 @@ class RemoteClient:
 
     # -- internals ------------------------------------------------------------------------------
 
-    async def _attempt(
-        self, messages: Sequence[Message], params: Decoding, *, max_retries: int
-    ) -> tuple[Reply, int]:
-        body, retries = await self._send(messages, params, max_retries)
+    async def _attempt(self, messages: Sequence[Message], params: Decoding) -> Reply:
+        body = await self._send(messages, params)
         try:
             data = json.loads(body)
         except ValueError as exc:
             start = body[:60].decode("utf-8", "replace")
-            raise BadResponseError(
-                f"the body is not valid JSON ({exc}); it starts {start!r}", retries
-            ) from None
-        try:
-            return self._parse(data), retries
-        except BadResponseError as exc:
-            exc.retries_taken = retries
-            raise
+            raise BadResponseError(f"the body is not valid JSON ({exc}); it starts {start!r}") from None
+        return self._parse(data)
 
-    def _log_reask(self, state: RetryCallState) -> None:
+    def _retryable(self, exc: BaseException) -> bool:
+        status_error, timeout_error, connection_error = self.sdk_errors
+        if isinstance(exc, BadResponseError | timeout_error | connection_error):
+            return True
+        status = getattr(exc, "status_code", None) if isinstance(exc, status_error) else None
+        return status is not None and (status in RETRYABLE_STATUS or status >= 500)
+
+    def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.info("%r: bad response (%s); asking again in %.2f s", self, self._scrub(str(exc)), wait)
+        kind, _ = self._describe(exc, state.attempt_number) if exc is not None else ("?", "")
+        logger.info("%r: %s on attempt %d; retrying in %.2f s", self, kind, state.attempt_number, wait)
 
     def _describe(self, exc: BaseException, attempts: int) -> tuple[str, str]:
         """(kind for the breaker's summary, message for the Completion) of a final failure."""

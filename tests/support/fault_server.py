@@ -33,7 +33,7 @@ Like the real API version 2026-10-21, `/v1/messages` answers 400 to temperature,
 
 Also: `latency_s` delays every reply; `requests_per_minute` answers 429 with `Retry-After` (and
 `retry-after-ms`, the wait until the window frees a place) to a request that finds that many
-requests already served in the last 60 s. Every request is
+requests already served in the last 60 s (or its share of a shorter `rate_window_s`). Every request is
 recorded (`requests`: path, arrival time, JSON body, headers, fault applied; "rate_limit" for a
 429 from the rpm limit) and so is the largest number of requests in flight at once
 (`max_in_flight`). `clear()` forgets them; `add_faults()` extends the script.
@@ -124,10 +124,14 @@ class FaultServer:
         triggers: Mapping[str, FaultLike] | None = None,
         latency_s: float = 0.0,
         requests_per_minute: int | None = None,
+        rate_window_s: float = 60.0,
         hang_s: float = 30.0,
     ) -> None:
         self.latency_s = latency_s
         self.requests_per_minute = requests_per_minute
+        # Providers state limits per minute but enforce them over shorter windows too; a window of
+        # 1 s admits requests_per_minute / 60 per second (the throughput benchmark uses that).
+        self.rate_window_s = rate_window_s
         self.hang_s = hang_s
         self.triggers = {marker: as_fault(f) for marker, f in (triggers or {}).items()}
         self._state = _State(script=collections.deque(as_fault(f) for f in faults))
@@ -276,11 +280,13 @@ class FaultServer:
         with self._lock:
             rate_wait = None
             if self.requests_per_minute is not None:
+                window = self.rate_window_s
+                allowed = max(1, round(self.requests_per_minute * window / 60))
                 arrivals = self._state.arrivals
-                while arrivals and arrivals[0] <= now - 60:
+                while arrivals and arrivals[0] <= now - window:
                     arrivals.popleft()
-                if len(arrivals) >= self.requests_per_minute:
-                    rate_wait = max(arrivals[0] + 60 - now, 0.001)
+                if len(arrivals) >= allowed:
+                    rate_wait = max(arrivals[0] + window - now, 0.001)
                 else:
                     arrivals.append(now)
             last = _last_user_text(body)

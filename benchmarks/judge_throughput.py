@@ -29,9 +29,9 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs.schema import Decoding, Recipe  # noqa: E402
-from tasks.llm.base import ChatRequest, chat_many  # noqa: E402
-from tasks.llm.registry import create_client  # noqa: E402
+from configs.schema import Decoding, Recipe
+from tasks.llm.base import ChatRequest, chat_many
+from tasks.llm.registry import create_client
 
 MODEL = "judge"
 RESPONSE = " ".join(f"word{i % 97}" for i in range(1200))
@@ -138,9 +138,11 @@ def main(
             stats = server.stats()
         rps = requests / wall
         rows.append((name, wall, rps, rps / limit_rps, failed, stats["rate_limited"], stats["requests"]))
-    print(f"\n{requests} judge-sized requests, {latency_s * 1000:.0f} ms latency, limit {rpm} rpm "
-          f"({limit_rps:g} req/s):")
-    print(f"| approach | wall s | req/s | of limit | failed | 429s sent | HTTP requests |")
+    print(
+        f"\n{requests} judge-sized requests, {latency_s * 1000:.0f} ms latency, limit {rpm} rpm "
+        f"({limit_rps:g} req/s):"
+    )
+    print("| approach | wall s | req/s | of limit | failed | 429s sent | HTTP requests |")
     print("|---|---|---|---|---|---|---|")
     for name, wall, rps, frac, failed, limited, total in rows:
         print(f"| {name} | {wall:.1f} | {rps:.1f} | {frac:.0%} | {failed} | {limited} | {total} |")

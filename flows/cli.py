@@ -314,3 +314,116 @@ def _print_frame(df, title: str) -> None:
     for row in df.itertuples(index=False):
         table.add_row(*(str(v)[:200] for v in row))
     console.print(table)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+_SERVE_DEVICES = ("auto", "cpu", "cuda")
+
+
+def _serve_device(value: str) -> str:
+    if value not in _SERVE_DEVICES:
+        raise typer.BadParameter(f"'{value}' is not one of {', '.join(_SERVE_DEVICES)}")
+    return value
+
+
+@app.command("serve")
+def serve(
+    model_dir: Annotated[
+        str,
+        typer.Argument(
+            help="A local model folder, or embedded:<name> (e.g. embedded:smollm2-135m-instruct).",
+            show_default=False,
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    device: Annotated[
+        str, typer.Option(help="Where the model runs: auto, cpu or cuda.", callback=_serve_device)
+    ] = "auto",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 300.0,
+) -> None:
+    """Serve a local model over an OpenAI-compatible HTTP API (`transformers serve`) until Ctrl-C.
+
+    An embedded model is resolved (converted on first use) into the recipe's model cache.
+    """
+    import json
+    import shlex
+    import signal
+
+    from rich.markup import escape
+
+    from configs.schema import EMBEDDED_MODEL_PREFIX, StorageConfig
+    from tasks.llm.embedded import EmbeddedModelError, resolve_model_path
+    from tasks.llm.serving import LocalModelServer, ServerStartError
+
+    folder = model_dir
+    if model_dir.startswith(EMBEDDED_MODEL_PREFIX):
+        # The recipe only says where converted models live; without one, the default cache.
+        cache = (
+            _load(config, None)[0].storage.model_cache if config.is_file() else StorageConfig().model_cache
+        )
+        try:
+            folder = resolve_model_path(model_dir, Path(cache))
+        except EmbeddedModelError as exc:
+            raise _UserFacingError(str(exc)) from None
+    try:
+        server = LocalModelServer(
+            folder,
+            host=host,
+            port=port,
+            device=device,
+            log_path=Path(".wrl/logs") / f"serve-{port}.log",
+            startup_timeout_s=startup_timeout,
+        )
+    except ValueError as exc:
+        raise _UserFacingError(escape(str(exc))) from None
+
+    def _on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one orderly shutdown; stop() bounds its time
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    console.print(
+        f"Starting transformers serve for {escape(server.model_name)} on {device} ...", highlight=False
+    )
+    try:
+        server.start()
+        body = {
+            "model": server.model_name,
+            "messages": [{"role": "user", "content": "Write a haiku about the sea."}],
+            "max_tokens": 64,
+        }
+        url = f"{server.base_url}/chat/completions"
+        curl = f"curl {url} -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
+        sdk = (
+            f"from openai import OpenAI; client = OpenAI(base_url={server.base_url!r}, api_key='unused')\n"
+            f"  client.chat.completions.create(model={server.model_name!r}, "
+            "messages=[{'role': 'user', 'content': 'Hello'}], max_tokens=64)"
+        )
+        backend = f"backends: {{local-server: {{kind: openai-compatible, base_url: {server.base_url}}}}}"
+        # soft_wrap: commands stay on one line, ready to copy; every value is escaped from markup.
+        console.print(
+            f"[green]ready[/] (pid {server.pid}, log {escape(str(server.log_path))})\n"
+            f"  base_url: [bold]{escape(server.base_url)}[/]\n"
+            f"  model:    [bold]{escape(server.model_name)}[/]\n\n"
+            f"curl:\n  {escape(curl)}\n"
+            f"openai SDK:\n  {escape(sdk)}\n"
+            f"recipe backend:\n  {escape(backend)}\n\n"
+            "Serving until Ctrl-C.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        code = server.wait()
+        message = f"the server exited on its own (code {code}). Last lines of its log:\n{server.log_tail()}"
+        raise _UserFacingError(escape(message))
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    except ServerStartError as exc:  # its message ends with the server's log: no markup in it
+        raise _UserFacingError(escape(str(exc))) from None
+    finally:
+        code = server.stop()
+        signal.signal(signal.SIGTERM, previous)
+    console.print(f"[green]stopped[/] the server (exit code {code}: SIGTERM is the orderly way)")

@@ -1,0 +1,29 @@
+"""Generation strategies (direct, agentwrite, think-then-write), keyed by name in `STRATEGIES`."""
+
+from tasks.generation.strategies import (
+    STRATEGIES,
+    AgentWriteStrategy,
+    DirectStrategy,
+    PlanSection,
+    Strategy,
+    StrategyResult,
+    StrategyStep,
+    ThinkThenWriteStrategy,
+    count_words,
+    parse_plan,
+    split_think,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "AgentWriteStrategy",
+    "DirectStrategy",
+    "PlanSection",
+    "Strategy",
+    "StrategyResult",
+    "StrategyStep",
+    "ThinkThenWriteStrategy",
+    "count_words",
+    "parse_plan",
+    "split_think",
+]

@@ -1,0 +1,307 @@
+"""An OpenAI-compatible HTTP server for a local model folder, run as a subprocess of `transformers serve`.
+
+`LocalModelServer` starts the server, waits until it answers, exposes the `base_url` and the model
+name to put in requests, and stops it (SIGTERM, then SIGKILL after a grace period). Anything that
+speaks the OpenAI chat API (the openai-compatible backend, the openai SDK, curl) can then call a
+local or embedded model over HTTP. `wrl serve` is the command-line face of it.
+
+What this relies on in `transformers serve` (transformers 5.23, read from its source and measured):
+- `transformers serve <folder> --host H --port N --device D` loads the folder before uvicorn starts
+  listening, so `/health` answering 200 means the model is ready.
+- Requests must name the model exactly as it was passed (the absolute folder path, `model_name`);
+  any other name is a 400 "Server is pinned to ...".
+- `/v1/models` lists the Hugging Face hub cache, not the served folder (a 500 with no cache): the
+  readiness probe is `/health`.
+- Replies carry `usage`; `logprobs`, `top_logprobs` and `n` are ignored (logged, not refused).
+- Requests are served one at a time (no continuous batching on the default path).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Literal
+
+logger = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ServerStartError(RuntimeError):
+    """The server process died or never answered; the message ends with the tail of its log."""
+
+
+class _PortTakenError(ServerStartError):
+    """The server could not bind its port (another process took it between our check and its bind)."""
+
+
+class LocalModelServer:
+    """`transformers serve` for one local model folder, as a managed subprocess.
+
+    Use as a context manager (`with LocalModelServer(folder) as server: ...`) or call `start()` and
+    `stop()`. Without a port it picks a free one (and retries with another if that one is taken by
+    the time the server binds it). The server's output goes to `log_path`.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        device: Device | str = "auto",
+        dtype: str = "auto",
+        log_path: str | Path | None = None,
+        startup_timeout_s: float = 300.0,
+        stop_timeout_s: float = 10.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        folder = Path(model_dir).expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder} is not a local model folder (it has no config.json)")
+        if "@" in str(folder):
+            # transformers serve reads "<id>@<revision>": the path would be cut at the "@".
+            raise ValueError(f"{folder}: transformers serve cannot serve a path containing '@'")
+        self.model_dir = folder
+        self.host = host
+        self.device = device
+        self.dtype = dtype
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.extra_args = tuple(extra_args)
+        self._requested_port = port or None  # 0 means "pick one", as with bind()
+        self.port: int | None = port
+        self.log_path: Path | None = Path(log_path) if log_path is not None else None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._attempt_offset = 0  # where this launch's lines start in the log
+
+    # -- what clients need ----------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        """The `model` to put in requests: the server is pinned to exactly this string."""
+        return str(self.model_dir)
+
+    @property
+    def base_url(self) -> str:
+        """`http://HOST:PORT/v1`, with a wildcard listen address replaced by loopback."""
+        if self.port is None:
+            raise RuntimeError("the server has no port yet: call start() first")
+        return f"http://{_url_host(self.host)}:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"LocalModelServer({str(self.model_dir)!r}, {self.host}:{self.port}, {state})"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalModelServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> LocalModelServer:
+        """Launch the server and block until it answers `/health` (or raise ServerStartError)."""
+        if self.running:
+            return self
+        attempts = 1 if self._requested_port is not None else 3
+        for attempt in range(1, attempts + 1):
+            self.port = self._requested_port or _free_port(self.host)
+            if self._requested_port is not None and not _port_free(self.host, self.port):
+                raise ServerStartError(f"port {self.port} on {self.host} is already in use")
+            started = time.perf_counter()
+            self._launch()
+            try:
+                self._wait_until_ready()
+            except _PortTakenError:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                logger.info("serve: port %d was taken meanwhile; trying another", self.port)
+                continue
+            except BaseException:  # a timeout, a dead server, Ctrl-C: leave nothing running
+                self.stop()
+                raise
+            logger.info(
+                "serve: %s answers at %s (pid %d, up in %.1f s; log %s)",
+                self.model_dir.name,
+                self.base_url,
+                self.pid,
+                time.perf_counter() - started,
+                self.log_path,
+            )
+            return self
+        raise AssertionError("unreachable")
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after `stop_timeout_s`. Returns the exit code (None if never started)."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning(
+                    "serve: pid %d ignored SIGTERM for %.0f s; killing it", process.pid, self.stop_timeout_s
+                )
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+        atexit.unregister(self.stop)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return process.returncode
+
+    def wait(self) -> int:
+        """Block until the server exits on its own; its exit code."""
+        if self._process is None:
+            raise RuntimeError("the server was never started")
+        return self._process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return "(no log)"
+        with self.log_path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64_000))  # the tail of a long log, not all of it
+            text = handle.read().decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        """The command line that runs the server (this interpreter's transformers, not PATH's)."""
+        return [
+            sys.executable,
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            self.model_name,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--device",
+            self.device,
+            "--dtype",
+            self.dtype,
+            *self.extra_args,
+        ]
+
+    def _launch(self) -> None:
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="wrl-serve-", suffix=".log")
+            os.close(handle)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")  # append: a retry keeps the earlier attempt's lines
+        self._attempt_offset = self._log.tell()
+        self._log.write(f"$ {' '.join(self.command())}\n".encode())
+        self._log.flush()
+        env = os.environ.copy()
+        env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub; never wait on a network
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env["PYTHONUNBUFFERED"] = "1"  # the log shows what happened up to a crash
+        self._process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Its own process group: a terminal's Ctrl-C reaches only us, and we stop it in order.
+            start_new_session=True,
+        )
+        atexit.register(self.stop)  # never leave a server behind when the caller forgets stop()
+
+    def _wait_until_ready(self) -> None:
+        assert self._process is not None
+        url = f"http://{_url_host(self.host)}:{self.port}/health"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                error = _PortTakenError if self._lost_port_race() else ServerStartError
+                raise error(
+                    f"transformers serve exited with code {code} before answering {url}. "
+                    f"Last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                with opener.open(url, timeout=2.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet (or still loading)
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"transformers serve did not answer {url} within {self.startup_timeout_s:.0f} s. "
+                    f"Last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def _lost_port_race(self) -> bool:
+        assert self.log_path is not None
+        with self.log_path.open("rb") as handle:
+            handle.seek(self._attempt_offset)
+            handle.readline()  # our own command line
+            return b"address already in use" in handle.read().lower()
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    # SO_REUSEADDR as uvicorn sets it: a port in TIME_WAIT counts as free, a listening one does not.
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # The server leads its own process group (start_new_session): signal the group, so anything
+    # it spawned goes too.
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(process.pid, sig)

@@ -1,0 +1,157 @@
+"""LocalModelServer and `wrl serve`: a real `transformers serve` subprocess on the tiny model,
+called over HTTP with the openai SDK. Start-up is ~6-8 s on the 2-core CPU box, so these stay in
+the default suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tasks.llm.serving import LocalModelServer, ServerStartError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def ask(base_url: str, model: str) -> openai.types.chat.ChatCompletion:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+    try:
+        return await client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Write a haiku about the sea."}],
+            max_tokens=12,
+            temperature=0,
+        )
+    finally:
+        await client.close()
+
+
+def test_server_answers_the_openai_sdk_with_usage(tiny_model_dir, tmp_path):
+    log = tmp_path / "logs" / "server.log"
+    with LocalModelServer(tiny_model_dir, device="cpu", log_path=log) as server:
+        assert server.running and server.base_url == f"http://127.0.0.1:{server.port}/v1"
+        assert server.model_name == str(Path(tiny_model_dir).resolve())
+        reply = asyncio.run(ask(server.base_url, server.model_name))
+        pid, port = server.pid, server.port
+    choice = reply.choices[0]
+    assert choice.message.content.strip() and choice.finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 12
+    assert not server.running and process_gone(pid) and port_is_free(port)
+    assert "Uvicorn running" in log.read_text()
+
+
+def scripted(monkeypatch, script: str) -> None:
+    """Run `python -c script` in place of transformers serve: the failure paths, in milliseconds."""
+    monkeypatch.setattr(LocalModelServer, "command", lambda self: [sys.executable, "-c", script])
+
+
+def test_clear_errors_for_a_bad_folder_and_a_taken_port(tmp_path):
+    with pytest.raises(ValueError, match=r"no config\.json"):
+        LocalModelServer(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ServerStartError, match="already in use"):
+            LocalModelServer(tmp_path, port=taken.getsockname()[1]).start()
+
+
+def test_a_dying_server_fails_with_the_tail_of_its_log(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    scripted(monkeypatch, "import sys; print('ValueError: no such architecture'); sys.exit(3)")
+    server = LocalModelServer(tmp_path, log_path=tmp_path / "dead.log")
+    with pytest.raises(ServerStartError, match="exited with code 3 before answering") as caught:
+        server.start()
+    assert "dead.log" in str(caught.value) and "ValueError: no such architecture" in str(caught.value)
+    assert not server.running
+
+
+def test_a_silent_server_times_out_and_is_killed(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    scripted(
+        monkeypatch, "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    )
+    server = LocalModelServer(tmp_path, startup_timeout_s=0.5, stop_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(ServerStartError, match=r"did not answer .* within"):
+        server.start()
+    assert time.monotonic() - started < 10 and not server.running and process_gone(server.pid)
+
+
+def test_a_port_taken_meanwhile_is_retried_on_another(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    scripted(monkeypatch, "import sys; print('[Errno 98] address already in use'); sys.exit(1)")
+    server = LocalModelServer(tmp_path, log_path=tmp_path / "race.log")
+    with pytest.raises(ServerStartError, match="address already in use"):
+        server.start()
+    attempts = [line for line in (tmp_path / "race.log").read_text().splitlines() if line.startswith("$ ")]
+    assert len(attempts) == 3  # three ports tried, one launch each
+
+
+def test_wrl_serve_answers_and_stops_cleanly_on_sigterm(tiny_model_dir, tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows", "serve", str(tiny_model_dir), "--port", str(port), "--device", "cpu"],
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while not (tmp_path / ".wrl" / "logs" / f"serve-{port}.log").exists() or port_is_free(port):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "wrl serve did not start listening"
+            time.sleep(0.2)
+        reply = None
+        while reply is None:  # listening may precede readiness by a moment
+            try:
+                reply = asyncio.run(ask(base_url, str(Path(tiny_model_dir).resolve())))
+            except openai.APIConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert base_url in stdout and str(Path(tiny_model_dir).resolve()) in stdout
+    assert "curl " in stdout and "from openai import OpenAI" in stdout and "stopped" in stdout
+    server_pid = int(stdout.split("(pid ", 1)[1].split(",", 1)[0])
+    assert process_gone(server_pid) and port_is_free(port)

@@ -54,22 +54,34 @@ def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge overrides into a raw recipe. Keys may be dotted paths: `judge.model`."""
+    """Deep-merge overrides into a raw recipe. Keys may be dotted paths, with list indices:
+    `judge.model`, `generators.0.decoding.max_tokens`."""
     merged = copy.deepcopy(raw)
     for dotted, value in overrides.items():
-        target = merged
+        target: Any = merged
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
+            if isinstance(target, list):
+                target = target[_list_index(target, part, ".".join(parents[: depth + 1]))]
+                continue
             nxt = target.get(part)
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, dict | list):
                 nxt = {}
                 target[part] = nxt
             target = nxt
-        if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
+        if isinstance(target, list):
+            target[_list_index(target, leaf, dotted)] = copy.deepcopy(value)
+        elif isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
             target[leaf] = _deep_merge(target[leaf], value)
         else:
             target[leaf] = copy.deepcopy(value)
     return merged
+
+
+def _list_index(items: list[Any], part: str, path: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"override {path!r}: '{part}' is not an index of a list with {len(items)} items")
+    return int(part)
 
 
 def parse_set_option(item: str) -> tuple[str, Any]:

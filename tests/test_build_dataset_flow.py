@@ -9,6 +9,7 @@ import pytest
 from configs.loading import load_recipe
 from flows.build_dataset import build_dataset
 from storage import DatasetRef, open_storage
+from tasks.stages import generate, ingest
 from tests.conftest import write_recipe
 
 
@@ -72,8 +73,8 @@ def test_first_slice_stores_generations_with_lineage_and_reruns_from_cache(
         ).fetchall()
     assert run[0] == "completed" and run[1] == lineage["prefect_flow_run_id"]
     assert [(s[0], s[1], s[2]) for s in stage_rows] == [
-        ("ingest", 1, "completed"),
-        ("generate", 1, "completed"),
+        ("ingest", ingest.SPEC.version, "completed"),
+        ("generate", generate.SPEC.version, "completed"),
     ]
     assert all(s[3] and s[4] and s[5] for s in stage_rows)
 

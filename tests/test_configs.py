@@ -179,3 +179,15 @@ def test_operational_backend_limits_stay_out_of_identity(tmp_path):
         _write(tmp_path, MINIMAL.replace("kind: transformers", "kind: transformers\n    dtype: bfloat16"))
     )
     assert recipe.backend_identity("local") != other.backend_identity("local")
+
+
+def test_overrides_reach_into_lists_by_index(tmp_path):
+    path = _write(tmp_path, MINIMAL)
+    recipe = load_recipe(
+        path, {"generators.0.decoding.max_tokens": 95, "generators.0.strategy": "agentwrite"}
+    )
+    assert (recipe.policy.decoding.max_tokens, recipe.policy.strategy) == (95, "agentwrite")
+    with pytest.raises(
+        ConfigError, match=r"override 'generators.3': '3' is not an index of a list with 1 items"
+    ):
+        load_recipe(path, {"generators.3.model": "x"})

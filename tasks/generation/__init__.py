@@ -1,5 +1,6 @@
 """Generation strategies (direct, agentwrite, think-then-write), keyed by name in `STRATEGIES`."""
 
+from tasks.generation.batch import generate_many
 from tasks.generation.strategies import (
     STRATEGIES,
     AgentWriteStrategy,
@@ -24,6 +25,7 @@ __all__ = [
     "StrategyStep",
     "ThinkThenWriteStrategy",
     "count_words",
+    "generate_many",
     "parse_plan",
     "split_think",
 ]

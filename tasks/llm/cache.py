@@ -101,6 +101,7 @@ class CachingClient:
         self.backend_name = inner.backend_name
         self.model = inner.model
         self._known: dict[str, dict[str, Any]] = {}  # prefetched rows
+        self._waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
 
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()
@@ -121,7 +122,7 @@ class CachingClient:
         key = self.key(messages, params, sample_index)
         row = self._known.get(key)
         if row is None:
-            row = (await asyncio.to_thread(self.cache.get_many, [key])).get(key)
+            row = await self._lookup(key)
         if row is not None:
             completion = _from_row(row)
         else:
@@ -131,6 +132,32 @@ class CachingClient:
         if self.meter is not None:
             self.meter.record(self.backend_name, self.model, completion)
         return completion
+
+    async def _lookup(self, key: str) -> dict[str, Any] | None:
+        """Look `key` up together with every other key asked for in the same event-loop tick:
+        one query for a burst of concurrent calls, so they also reach the backend together (an
+        in-process backend batches what arrives together)."""
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        first = not self._waiting
+        self._waiting.setdefault(key, []).append(future)
+        if first:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush_lookups()))
+        return await future
+
+    async def _flush_lookups(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        try:
+            found = await asyncio.to_thread(self.cache.get_many, list(waiting))
+        except Exception as exc:
+            for futures in waiting.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        for key, futures in waiting.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(found.get(key))
 
     def _row(self, key: str, sample_index: int, completion: Completion) -> dict[str, Any]:
         logprobs = None

@@ -1,13 +1,16 @@
 """Stage 1, generate: every configured generator answers every instruction once.
 
 One generator is the policy (its response becomes rung 0 of the reference ladder); the others are
-competitors. Each (instruction, generator) pair is one row of the `generations` dataset; a call
-that failed after its retries is a row with `error` set and `text` null, never an empty answer.
+competitors. Each generator has a strategy (direct, agentwrite, think-then-write; see
+tasks/generation). Each (instruction, generator) pair is one row of the `generations` dataset; a
+call that failed after its retries is a row with `error` set and `text` null, never an empty
+answer. Every LLM call goes through the response cache, so a killed run resumes mid-strategy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 
 import pyarrow as pa
@@ -16,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.schema import GeneratorConfig, Recipe
 from storage import DatasetRef
-from tasks.instructions import instructions_from_arrow
-from tasks.llm.base import ChatRequest, Completion, Message, chat_many
+from tasks.generation import STRATEGIES, StrategyResult, generate_many
+from tasks.instructions import Instruction, instructions_from_arrow
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
 
 GENERATIONS_SCHEMA = pa.schema(
@@ -35,7 +38,10 @@ GENERATIONS_SCHEMA = pa.schema(
         ("output_tokens", pa.int64()),
         ("latency_s", pa.float64()),
         ("attempts", pa.int32()),
+        ("llm_calls", pa.int32()),
+        ("cached", pa.bool_()),
         ("error", pa.string()),
+        ("metadata_json", pa.string()),  # the strategy's record: plan, plan_source, format_ok, think ...
     ]
 )
 
@@ -45,7 +51,11 @@ def _config_slice(recipe: Recipe) -> dict:
     # endpoint), never operational limits such as concurrency.
     return {
         "generators": [
-            {**g.model_dump(mode="json"), "backend": recipe.backend_identity(g.backend)}
+            {
+                **g.model_dump(mode="json"),
+                "backend": recipe.backend_identity(g.backend),
+                "strategy_version": STRATEGIES[g.strategy].version,
+            }
             for g in recipe.generators
         ]
     }
@@ -53,19 +63,12 @@ def _config_slice(recipe: Recipe) -> dict:
 
 SPEC = StageSpec(
     name="generate",
-    version=1,
+    version=2,
     inputs=("instructions",),
     outputs=("generations",),
     description="Each generator writes one response per instruction",
     config_slice=_config_slice,
 )
-
-
-def build_messages(generator: GeneratorConfig, prompt: str) -> tuple[Message, ...]:
-    system = (
-        () if generator.system_prompt is None else ({"role": "system", "content": generator.system_prompt},)
-    )
-    return (*system, {"role": "user", "content": prompt})
 
 
 async def _generate_all(ctx: StageContext) -> list[dict]:
@@ -74,39 +77,37 @@ async def _generate_all(ctx: StageContext) -> list[dict]:
     for generator in ctx.recipe.generators:
         backend = ctx.recipe.backends[generator.backend]
         client = ctx.llm(generator.backend, generator.model)
-        requests = [
-            ChatRequest(build_messages(generator, ins.prompt), generator.decoding, sample_index=0, tag=ins.id)
-            for ins in instructions
-        ]
         try:
-            completions = await chat_many(
-                client,
-                requests,
-                max_concurrency=backend.max_concurrency,
-                description=f"generate[{generator.name}]",
-            )
+            results = await generate_many(
+                STRATEGIES[generator.strategy], client, instructions, generator,
+                max_concurrency=backend.max_concurrency, description=f"generate[{generator.name}]",
+            )  # fmt: skip
         finally:
             await client.aclose()
-        rows.extend(_row(generator, req, comp) for req, comp in zip(requests, completions, strict=True))
+        rows.extend(_row(generator, ins, res) for ins, res in zip(instructions, results, strict=True))
     return rows
 
 
-def _row(generator: GeneratorConfig, request: ChatRequest, completion: Completion) -> dict:
+def _row(generator: GeneratorConfig, instruction: Instruction, result: StrategyResult) -> dict:
+    completion = result.completion
     return {
-        "instruction_id": request.tag,
+        "instruction_id": instruction.id,
         "generator": generator.name,
         "role": generator.role,
         "backend": generator.backend,
         "model": generator.model,
         "strategy": generator.strategy,
-        "sample_index": request.sample_index,
+        "sample_index": 0,
         "text": completion.text,
         "finish_reason": completion.finish_reason,
         "input_tokens": completion.usage.input_tokens,
         "output_tokens": completion.usage.output_tokens,
         "latency_s": completion.latency_s,
         "attempts": completion.attempts,
+        "llm_calls": len(result.steps),
+        "cached": completion.cached,
         "error": completion.error,
+        "metadata_json": json.dumps(result.metadata, ensure_ascii=False, sort_keys=True, default=str),
     }
 
 

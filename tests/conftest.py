@@ -80,3 +80,13 @@ generators:
 {extra}"""
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def embedded_model_cache(tmp_path_factory) -> Path:
+    """The real embedded model, provisioned once per session (~20 s) for the slow tests."""
+    from tasks.llm.embedded import ensure_embedded_model
+
+    cache = tmp_path_factory.mktemp("models")
+    ensure_embedded_model("smollm2-135m-instruct", cache)
+    return cache

@@ -28,9 +28,10 @@ def _wrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_demo_runs_the_slice_then_reruns_from_cache(tmp_path):
+def test_demo_runs_the_slice_then_reruns_from_cache(tmp_path, embedded_model_cache):
     config = PROJECT_ROOT / "configs" / "demo.yaml"
-    first = _wrl("demo", "--config", str(config), cwd=tmp_path)
+    models = f"storage.model_cache={embedded_model_cache}"
+    first = _wrl("demo", "--config", str(config), "--set", models, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "generations@0" in first.stdout and "Total" in first.stdout
 
@@ -43,7 +44,7 @@ def test_demo_runs_the_slice_then_reruns_from_cache(tmp_path):
     ]  # zh has no spaces
     assert storage.datasets.lineage(DatasetRef("generations", 0))["inputs"] == ["instructions@0"]
 
-    second = _wrl("demo", "--config", str(config), cwd=tmp_path)
+    second = _wrl("demo", "--config", str(config), "--set", models, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert "generate: cache hit" in log and "ingest: cache hit" in log

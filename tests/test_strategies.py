@@ -445,18 +445,15 @@ def test_think_then_write_uses_chinese_instructions_for_chinese_prompts():
 
 
 @pytest.mark.slow
-def test_agentwrite_on_the_embedded_model_writes_longer_than_direct(caplog):
-    """SmolLM2-135M on CPU, greedy, max_tokens 512, one 800-word instruction (~3 min on 2 cores)."""
+def test_agentwrite_on_the_embedded_model_writes_longer_than_direct(caplog, embedded_model_cache):
+    """SmolLM2-135M on CPU, greedy, max_tokens 256, one 800-word instruction (~1.5 min on 2 cores)."""
     import logging
 
     from configs.schema import DataConfig, Recipe
     from tasks.instructions import load_instructions
     from tasks.llm.registry import create_client
-    from tests.conftest import PROJECT_ROOT
 
-    cache = PROJECT_ROOT / ".wrl" / "models"
-    if not (cache / "smollm2-135m-instruct" / "wrl-manifest.json").is_file():
-        pytest.skip(f"embedded model not provisioned under {cache}")
+    cache = embedded_model_cache
     instruction = next(i for i in load_instructions(DataConfig()) if i.id == "sample-002")
     recipe = Recipe.model_validate(
         {
@@ -469,7 +466,7 @@ def test_agentwrite_on_the_embedded_model_writes_longer_than_direct(caplog):
                     "role": "policy",
                     "backend": "local",
                     "model": "embedded:smollm2-135m-instruct",
-                    "decoding": {"temperature": 0.0, "max_tokens": 512, "seed": 0},
+                    "decoding": {"temperature": 0.0, "max_tokens": 256, "seed": 0},
                 }
             ],
         }

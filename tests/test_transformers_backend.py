@@ -265,7 +265,7 @@ def test_aclose_stops_the_worker_and_later_calls_fail(tiny_model_dir, tmp_path):
 
     async def go():
         first = await client.chat(user("hi"), GREEDY)
-        worker = client._worker
+        worker = client._batcher.worker
         await client.aclose()
         await client.aclose()  # idempotent
         after = await client.chat(user("hi"), GREEDY)

@@ -19,12 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from configs.schema import Decoding, TransformersBackend
-from tasks.llm.base import Completion, Message, TokenLogprob, Usage
+from tasks.llm.base import Completion, Message, TokenLogprob
+from tasks.llm.batching import Job, MicroBatcher, resolve
 from tasks.llm.embedded import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -298,25 +299,12 @@ def _next_token_batch(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Job:
-    kind: Literal["generate", "next_token"]
-    messages: tuple[Message, ...]
-    future: asyncio.Future[Any]
-    params: Decoding | None = None
-    candidates: tuple[str, ...] = ()
-    started: float = field(default_factory=time.perf_counter)
-
-    @property
-    def group(self) -> Hashable:
-        # Rows of one generate() call share every decoding parameter. The seed is not one of them
-        # (one seed per batch, see _generate_batch), and n is handled by callers (chat_many).
-        if self.kind == "generate" and self.params is not None:
-            return ("generate", self.params.model_copy(update={"seed": None, "n": 1}))
-        return (self.kind,)
-
-
-_STOP = object()  # queue sentinel: aclose() was called
+def _generate_group(job: Job) -> Hashable:
+    # Rows of one generate() call share every decoding parameter. The seed is not one of them
+    # (one seed per batch, see _generate_batch), and n is handled by callers (chat_many).
+    if job.kind == "generate" and job.params is not None:
+        return ("generate", job.params.model_copy(update={"seed": None, "n": 1}))
+    return (job.kind,)
 
 
 class TransformersClient:
@@ -330,10 +318,9 @@ class TransformersClient:
         self.device = _resolve_device(config.device)
         self.dtype = _resolve_dtype(config.dtype, self.device)
         self._loaded: LoadedModel | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Any] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._closed = False
+        self._batcher = MicroBatcher(
+            repr(self), max_batch=config.max_batch_size, group_of=_generate_group, execute=self._execute
+        )
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "transformers", "model": self.model, "dtype": self.dtype}
@@ -358,7 +345,7 @@ class TransformersClient:
         """
         started = time.perf_counter()
         try:
-            return await self._submit("generate", messages, params=params)
+            return await self._batcher.submit("generate", messages, params=params)
         except Exception as exc:  # a closed client or a worker bug: a Completion comes back regardless
             return Completion.failure(f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
 
@@ -373,86 +360,18 @@ class TransformersClient:
         """
         if not candidates:
             return {}
-        return await self._submit("next_token", messages, candidates=tuple(candidates))
+        return await self._batcher.submit("next_token", messages, candidates=tuple(candidates))
 
     async def aclose(self) -> None:
         """Stop the batching worker: the batch in flight finishes, queued requests fail.
 
         The weights stay loaded: other clients may share them.
         """
-        self._closed = True
-        worker, queue = self._worker, self._queue
-        self._worker = self._queue = None
-        if worker is None or queue is None or worker.done():
-            return
-        if self._loop is not asyncio.get_running_loop():
-            # The worker belongs to another loop (still running in another thread): cancel it there.
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(worker.cancel)
-            return
-        queue.put_nowait(_STOP)
-        await worker
+        await self._batcher.aclose()
 
     # -- batching -----------------------------------------------------------------------------
 
-    def _submit(
-        self,
-        kind: Literal["generate", "next_token"],
-        messages: Sequence[Message],
-        *,
-        params: Decoding | None = None,
-        candidates: tuple[str, ...] = (),
-    ) -> asyncio.Future[Any]:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-        loop = asyncio.get_running_loop()
-        # A client can outlive an event loop (tests, asyncio.run per stage): one worker per loop.
-        if self._loop is not loop or self._worker is None or self._worker.done():
-            self._loop = loop
-            self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._run(self._queue), name=f"{self!r} batcher")
-        assert self._queue is not None
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put_nowait(
-            _Job(kind=kind, messages=tuple(messages), future=future, params=params, candidates=candidates)
-        )
-        return future
-
-    async def _run(self, queue: asyncio.Queue[Any]) -> None:
-        pending: list[_Job] = []
-        batch: list[_Job] = []
-        try:
-            while True:
-                if not pending:
-                    item = await queue.get()
-                    if item is _STOP:
-                        return
-                    pending.append(item)
-                    # Let requests submitted around the same moment (a gather, a semaphore just
-                    # released) join this batch: a few loop turns, until the queue stops growing.
-                    for _ in range(8):
-                        size = queue.qsize()
-                        await asyncio.sleep(0)
-                        if queue.qsize() == size:
-                            break
-                for item in _drain(queue):  # everything that arrived meanwhile is a candidate
-                    if item is _STOP:
-                        return
-                    pending.append(item)
-                pending = [job for job in pending if not job.future.done()]  # callers that gave up
-                if not pending:
-                    continue
-                group = pending[0].group  # oldest first, so no group waits forever
-                batch = [job for job in pending if job.group == group][: self.config.max_batch_size]
-                pending = [job for job in pending if job not in batch]
-                await self._execute(batch)
-                batch = []
-        finally:
-            # Reached on aclose() or when the loop shuts down (cancellation): nobody waits forever.
-            for job in batch + pending + [item for item in _drain(queue) if item is not _STOP]:
-                _resolve(job, error=RuntimeError(f"{self!r} was closed before this request ran"))
-
-    async def _execute(self, batch: list[_Job]) -> None:
+    async def _execute(self, batch: list[Job]) -> None:
         try:
             loaded = await self.load()
             if batch[0].kind == "generate":
@@ -468,37 +387,7 @@ class TransformersClient:
         except Exception as exc:
             logger.warning("%r: a batch of %d failed: %s: %s", self, len(batch), type(exc).__name__, exc)
             for job in batch:
-                _resolve(job, error=exc)
+                resolve(job, error=exc)
             return
         for job, result in zip(batch, results, strict=True):
-            _resolve(job, result=result)
-
-
-def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
-
-
-def _resolve(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
-    if job.future.done():  # the caller was cancelled
-        return
-    latency = time.perf_counter() - job.started
-    if job.kind == "next_token":
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)
-    elif error is not None:
-        job.future.set_result(Completion.failure(f"{type(error).__name__}: {error}", latency_s=latency))
-    else:
-        job.future.set_result(
-            Completion(
-                text=result.text,
-                finish_reason=result.finish_reason,
-                usage=Usage(input_tokens=result.input_tokens, output_tokens=result.output_tokens),
-                latency_s=latency,
-                logprobs=result.logprobs,
-            )
-        )
+            resolve(job, result=result)

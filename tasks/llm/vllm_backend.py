@@ -37,13 +37,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from configs.schema import Decoding, VLLMBackend
-from tasks.llm.base import Completion, Message, TokenLogprob, Usage
+from tasks.llm.base import Completion, Message, TokenLogprob
+from tasks.llm.batching import Job, MicroBatcher, resolve
 from tasks.llm.embedded import resolve_model_path
 from tasks.llm.registry import BackendUnavailableError
 
@@ -303,17 +304,10 @@ def _next_token_batch(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Job:
-    kind: Literal["generate", "next_token"]
-    messages: tuple[Message, ...]
-    future: asyncio.Future[Any]
-    params: Decoding | None = None
-    candidates: tuple[str, ...] = ()
-    started: float = field(default_factory=time.perf_counter)
-
-
-_STOP = object()  # queue sentinel: aclose() was called
+def _kind_group(job: Job) -> Hashable:
+    # Decoding parameters may differ within a batch (one SamplingParams per request): only the
+    # kind of work splits batches.
+    return job.kind
 
 
 class VLLMClient:
@@ -331,10 +325,9 @@ class VLLMClient:
         self.config = config
         self.model_cache = Path(model_cache)
         self._engine: Engine | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Any] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._closed = False
+        self._batcher = MicroBatcher(
+            repr(self), max_batch=config.max_concurrency, group_of=_kind_group, execute=self._execute
+        )
 
     def identity(self) -> dict[str, Any]:
         # "auto" is a stable identity: vLLM derives it from the checkpoint's own config.
@@ -358,7 +351,7 @@ class VLLMClient:
         """
         started = time.perf_counter()
         try:
-            return await self._submit("generate", messages, params=params)
+            return await self._batcher.submit("generate", messages, params=params)
         except Exception as exc:  # a closed client or a worker bug: a Completion comes back regardless
             return Completion.failure(f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
 
@@ -374,98 +367,31 @@ class VLLMClient:
         """
         if not candidates:
             return {}
-        return await self._submit("next_token", messages, candidates=tuple(candidates))
+        return await self._batcher.submit("next_token", messages, candidates=tuple(candidates))
 
     async def aclose(self) -> None:
         """Stop the batching worker: the batch in flight finishes, queued requests fail.
 
         The engine stays loaded: other clients may share it (vLLM frees it at process exit).
         """
-        self._closed = True
-        worker, queue = self._worker, self._queue
-        self._worker = self._queue = None
-        if worker is None or queue is None or worker.done():
-            return
-        if self._loop is not asyncio.get_running_loop():
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(worker.cancel)
-            return
-        queue.put_nowait(_STOP)
-        await worker
+        await self._batcher.aclose()
 
     # -- batching -----------------------------------------------------------------------------
 
-    def _submit(
-        self,
-        kind: Literal["generate", "next_token"],
-        messages: Sequence[Message],
-        *,
-        params: Decoding | None = None,
-        candidates: tuple[str, ...] = (),
-    ) -> asyncio.Future[Any]:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-        loop = asyncio.get_running_loop()
-        # A client can outlive an event loop (tests, asyncio.run per stage): one worker per loop.
-        if self._loop is not loop or self._worker is None or self._worker.done():
-            self._loop = loop
-            self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._run(self._queue), name=f"{self!r} batcher")
-        assert self._queue is not None
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put_nowait(
-            _Job(kind=kind, messages=tuple(messages), future=future, params=params, candidates=candidates)
-        )
-        return future
-
-    async def _run(self, queue: asyncio.Queue[Any]) -> None:
-        pending: list[_Job] = []
-        batch: list[_Job] = []
-        try:
-            while True:
-                if not pending:
-                    item = await queue.get()
-                    if item is _STOP:
-                        return
-                    pending.append(item)
-                    # Let requests submitted around the same moment join this batch.
-                    for _ in range(8):
-                        size = queue.qsize()
-                        await asyncio.sleep(0)
-                        if queue.qsize() == size:
-                            break
-                for item in _drain(queue):
-                    if item is _STOP:
-                        return
-                    pending.append(item)
-                pending = [job for job in pending if not job.future.done()]  # callers that gave up
-                if not pending:
-                    continue
-                # Decoding parameters may differ within a batch (one SamplingParams per request);
-                # only the kind of work splits batches. Oldest first, so no kind waits forever.
-                kind = pending[0].kind
-                batch = [job for job in pending if job.kind == kind][: self.config.max_concurrency]
-                pending = [job for job in pending if job not in batch]
-                await self._execute(batch)
-                batch = []
-        finally:
-            for job in batch + pending + [item for item in _drain(queue) if item is not _STOP]:
-                _resolve(job, error=RuntimeError(f"{self!r} was closed before this request ran"))
-
-    async def _execute(self, batch: list[_Job]) -> None:
+    async def _execute(self, batch: list[Job]) -> None:
         try:
             engine = await self.load()
         except Exception as exc:
             logger.warning("%r: loading %s failed: %s: %s", self, self.model, type(exc).__name__, exc)
             for job in batch:
-                _resolve(job, error=exc)
+                resolve(job, error=exc)
             return
         try:
             results = await asyncio.to_thread(_run_batch, engine, batch)
         except Exception as exc:
             if len(batch) == 1:
                 logger.warning("%r: a request failed: %s: %s", self, type(exc).__name__, exc)
-                _resolve(batch[0], error=exc)
+                resolve(batch[0], error=exc)
                 return
             # vLLM validates a whole call at once (e.g. one prompt over max_model_len): retry one by
             # one so a single bad request does not fail its neighbours.
@@ -480,40 +406,10 @@ class VLLMClient:
                 await self._execute([job])
             return
         for job, result in zip(batch, results, strict=True):
-            _resolve(job, result=result)
+            resolve(job, result=result)
 
 
-def _run_batch(engine: Engine, batch: list[_Job]) -> list[Any]:
+def _run_batch(engine: Engine, batch: list[Job]) -> list[Any]:
     if batch[0].kind == "generate":
         return _generate_batch(engine, [job.messages for job in batch], [job.params for job in batch])
     return _next_token_batch(engine, [(job.messages, job.candidates) for job in batch])
-
-
-def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
-
-
-def _resolve(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
-    if job.future.done():  # the caller was cancelled
-        return
-    latency = time.perf_counter() - job.started
-    if job.kind == "next_token":
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)
-    elif error is not None:
-        job.future.set_result(Completion.failure(f"{type(error).__name__}: {error}", latency_s=latency))
-    else:
-        job.future.set_result(
-            Completion(
-                text=result.text,
-                finish_reason=result.finish_reason,
-                usage=Usage(input_tokens=result.input_tokens, output_tokens=result.output_tokens),
-                latency_s=latency,
-                logprobs=result.logprobs,
-            )
-        )

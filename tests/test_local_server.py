@@ -63,12 +63,35 @@ def test_server_answers_the_openai_sdk_with_usage(tiny_model_dir, tmp_path):
         assert server.running and server.base_url == f"http://127.0.0.1:{server.port}/v1"
         assert server.model_name == str(Path(tiny_model_dir).resolve())
         reply = asyncio.run(ask(server.base_url, server.model_name))
+        ours = asyncio.run(through_our_backend(server.base_url, server.model_name))
         pid, port = server.pid, server.port
+    assert [c.ok for c in ours] == [True, True], [c.error for c in ours]
+    assert all(c.attempts == 1 and c.usage.output_tokens > 0 and c.text for c in ours)
     choice = reply.choices[0]
     assert choice.message.content.strip() and choice.finish_reason in ("stop", "length")
     assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 12
     assert not server.running and process_gone(pid) and port_is_free(port)
     assert "Uvicorn running" in log.read_text()
+
+
+async def through_our_backend(base_url: str, model: str) -> list:
+    """The project's own OpenAI-compatible backend, via the registry, over real HTTP."""
+    from configs.schema import Decoding, Recipe
+    from tasks.llm.base import ChatRequest, chat_many
+    from tasks.llm.registry import create_client
+
+    recipe = Recipe.model_validate({
+        "name": "t",
+        "backends": {"served": {"kind": "openai-compatible", "base_url": base_url, "timeout_s": 120}},
+        "generators": [{"name": "policy", "role": "policy", "backend": "served", "model": model}],
+    })  # fmt: skip
+    client = create_client(recipe, "served", model)
+    params = Decoding(temperature=0.0, max_tokens=8)
+    requests = [ChatRequest(({"role": "user", "content": p},), params) for p in ("Hello!", "Write a haiku.")]
+    try:
+        return await chat_many(client, requests, max_concurrency=2)
+    finally:
+        await client.aclose()
 
 
 def scripted(monkeypatch, script: str) -> None:

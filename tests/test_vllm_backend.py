@@ -453,35 +453,9 @@ def needs_vllm_gpu(test):
 @pytest.fixture(scope="module")
 def vllm_model_dir(tmp_path_factory) -> Path:
     """A random 2-layer Llama with the SmolLM2 tokenizer, head size 64 (vLLM's kernels want >= 32)."""
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from tests.support.tiny_model import build_tiny_llama
 
-    from tests.support.tiny_model import EMBEDDED_GGUF, smollm2_gguf_folder
-
-    out = tmp_path_factory.mktemp("vllm-tiny")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf_folder(), gguf_file=EMBEDDED_GGUF)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return build_tiny_llama(tmp_path_factory.mktemp("vllm-tiny"), hidden_size=128, num_heads=2)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Micro-batching for in-process backends (transformers, vLLM): concurrent calls become one batch.
+"""What the in-process backends (transformers, vLLM) share: micro-batching of concurrent calls
+into one batch, and answering each call from the batch's results.
 
 Requests that arrive while a batch runs queue up; the worker then takes up to `max_batch` of the
 oldest group (a group is what may share one forward call: equal decoding params for
@@ -136,6 +137,15 @@ def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
     while not queue.empty():
         items.append(queue.get_nowait())
     return items
+
+
+def first_token_id(tokenizer: Any, candidate: str) -> int:
+    """The id a candidate answer starts with: in-process judges score a candidate ("A", "7") by its
+    first token's log-probability."""
+    ids = tokenizer.encode(candidate, add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"candidate {candidate!r} tokenizes to nothing")
+    return int(ids[0])
 
 
 def resolve(job: Job, *, result: Generated | Any = None, error: BaseException | None = None) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from configs.schema import Decoding, TransformersBackend
 from tasks.llm.base import Completion, Message, TokenLogprob
-from tasks.llm.batching import Job, MicroBatcher, resolve
+from tasks.llm.batching import Job, MicroBatcher, first_token_id, resolve
 from tasks.llm.embedded import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -268,13 +268,6 @@ def _token_logprobs(
     return tuple(out)
 
 
-def _first_token_id(tokenizer: Any, candidate: str) -> int:
-    ids = tokenizer.encode(candidate, add_special_tokens=False)
-    if not ids:
-        raise ValueError(f"candidate {candidate!r} tokenizes to nothing")
-    return int(ids[0])
-
-
 def _next_token_batch(
     loaded: LoadedModel, items: Sequence[tuple[Sequence[Message], Sequence[str]]]
 ) -> list[dict[str, float]]:
@@ -289,7 +282,7 @@ def _next_token_batch(
         logits = loaded.model(**encoded, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         return [  # still under the lock: encoding candidates uses the shared tokenizer
-            {c: float(logprobs[row, _first_token_id(loaded.tokenizer, c)]) for c in candidates}
+            {c: float(logprobs[row, first_token_id(loaded.tokenizer, c)]) for c in candidates}
             for row, (_, candidates) in enumerate(items)
         ]
 

@@ -44,7 +44,7 @@ from typing import Any
 
 from configs.schema import Decoding, VLLMBackend
 from tasks.llm.base import Completion, Message, TokenLogprob
-from tasks.llm.batching import Job, MicroBatcher, resolve
+from tasks.llm.batching import Job, MicroBatcher, first_token_id, resolve
 from tasks.llm.embedded import resolve_model_path
 from tasks.llm.registry import BackendUnavailableError
 
@@ -257,20 +257,13 @@ def _token_logprobs(
     return tuple(out)
 
 
-def _first_token_id(tokenizer: Any, candidate: str) -> int:
-    ids = tokenizer.encode(candidate, add_special_tokens=False)
-    if not ids:
-        raise ValueError(f"candidate {candidate!r} tokenizes to nothing")
-    return int(ids[0])
-
-
 def _next_token_batch(
     engine: Engine, items: Sequence[tuple[Sequence[Message], Sequence[str]]]
 ) -> list[dict[str, float]]:
     vllm = _import_vllm()
     with engine.lock:
         tokenizer = engine.llm.get_tokenizer()
-        wanted = [{c: _first_token_id(tokenizer, c) for c in candidates} for _, candidates in items]
+        wanted = [{c: first_token_id(tokenizer, c) for c in candidates} for _, candidates in items]
         # Pass 1: one greedy token with the top logprobs; most candidates are found here.
         probe = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=PROBE_TOP_LOGPROBS)
         outputs = engine.llm.chat(

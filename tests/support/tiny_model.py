@@ -24,8 +24,11 @@ def smollm2_gguf_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def build_tiny_llama(out_dir: Path) -> Path:
-    """Save a random 2-layer LlamaForCausalLM (~3M parameters) plus the SmolLM2 tokenizer into out_dir."""
+def build_tiny_llama(out_dir: Path, *, hidden_size: int = 64, num_heads: int = 4) -> Path:
+    """Save a random 2-layer LlamaForCausalLM (~3M parameters) plus the SmolLM2 tokenizer into out_dir.
+
+    The defaults give head size 16; vLLM's attention kernels want >= 32 (its tests use 128 / 2).
+    """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -33,11 +36,11 @@ def build_tiny_llama(out_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf_folder(), gguf_file=EMBEDDED_GGUF)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
         max_position_embeddings=2048,
         # The default 0.02 makes a 2-layer model repeat one token forever; 0.3 gives varied
         # gibberish, so greedy-equality tests compare real sequences.

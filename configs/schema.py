@@ -224,6 +224,19 @@ class SelectionConfig(StrictModel):
         return self
 
 
+class OrderingConfig(StrictModel):
+    """How stage 4 builds each instruction's reference ladder (docs/curation.md)."""
+
+    drop_below_policy: bool = Field(
+        False,
+        description="Leave out references that scored below the policy's own response (beating them "
+        "teaches nothing). Off by default: the paper keeps every reference, ascending.",
+    )
+    min_rungs: int = Field(
+        2, ge=1, description="Drop an instruction whose ladder would have fewer rungs (rung 0 included)."
+    )
+
+
 class RewardConfig(StrictModel):
     kind: Literal["pairwise", "pointwise"] = "pairwise"
     position: Literal["position-disadvantage", "position-advantage", "swap"] = "position-disadvantage"
@@ -289,6 +302,7 @@ class Recipe(StrictModel):
     judge: JudgeConfig | None = None
     criteria_writer: CriteriaWriterConfig | None = None
     selection: SelectionConfig = SelectionConfig(strategy="full")
+    ordering: OrderingConfig = OrderingConfig()
     reward: RewardConfig = RewardConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     training: TrainingConfig | None = None

@@ -13,10 +13,22 @@ from prefect.runtime import flow_run
 
 from configs.loading import load_recipe, stable_hash
 from storage import code_version, open_storage
-from tasks.stages import STAGE_ORDER
-from tasks.stages.generate import generate
-from tasks.stages.ingest import ingest
+from tasks.stages import STAGE_ORDER, generate, ingest
 from tasks.stages.runner import StageResult
+
+# stage name -> (its spec, its Prefect task). A stage's inputs are named after the datasets that
+# upstream stages write, so wiring is by name: adding a stage is one line here.
+STAGE_TASKS = {
+    "ingest": (ingest.SPEC, ingest.ingest),
+    "generate": (generate.SPEC, generate.generate),
+}
+
+
+def _output_of(results: dict[str, StageResult], dataset: str):
+    for result in results.values():
+        if dataset in result.outputs:
+            return result.outputs[dataset]
+    raise ValueError(f"no upstream stage wrote '{dataset}'")
 
 
 def check_stage_names(names: Iterable[str], what: str) -> set[str]:
@@ -50,22 +62,16 @@ def build_dataset(
         code_version=code_version(),
         prefect_flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
-    results: list[StageResult] = []
+    results: dict[str, StageResult] = {}
     try:
-        ingested = ingest(recipe, run_id=run_id, refresh="ingest" in forced)
-        results.append(ingested)
-        if last != "ingest":
-            generated = generate(
-                recipe,
-                {"instructions": ingested.outputs["instructions"]},
-                run_id=run_id,
-                refresh="generate" in forced,
-            )
-            results.append(generated)
+        for stage in STAGE_ORDER[: STAGE_ORDER.index(last) + 1]:
+            spec, stage_task = STAGE_TASKS[stage]
+            inputs = {role: _output_of(results, role) for role in spec.inputs}
+            results[stage] = stage_task(recipe, inputs, run_id=run_id, refresh=stage in forced)
     except BaseException as exc:
         storage.catalog.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    failures = sum(int(r.summary.get("failures", 0)) for r in results)
+    failures = sum(int(r.summary.get("failures", 0)) for r in results.values())
     storage.catalog.finish_run(run_id, status="completed" if failures == 0 else "completed_with_failures")
     return {
         "run_id": run_id,
@@ -79,6 +85,6 @@ def build_dataset(
                 "elapsed_s": round(r.elapsed_s, 2),
                 "summary": r.summary,
             }
-            for r in results
+            for r in results.values()
         ],
     }

@@ -42,8 +42,8 @@ def compute(ctx: StageContext) -> StageOutput:
 @task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
 def ingest(
     recipe: Recipe,
+    inputs: dict[str, DatasetRef] | None = None,
     run_id: str | None = None,
     refresh: bool = False,
-    inputs: dict[str, DatasetRef] | None = None,
 ) -> StageResult:
     return run_stage(SPEC, compute, recipe, inputs, run_id=run_id, refresh=refresh)

@@ -11,9 +11,9 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from configs.loading import load_recipe, stable_hash
+from configs.loading import ConfigError, load_recipe, stable_hash
 from storage import code_version, open_storage
-from tasks.stages import STAGE_ORDER, generate, ingest
+from tasks.stages import NEEDS_JUDGE, STAGE_ORDER, generate, ingest, score
 from tasks.stages.runner import StageResult
 
 # stage name -> (its spec, its Prefect task). A stage's inputs are named after the datasets that
@@ -21,6 +21,7 @@ from tasks.stages.runner import StageResult
 STAGE_TASKS = {
     "ingest": (ingest.SPEC, ingest.ingest),
     "generate": (generate.SPEC, generate.generate),
+    "score": (score.SPEC, score.score),
 }
 
 
@@ -35,7 +36,7 @@ def check_stage_names(names: Iterable[str], what: str) -> set[str]:
     names = set(names)
     unknown = sorted(names - set(STAGE_ORDER))
     if unknown:
-        raise ValueError(f"{what}: unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")
+        raise ConfigError(f"{what}: unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")
     return names
 
 
@@ -47,11 +48,18 @@ def build_dataset(
     until: str | None = None,
 ) -> dict[str, Any]:
     """Build the training set from a recipe. `refresh` forces the named stages to recompute;
-    `until` stops after the named stage (upstream stages are served from cache when valid)."""
+    `until` stops after the named stage (upstream stages are served from cache when valid).
+    A recipe without a judge stops after generate."""
     recipe = load_recipe(recipe_path, overrides)
     forced = check_stage_names(refresh or (), "refresh")
-    last = until or STAGE_ORDER[-1]
-    check_stage_names([last], "until")
+    check_stage_names([until] if until else [], "until")
+    last = until or (STAGE_ORDER[-1] if recipe.judge is not None else "generate")
+    wanted = set(STAGE_ORDER[: STAGE_ORDER.index(last) + 1]) | forced
+    if recipe.judge is None and wanted & NEEDS_JUDGE:
+        raise ConfigError(
+            f"{recipe_path}: stage(s) {sorted(wanted & NEEDS_JUDGE)} need a `judge:` block in the recipe "
+            "(backend, model, mode); without one the flow stops after generate"
+        )
     storage = open_storage(recipe.storage)
     storage.catalog.mark_abandoned()
     run_id = storage.catalog.start_run(

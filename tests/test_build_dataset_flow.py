@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -135,3 +136,51 @@ def test_until_stops_after_the_named_stage(prefect_harness, tiny_model_dir, tmp_
     summary = build_dataset(recipe_path=str(recipe_path), until="ingest")
     assert [s["stage"] for s in summary["stages"]] == ["ingest"]
     assert counting_generation == []
+
+
+JUDGE = """\
+judge:
+  backend: local
+  model: {model}
+  mode: logprob
+"""
+
+
+def test_score_stage_judges_every_generation_with_recorded_criteria(
+    prefect_harness, tiny_model_dir, tmp_path
+):
+    recipe_path = write_recipe(
+        tmp_path / "r.yaml", store=tmp_path / "store", model=str(tiny_model_dir), limit=3,
+        extra=JUDGE.format(model=tiny_model_dir),
+    )  # fmt: skip
+    summary = build_dataset(recipe_path=str(recipe_path))
+    stages = _stages(summary)
+    assert list(stages) == ["ingest", "generate", "score"]
+    storage = open_storage(load_recipe(recipe_path).storage)
+    judgments = storage.datasets.read(DatasetRef.parse(stages["score"]["outputs"]["judgments"])).to_pylist()
+    instructions = {r["id"]: r for r in storage.datasets.read(DatasetRef("instructions", 0)).to_pylist()}
+    assert len(judgments) == 3 and {j["generator"] for j in judgments} == {"policy"}
+    for j in judgments:
+        assert j["error"] is None and 1.0 <= j["score"] <= 10.0, j
+        has_criteria = instructions[j["instruction_id"]]["criteria_json"] != "[]"
+        assert j["criteria_source"] == ("data" if has_criteria else "holistic")
+        per_criterion = json.loads(j["criterion_scores_json"])
+        assert j["score"] == pytest.approx(sum(c["score"] for c in per_criterion) / len(per_criterion))
+    assert stages["score"]["summary"]["scored"] == 3
+
+    again = _stages(build_dataset(recipe_path=str(recipe_path)))
+    assert all(s["cached"] for s in again.values())
+
+
+def test_stages_after_generate_need_a_judge(prefect_harness, tiny_model_dir, tmp_path):
+    from configs.loading import ConfigError
+
+    recipe_path = write_recipe(
+        tmp_path / "r.yaml", store=tmp_path / "store", model=str(tiny_model_dir), limit=1
+    )
+    assert [s["stage"] for s in build_dataset(recipe_path=str(recipe_path))["stages"]] == [
+        "ingest",
+        "generate",
+    ]
+    with pytest.raises(ConfigError, match=r"stage\(s\) \['score'\] need a `judge:` block"):
+        build_dataset(recipe_path=str(recipe_path), until="score")

@@ -1,4 +1,4 @@
-"""The `build-dataset` flow: ingest -> generate (-> score -> select -> order, in later stages).
+"""The `build-dataset` flow: ingest -> generate -> score -> select -> order.
 
 Each stage is a cached Prefect task; the flow only wires outputs to inputs and records the run.
 """
@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from configs.loading import ConfigError, load_recipe, stable_hash
 from storage import code_version, open_storage
-from tasks.stages import NEEDS_JUDGE, STAGE_ORDER, generate, ingest, score
+from tasks.stages import NEEDS_JUDGE, STAGE_ORDER, generate, ingest, order, score, select
 from tasks.stages.runner import StageResult
 
 # stage name -> (its spec, its Prefect task). A stage's inputs are named after the datasets that
@@ -22,6 +22,8 @@ STAGE_TASKS = {
     "ingest": (ingest.SPEC, ingest.ingest),
     "generate": (generate.SPEC, generate.generate),
     "score": (score.SPEC, score.score),
+    "select": (select.SPEC, select.select),
+    "order": (order.SPEC, order.order),
 }
 
 

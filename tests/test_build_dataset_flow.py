@@ -155,7 +155,12 @@ def test_score_stage_judges_every_generation_with_recorded_criteria(
     )  # fmt: skip
     summary = build_dataset(recipe_path=str(recipe_path))
     stages = _stages(summary)
-    assert list(stages) == ["ingest", "generate", "score"]
+    assert list(stages) == ["ingest", "generate", "score", "select", "order"]
+    # only the policy answered: every ladder would be rung 0 alone, below min_rungs=2
+    assert (
+        stages["order"]["summary"]["ladders"] == 0
+        and stages["order"]["summary"]["excluded_instructions"] == 3
+    )
     storage = open_storage(load_recipe(recipe_path).storage)
     judgments = storage.datasets.read(DatasetRef.parse(stages["score"]["outputs"]["judgments"])).to_pylist()
     instructions = {r["id"]: r for r in storage.datasets.read(DatasetRef("instructions", 0)).to_pylist()}

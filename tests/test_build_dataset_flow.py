@@ -156,11 +156,10 @@ def test_score_stage_judges_every_generation_with_recorded_criteria(
     summary = build_dataset(recipe_path=str(recipe_path))
     stages = _stages(summary)
     assert list(stages) == ["ingest", "generate", "score", "select", "order"]
-    # only the policy answered: every ladder would be rung 0 alone, below min_rungs=2
-    assert (
-        stages["order"]["summary"]["ladders"] == 0
-        and stages["order"]["summary"]["excluded_instructions"] == 3
-    )
+    # only the policy answered: no competitor has a score, so selection keeps nothing
+    assert stages["select"]["summary"]["selected"] == 0
+    assert stages["select"]["summary"]["drop_reasons"] == {"no competitor has a score": 3}
+    assert stages["order"]["summary"]["ladders"] == 0
     storage = open_storage(load_recipe(recipe_path).storage)
     judgments = storage.datasets.read(DatasetRef.parse(stages["score"]["outputs"]["judgments"])).to_pylist()
     instructions = {r["id"]: r for r in storage.datasets.read(DatasetRef("instructions", 0)).to_pylist()}

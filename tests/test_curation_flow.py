@@ -116,3 +116,13 @@ def test_a_k_change_recomputes_only_selection_and_ordering(
     assert [stages[s]["cached"] for s in ("select", "order")] == [False, False]
     assert counted == {"generate": 0, "judge": 0}
     assert stages["select"]["summary"]["selected"] == 2 and stages["order"]["summary"]["ladders"] == 2
+
+
+def test_the_flow_runs_on_a_writingbench_file(prefect_harness, tiny_model_dir, tmp_path, shared_benchmarks):
+    recipe_path = _recipe(tmp_path, tiny_model_dir)
+    overrides = {"data": {"format": "writingbench", "path": str(shared_benchmarks / "writingbench" / "length_subset.jsonl"),
+                          "limit": 2}}  # fmt: skip
+    stages = _stages(build_dataset(recipe_path=recipe_path, overrides=overrides))
+    assert stages["ingest"]["summary"]["instructions"] == 2
+    assert stages["score"]["summary"]["criteria_sources"] == {"data": 4}  # 2 instructions x 2 generators
+    assert stages["order"]["summary"]["ladders"] == 2

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from configs.schema import Decoding, Recipe, VLLMBackend
+from tasks.llm import embedded
 from tasks.llm import vllm_backend as vb
 from tasks.llm.base import ChatRequest, LLMClient, chat_many
 from tasks.llm.registry import BackendUnavailableError, create_client
@@ -242,7 +243,7 @@ def fake_vllm(monkeypatch):
     monkeypatch.setattr(vb, "vllm_installed", lambda: True)
     monkeypatch.setattr(vb, "_import_vllm", lambda: module)
     monkeypatch.setattr(vb, "_ENGINES", {})
-    monkeypatch.setattr(vb, "_RESOLVED", {})
+    monkeypatch.setattr(embedded, "_RESOLVED", {})
     return module
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,6 +67,26 @@ def resolve_model_path(model: str, cache_dir: Path) -> str:
     if model.startswith(EMBEDDED_MODEL_PREFIX):
         return str(ensure_embedded_model(model.removeprefix(EMBEDDED_MODEL_PREFIX), cache_dir))
     return model
+
+
+# model string + cache -> local path, once per process: verifying the embedded model's manifest
+# hashes ~540 MB, which every in-process client on that model would otherwise repeat.
+_RESOLVED: dict[tuple[str, str], str] = {}
+_RESOLVED_LOCK = threading.Lock()
+
+
+def resolve_model_path_once(model: str, cache_dir: Path) -> str:
+    """`resolve_model_path`, remembered per process; a local folder comes back absolute."""
+    key = (model, str(cache_dir))
+    with _RESOLVED_LOCK:
+        path = _RESOLVED.get(key)
+    if path is None:
+        path = resolve_model_path(model, cache_dir)  # may provision the embedded model (file-locked)
+        if Path(path).is_dir():
+            path = str(Path(path).resolve())
+        with _RESOLVED_LOCK:
+            _RESOLVED[key] = path
+    return path
 
 
 def ensure_embedded_model(name: str, cache_dir: Path, *, lock_timeout_s: float = 900.0) -> Path:

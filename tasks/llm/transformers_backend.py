@@ -26,7 +26,7 @@ from typing import Any
 from configs.schema import Decoding, TransformersBackend
 from tasks.llm.base import Completion, Message, TokenLogprob
 from tasks.llm.batching import Job, MicroBatcher, first_token_id, resolve
-from tasks.llm.embedded import resolve_model_path
+from tasks.llm.embedded import resolve_model_path_once
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ class LoadedModel:
 _MODELS: dict[tuple[str, str, str], LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 _KEY_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
-# model string + cache -> local path, once per process: verifying the embedded model's manifest
-# hashes ~540 MB, which every client on that model would otherwise repeat.
-_RESOLVED: dict[tuple[str, str], str] = {}
 
 # One forward computation at a time per process. Seeded sampling seeds torch's global RNG, so
 # seeding and generating must not interleave with another batch; on a CPU the cores are shared
@@ -81,15 +78,7 @@ def _resolve_dtype(dtype: str, device: str) -> str:
 
 def _load_shared(model: str, model_cache: Path, device: str, dtype: str) -> LoadedModel:
     """Return the process-wide copy of `model`, loading it (blocking) if nobody has yet."""
-    resolved_key = (model, str(model_cache))
-    with _MODELS_LOCK:
-        path = _RESOLVED.get(resolved_key)
-    if path is None:
-        path = resolve_model_path(model, model_cache)  # may provision the embedded model (file-locked)
-        if Path(path).is_dir():
-            path = str(Path(path).resolve())
-        with _MODELS_LOCK:
-            _RESOLVED[resolved_key] = path
+    path = resolve_model_path_once(model, model_cache)
     key = (path, device, dtype)
     with _MODELS_LOCK:
         if key in _MODELS:

@@ -45,7 +45,7 @@ from typing import Any
 from configs.schema import Decoding, VLLMBackend
 from tasks.llm.base import Completion, Message, TokenLogprob
 from tasks.llm.batching import Job, MicroBatcher, first_token_id, resolve
-from tasks.llm.embedded import resolve_model_path
+from tasks.llm.embedded import resolve_model_path_once
 from tasks.llm.registry import BackendUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -96,20 +96,10 @@ class Engine:
 _ENGINES: dict[EngineKey, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 _KEY_LOCKS: dict[EngineKey, threading.Lock] = {}
-# model string + cache -> local path, once per process (verifying the embedded model hashes ~540 MB).
-_RESOLVED: dict[tuple[str, str], str] = {}
 
 
 def _engine_key(model: str, model_cache: Path, config: VLLMBackend) -> EngineKey:
-    resolved_key = (model, str(model_cache))
-    with _ENGINES_LOCK:
-        path = _RESOLVED.get(resolved_key)
-    if path is None:
-        path = resolve_model_path(model, model_cache)  # may provision the embedded model (file-locked)
-        if Path(path).is_dir():
-            path = str(Path(path).resolve())
-        with _ENGINES_LOCK:
-            _RESOLVED[resolved_key] = path
+    path = resolve_model_path_once(model, model_cache)
     return EngineKey(
         path=path,
         tensor_parallel_size=config.tensor_parallel_size,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from configs.schema import CriteriaWriterConfig
 from tasks.instructions.schema import Criterion, Instruction
-from tasks.judging.pointwise import ParseFailure, load_strict_json
-from tasks.llm.base import Completion, EndpointFailingError, LLMClient, Message
+from tasks.judging.pointwise import ParseFailure, ask_until_parsed, load_strict_json
+from tasks.llm.base import Completion, LLMClient, Message
 
 CRITERION_KEYS = ("name", "description")
 # CriteriaWriterConfig has no max_parse_retries field (yet): the judge's default.
@@ -93,30 +93,16 @@ async def write_criteria(
 ) -> tuple[Criterion, ...] | CriteriaFailure:
     """Ask for `cfg.num_criteria` criteria; re-ask an unusable reply up to `max_parse_retries`
     times, then a `CriteriaFailure`. Raises only `EndpointFailingError`."""
-    messages = criteria_messages(instruction, cfg.num_criteria)
-    calls: list[Completion] = []
-    error = ""
-    for attempt in range(1, max_parse_retries + 2):
-        try:
-            completion = await client.chat(messages, cfg.decoding)
-        except EndpointFailingError:
-            raise
-        except Exception as exc:  # the contract says chat does not raise; record it if one does
-            completion = Completion.failure(f"{type(exc).__name__}: {exc}")
-        calls.append(completion)
-        if not completion.ok:  # the backend already retried
-            return CriteriaFailure(f"criteria writer call failed: {completion.error}", attempt, tuple(calls))
-        text = completion.text or ""
-        parsed = parse_criteria_reply(text, cfg.num_criteria)
-        if not isinstance(parsed, ParseFailure):
-            return parsed
-        error = parsed.error
-        if completion.finish_reason == "length":
-            error += " (the reply was cut off at max_tokens)"
-        # As for the judge: the bad reply and the complaint make the next ask a new cache key.
-        messages = [
-            *messages,
-            {"role": "assistant", "content": text},
-            {"role": "user", "content": CRITERIA_REASK.format(error=error, n=cfg.num_criteria)},
-        ]
-    return CriteriaFailure(f"unparsable criteria after {len(calls)} asks: {error}", len(calls), tuple(calls))
+    asked = await ask_until_parsed(
+        client, criteria_messages(instruction, cfg.num_criteria), cfg.decoding,
+        lambda text: parse_criteria_reply(text, cfg.num_criteria),
+        lambda error: CRITERIA_REASK.format(error=error, n=cfg.num_criteria), max_parse_retries,
+    )  # fmt: skip
+    attempts = len(asked.calls)
+    if asked.call_error is not None:
+        return CriteriaFailure(f"criteria writer call failed: {asked.call_error}", attempts, asked.calls)
+    if asked.parse_error is not None:
+        return CriteriaFailure(
+            f"unparsable criteria after {attempts} asks: {asked.parse_error}", attempts, asked.calls
+        )
+    return asked.parsed

@@ -29,11 +29,11 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from configs.schema import JudgeConfig
+from configs.schema import Decoding, JudgeConfig
 from tasks.instructions.schema import Criterion, Instruction
 from tasks.llm.base import Completion, EndpointFailingError, LLMClient, Message
 from tasks.registry import Registry
@@ -255,50 +255,73 @@ def aggregate(results: Sequence[CriterionScore]) -> ResponseScore:
 # ---------------------------------------------------------------------------------------------
 
 
-async def _judge_json(
-    client: LLMClient, judge: JudgeConfig, prompt: PointwisePrompt, messages: list[Message], name: str
-) -> CriterionScore:
+@dataclass(frozen=True)
+class Asked:
+    """What `ask_until_parsed` got: the parsed value, or why there is none."""
+
+    parsed: Any  # None unless a reply parsed
+    calls: tuple[Completion, ...]
+    call_error: str | None = None  # an LLM call failed (the backend already retried)
+    parse_error: str | None = None  # the last reply stayed unparsable after the re-asks
+
+
+async def ask_until_parsed(
+    client: LLMClient,
+    messages: list[Message],
+    decoding: Decoding,
+    parse: Callable[[str], Any],
+    reask: Callable[[str], str],
+    max_parse_retries: int,
+) -> Asked:
+    """Ask, parse strictly, and re-ask an unusable reply up to `max_parse_retries` times.
+
+    The bad reply and what was wrong join the conversation, so the next ask is a new request (a
+    new cache key), not a replay of the same bad reply; deterministic given the replies. A failed
+    call is not re-asked: the backend already retried. Raises only `EndpointFailingError`."""
     calls: list[Completion] = []
     error = ""
-    for attempt in range(1, judge.max_parse_retries + 2):
+    for _ in range(max_parse_retries + 1):
         try:
-            completion = await client.chat(messages, judge.decoding)
+            completion = await client.chat(messages, decoding)
         except EndpointFailingError:
             raise
         except Exception as exc:  # the contract says chat does not raise; record it if one does
             completion = Completion.failure(f"{type(exc).__name__}: {exc}")
         calls.append(completion)
-        if not completion.ok:  # the backend already retried: re-asking would not help
-            return CriterionScore(
-                name,
-                None,
-                error=f"judge call failed: {completion.error}",
-                attempts=attempt,
-                llm_calls=tuple(calls),
-            )
+        if not completion.ok:
+            return Asked(None, tuple(calls), call_error=completion.error)
         text = completion.text or ""
-        parsed = parse_score_reply(text)
-        if isinstance(parsed, ParsedScore):
-            return CriterionScore(
-                name, parsed.score, reason=parsed.reason, attempts=attempt, llm_calls=tuple(calls)
-            )
+        parsed = parse(text)
+        if not isinstance(parsed, ParseFailure):
+            return Asked(parsed, tuple(calls))
         error = parsed.error
         if completion.finish_reason == "length":
             error += " (the reply was cut off at max_tokens)"
-        # The bad reply and what was wrong join the conversation: the next ask is a new request
-        # (a new cache key), not a replay of the same bad reply. Deterministic given the replies.
         messages = [
             *messages,
             {"role": "assistant", "content": text},
-            {"role": "user", "content": prompt.reask.format(error=error)},
+            {"role": "user", "content": reask(error)},
         ]
-    return CriterionScore(
-        name,
-        None,
-        error=f"unparsable judge reply after {len(calls)} asks: {error}",
-        attempts=len(calls),
-        llm_calls=tuple(calls),
-    )
+    return Asked(None, tuple(calls), parse_error=error)
+
+
+async def _judge_json(
+    client: LLMClient, judge: JudgeConfig, prompt: PointwisePrompt, messages: list[Message], name: str
+) -> CriterionScore:
+    asked = await ask_until_parsed(
+        client, messages, judge.decoding, parse_score_reply,
+        lambda error: prompt.reask.format(error=error), judge.max_parse_retries,
+    )  # fmt: skip
+    attempts = len(asked.calls)
+    if asked.call_error is not None:
+        error = f"judge call failed: {asked.call_error}"
+    elif asked.parse_error is not None:
+        error = f"unparsable judge reply after {attempts} asks: {asked.parse_error}"
+    else:
+        return CriterionScore(
+            name, asked.parsed.score, reason=asked.parsed.reason, attempts=attempts, llm_calls=asked.calls
+        )
+    return CriterionScore(name, None, error=error, attempts=attempts, llm_calls=asked.calls)
 
 
 def expected_score(logprobs: dict[str, float]) -> tuple[float, float] | ParseFailure:

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 # Names used across the pipeline; the registries in tasks/ are checked against these.
 DATA_FORMATS = ("builtin", "jsonl", "parquet", "hf", "writingbench", "longbench_write", "creative_writing_v3")
 STRATEGIES = ("direct", "agentwrite", "think-then-write")
+BENCHMARKS = ("writingbench", "longbench_write", "creative_writing_v3", "longbench_v2")
 EMBEDDED_MODEL_PREFIX = "embedded:"
 
 _SLUG = r"^[a-z0-9][a-z0-9_.\-]*$"
@@ -329,6 +330,96 @@ class TrainingConfig(StrictModel):
     bf16: bool = False
 
 
+# ---------------------------------------------------------------------------------------------
+# Evaluation (stage 6)
+# ---------------------------------------------------------------------------------------------
+
+
+class BenchmarkConfig(StrictModel):
+    """One benchmark of an evaluation: where its data is and how much of it to use."""
+
+    path: Path = Field(description="The benchmark file (or its folder). Point it at your full copy.")
+    limit: int | None = Field(
+        None, ge=1, description="Use only the first N items (Creative Writing v3: the first N prompts)."
+    )
+    ids: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Use only these items (ids as in eval_items, e.g. wb-23), in file order; "
+        "applied before `limit`.",
+    )
+    iterations: int = Field(
+        1, ge=1, le=32, description="creative_writing_v3: iterations per prompt (the leaderboard runs 3)."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Cap on the candidate's output tokens; the harness's own value when unset."
+    )
+    max_input_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="longbench_v2: truncate the prompt's middle to this many tokens "
+        "(the candidate's tokenizer); the harness's 120000 when unset.",
+    )
+    judge: JudgeConfig | None = Field(
+        None,
+        description="This benchmark's own judge (e.g. GPT-4o for LongBench-Write, as its harness); "
+        "else `evaluation.judge`, else the top-level judge.",
+    )
+
+
+class CandidateConfig(StrictModel):
+    """A model to evaluate: a named model on a backend, or a policy of this recipe's training run."""
+
+    name: str = Field(pattern=_SLUG, description="The row label in the comparison table.")
+    backend: str | None = Field(None, description="A key of `backends`; the policy's backend when unset.")
+    model: str | None = Field(
+        None, description="Model name, local folder, 'embedded:<name>', or 'model:<id>' (a registered model)."
+    )
+    from_training: Literal["base", "final", "latest", "all"] | None = Field(
+        None,
+        description="This recipe's training run: base = the policy before training (step 0), final = "
+        "the registered trained model, latest = the newest checkpoint, all = every checkpoint kept.",
+    )
+    strategy: Literal[STRATEGIES] = Field(
+        "direct", description="How the candidate writes (writing benchmarks)."
+    )  # type: ignore[valid-type]
+    system_prompt: str | None = None
+    tokenizer: str | None = Field(
+        None,
+        description="longbench_v2 with an API model: a local tokenizer folder or hub name to count "
+        "tokens with for truncation (local candidates use their own).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CandidateConfig:
+        if (self.model is None) == (self.from_training is None):
+            raise ValueError(f"candidate '{self.name}': set exactly one of `model` or `from_training`")
+        return self
+
+
+class EvaluationConfig(StrictModel):
+    judge: JudgeConfig | None = Field(
+        None, description="The benchmarks' judge; the top-level judge when unset."
+    )
+    candidates: tuple[CandidateConfig, ...] = Field(min_length=1)
+    benchmarks: dict[Literal[BENCHMARKS], BenchmarkConfig] = Field(min_length=1)  # type: ignore[valid-type]
+    seed: int | None = Field(0, description="Sampling seed of every candidate's generations.")
+    training_run: str | None = Field(
+        None,
+        pattern=r"^train-[0-9a-f]{16}$",
+        description="The training run `from_training` candidates come from (its id, as `wrl models` "
+        "shows it); this recipe's most recent training run when unset.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvaluationConfig:
+        names = [c.name for c in self.candidates]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"evaluation.candidates: name(s) {', '.join(dups)} used more than once")
+        return self
+
+
 class Price(StrictModel):
     input_per_mtok: float = Field(ge=0, description="USD per million input tokens.")
     output_per_mtok: float = Field(ge=0, description="USD per million output tokens.")
@@ -353,6 +444,7 @@ class Recipe(StrictModel):
     reward: RewardConfig = RewardConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     training: TrainingConfig | None = None
+    evaluation: EvaluationConfig | None = None
     prices: dict[str, Price] = Field(default_factory=dict, description="Per-model token prices, for cost.")
 
     @field_validator("backends")
@@ -389,12 +481,30 @@ class Recipe(StrictModel):
             check_backend("reward.judge.backend", self.reward.judge.backend)
         if self.criteria_writer is not None:
             check_backend("criteria_writer.backend", self.criteria_writer.backend)
-        if self.judge is not None and self.judge.mode == "logprob":
-            kind = self.backends.get(self.judge.backend)
-            if kind is not None and kind.kind not in ("transformers", "vllm"):
+        if self.evaluation is not None:
+            if self.evaluation.judge is not None:
+                check_backend("evaluation.judge.backend", self.evaluation.judge.backend)
+            for name, bench in self.evaluation.benchmarks.items():
+                if bench.judge is not None:
+                    check_backend(f"evaluation.benchmarks.{name}.judge.backend", bench.judge.backend)
+            for i, c in enumerate(self.evaluation.candidates):
+                if c.backend is not None:
+                    check_backend(f"evaluation.candidates[{i}].backend", c.backend)
+        judges = {"judge": self.judge, "reward.judge": self.reward.judge,
+                  "evaluation.judge": self.evaluation.judge if self.evaluation else None}  # fmt: skip
+        for name, bench in self.evaluation.benchmarks.items() if self.evaluation else ():
+            judges[f"evaluation.benchmarks.{name}.judge"] = bench.judge
+        for path, judge in judges.items():
+            kind = None if judge is None else self.backends.get(judge.backend)
+            if (
+                judge is not None
+                and judge.mode == "logprob"
+                and kind is not None
+                and kind.kind not in ("transformers", "vllm")
+            ):
                 problems.append(
-                    f"judge.mode: 'logprob' needs an in-process backend (transformers or vllm); "
-                    f"'{self.judge.backend}' is {kind.kind}. Use mode: json for API judges."
+                    f"{path}.mode: 'logprob' needs an in-process backend (transformers or vllm); "
+                    f"'{judge.backend}' is {kind.kind}. Use mode: json for API judges."
                 )
         if problems:
             raise ValueError("\n".join(problems))  # one problem a line; the loader locates each

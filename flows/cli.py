@@ -95,8 +95,16 @@ def _run_flow(
     flow_name: str, config: Path, sets: list[str] | None, refresh: list[str], until: str | None = None
 ) -> dict:
     recipe, overrides = _load(config, sets)
+    if flow_name == "evaluate":
+        _check_evaluation(recipe, config)
     _provision_embedded_models(recipe)
     try:
+        if flow_name == "evaluate":
+            from flows.evaluate import evaluate_candidates
+
+            return evaluate_candidates(
+                recipe_path=str(config), overrides=overrides or None, refresh=bool(refresh)
+            )
         if flow_name == "train":
             from flows.train import train_policy
 
@@ -110,22 +118,99 @@ def _run_flow(
         raise _UserFacingError(str(exc)) from None
 
 
-FLOWS = ("build-dataset", "train")
+FLOWS = ("build-dataset", "train", "evaluate")
 
 
 @app.command()
 def demo(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
     """Run the main job on the embedded default: the built-in sample and SmolLM2 on the CPU
-    (curation, then RL training when the recipe has a `training:` block)."""
+    (curation, then RL training when the recipe has a `training:` block, then the evaluation of
+    the base and trained policies when it has an `evaluation:` block)."""
     started = time.perf_counter()
     recipe, _ = _load(config, sets)
+    for name, bench in recipe.evaluation.benchmarks.items() if recipe.evaluation else ():
+        if not bench.path.exists():  # say so now, not after the training
+            raise _UserFacingError(
+                f"evaluation.benchmarks.{name}.path: {bench.path} does not exist (cwd {Path.cwd()}); run "
+                f"from the project root or --set evaluation.benchmarks.{name}.path=/your/copy"
+            )
     summary = _run_flow("train" if recipe.training is not None else "build-dataset", config, sets, [])
     _print_summary(summary, time.perf_counter() - started)
+    if recipe.evaluation is not None:
+        evaluated = time.perf_counter()
+        _print_evaluation(_run_flow("evaluate", config, sets, []), time.perf_counter() - evaluated)
+
+
+@app.command("evaluate")
+def evaluate(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    sets: SetOpt = None,
+    candidate: Annotated[
+        list[str] | None, typer.Option("--candidate", help="Only this candidate (repeatable).")
+    ] = None,
+    benchmark: Annotated[
+        list[str] | None, typer.Option("--benchmark", help="Only this benchmark (repeatable).")
+    ] = None,
+    refresh: Annotated[bool, typer.Option(help="Recompute every pair, ignoring the stage cache.")] = False,
+) -> None:
+    """Evaluate the recipe's candidates on its benchmarks and print the comparison table.
+    Pairs evaluated before (same model, benchmark slice and judge) are cache hits."""
+    recipe, overrides = _load(config, sets)
+    _check_evaluation(recipe, config)
+    _provision_embedded_models(recipe)
+    started = time.perf_counter()
+    from flows.evaluate import evaluate_candidates
+
+    try:
+        summary = evaluate_candidates(
+            recipe_path=str(config), overrides=overrides or None, candidates=candidate or None,
+            benchmarks=benchmark or None, refresh=refresh,
+        )  # fmt: skip
+    except _user_errors() as exc:
+        raise _UserFacingError(str(exc)) from None
+    _print_evaluation(summary, time.perf_counter() - started)
+
+
+def _check_evaluation(recipe, config: Path) -> None:
+    if recipe.evaluation is None:
+        raise _UserFacingError(
+            f"{config}: no `evaluation:` block (candidates and benchmarks); see docs/evaluation.md"
+        )
+    for name, bench in recipe.evaluation.benchmarks.items():
+        if not bench.path.exists():
+            raise _UserFacingError(
+                f"evaluation.benchmarks.{name}.path: {bench.path} does not exist (cwd {Path.cwd()}); run "
+                f"from the project root or --set evaluation.benchmarks.{name}.path=/your/copy"
+            )
+
+
+def _print_evaluation(summary: dict[str, Any], elapsed: float) -> None:
+    rows = summary["table"]
+    table = Table(title=f"{summary['recipe']}: evaluation {summary['run_id'][:12]} (scores 0-100)")
+    for column in rows[0] if rows else ():
+        # Never truncate a name or a number: headers wrap at spaces, cells keep their width.
+        widest = max([len(word) for word in column.split()] + [len(str(r[column])) for r in rows])
+        table.add_column(column, justify="left" if column == "candidate" else "right", min_width=widest)
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+    console.print(table, width=max(console.width, 120), crop=False)  # narrow terminals wrap; nothing is cut
+    cached = sum(1 for r in summary["results"] if r["cached"])
+    judges = sorted({r["judge"] for r in summary["results"] if r["judge"]})
+    console.print(
+        f"{len(summary['results'])} (candidate, benchmark) pairs, {cached} from the cache; judge: "
+        f"{', '.join(judges) or 'none'}.",
+        highlight=False,
+    )
+    for train_run_id, plot in summary["plots"].items():
+        console.print(f"Scores over the steps of {train_run_id}: {plot['path']}", highlight=False)
+    console.print(f"Results in {summary['storage']} (eval_results, eval_items, eval_scores). {elapsed:.1f}s.")
 
 
 @app.command("run")
 def run_flow(
-    flow_name: Annotated[str, typer.Argument(help="Flow to run: build-dataset or train.")] = "build-dataset",
+    flow_name: Annotated[
+        str, typer.Argument(help="Flow to run: build-dataset, train or evaluate.")
+    ] = "build-dataset",
     config: ConfigOpt = DEFAULT_CONFIG,
     sets: SetOpt = None,
     refresh: Annotated[
@@ -136,7 +221,11 @@ def run_flow(
     if flow_name not in FLOWS:
         raise _UserFacingError(f"unknown flow '{flow_name}'; available: {', '.join(FLOWS)}")
     started = time.perf_counter()
-    _print_summary(_run_flow(flow_name, config, sets, refresh or []), time.perf_counter() - started)
+    summary = _run_flow(flow_name, config, sets, refresh or [])
+    if flow_name == "evaluate":
+        _print_evaluation(summary, time.perf_counter() - started)
+    else:
+        _print_summary(summary, time.perf_counter() - started)
 
 
 @app.command("stage")
@@ -149,9 +238,13 @@ def run_one_stage(
     """Run one stage. Its upstream stages are served from the cache (computed if missing)."""
     from tasks.stages import STAGE_ORDER
 
-    if name not in STAGE_ORDER:
-        raise _UserFacingError(f"unknown stage '{name}'; stages are {', '.join(STAGE_ORDER)}")
+    if name not in (*STAGE_ORDER, "evaluate"):
+        raise _UserFacingError(f"unknown stage '{name}'; stages are {', '.join(STAGE_ORDER)}, evaluate")
     started = time.perf_counter()
+    if name == "evaluate":
+        _print_evaluation(_run_flow("evaluate", config, sets, ["evaluate"] if refresh else []),
+                          time.perf_counter() - started)  # fmt: skip
+        return
     flow_name = "train" if name == "train" else "build-dataset"
     summary = _run_flow(flow_name, config, sets, [name] if refresh else [], None if name == "train" else name)
     _print_summary(summary, time.perf_counter() - started)
@@ -163,6 +256,9 @@ def _provision_embedded_models(recipe) -> None:
 
     models = {g.model for g in recipe.generators}
     models |= {j.model for j in (recipe.judge, recipe.reward.judge) if j is not None}
+    if recipe.evaluation is not None:
+        models |= {c.model for c in recipe.evaluation.candidates if c.model}
+        models |= {recipe.evaluation.judge.model} if recipe.evaluation.judge else set()
     for model in sorted(m for m in models if m.startswith(EMBEDDED_MODEL_PREFIX)):
         ensure_embedded_model(model.removeprefix(EMBEDDED_MODEL_PREFIX), Path(recipe.storage.model_cache))
 

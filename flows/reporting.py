@@ -55,7 +55,7 @@ def build_report(storage: Storage, run_id: str, stages: list[dict[str, Any]]) ->
     return report
 
 
-def _artifact_key(recipe: str, what: str, section: str = "curation") -> str:
+def artifact_key(recipe: str, what: str, section: str = "curation") -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", recipe.lower()).strip("-") or "recipe"
     return f"{slug}-{section}-{what}"
 
@@ -72,7 +72,7 @@ def publish_artifacts(report: Mapping[str, Any], recipe: str) -> list[str]:
     published = []
 
     def table(what: str, rows: list[dict[str, Any]], description: str) -> None:
-        key = _artifact_key(recipe, what)
+        key = artifact_key(recipe, what)
         create_table_artifact(table=rows, key=key, description=description)
         published.append(key)
 
@@ -96,35 +96,35 @@ def publish_artifacts(report: Mapping[str, Any], recipe: str) -> list[str]:
     )
     if report.get("plot"):
         published.append(
-            _image_artifact(
-                report["plot"], _artifact_key(recipe, "plot"), "p per instruction and ladder score gaps"
+            image_artifact(
+                report["plot"], artifact_key(recipe, "plot"), "p per instruction and ladder score gaps"
             )
         )
         create_markdown_artifact(
             markdown=_markdown_summary(report),
-            key=_artifact_key(recipe, "summary"),
+            key=artifact_key(recipe, "summary"),
             description="Run summary",
         )
-        published.append(_artifact_key(recipe, "summary"))
+        published.append(artifact_key(recipe, "summary"))
     training = report.get("training")
     if training:
-        key = _artifact_key(recipe, "steps", section="training")
+        key = artifact_key(recipe, "steps", section="training")
         create_table_artifact(table=training["steps"], key=key, description=(
             f"Per step: reward, win/tie/loss rates, judge failures, mean rung, promotions, length, KL. "
             f"Final rungs {training['final_rungs']}, {training['promotions']} promotions."))  # fmt: skip
         published.append(key)
         if training.get("plot"):
             published.append(
-                _image_artifact(
+                image_artifact(
                     training["plot"],
-                    _artifact_key(recipe, "plot", section="training"),
+                    artifact_key(recipe, "plot", section="training"),
                     "reward, win rate and mean rung over steps; rung distribution",
                 )
             )
     return published
 
 
-def _image_artifact(png_path: str, key: str, description: str) -> str:
+def image_artifact(png_path: str, key: str, description: str) -> str:
     """An image artifact carrying the PNG as a data: URL (a local file has no URL a browser could
     fetch); the description names the file. Returns the key."""
     data = base64.b64encode(Path(png_path).read_bytes()).decode("ascii")

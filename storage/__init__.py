@@ -12,6 +12,7 @@ from configs.schema import StorageConfig
 from storage.catalog import CachedStage, Catalog
 from storage.curriculum import CurriculumError, CurriculumStore, Promotion, StepOutcome
 from storage.datasets import DatasetNotFoundError, DatasetStore
+from storage.evaluations import EvaluationLog
 from storage.locking import StageClaim, StorageBusyError, StorageLock
 from storage.provenance import code_version
 from storage.refs import DatasetRef
@@ -26,6 +27,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetRef",
     "DatasetStore",
+    "EvaluationLog",
     "Promotion",
     "ResponseCache",
     "StepOutcome",
@@ -46,6 +48,7 @@ class Storage:
     responses: ResponseCache
     curriculum: CurriculumStore
     training: TrainingLog
+    evaluations: EvaluationLog
 
 
 def open_storage(config: StorageConfig) -> Storage:
@@ -62,4 +65,5 @@ def open_storage(config: StorageConfig) -> Storage:
         responses=ResponseCache(catalog),
         curriculum=CurriculumStore(catalog),
         training=TrainingLog(catalog),
+        evaluations=EvaluationLog(catalog),
     )

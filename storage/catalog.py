@@ -201,6 +201,20 @@ class Catalog:
                     [cache_key, stage, stage_version, stage_run_id],
                 )
 
+    def latest_stage_run(self, stage: str, recipe: str) -> dict[str, Any] | None:
+        """The most recently started run of `stage` in a flow run of `recipe` (any status: a
+        training run still going counts), as {stage_run_id, cache_key, status, started_at}."""
+        with self.connect("stage run lookup") as con:
+            row = con.execute(
+                "SELECT s.stage_run_id, s.cache_key, s.status, s.started_at FROM stage_runs s"
+                " JOIN runs r ON r.run_id = s.run_id WHERE s.stage = ? AND r.recipe = ?"
+                " AND s.status != 'cached' ORDER BY s.started_at DESC LIMIT 1",
+                [stage, recipe],
+            ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("stage_run_id", "cache_key", "status", "started_at"), row, strict=True))
+
     def lookup_cache(self, cache_key: str) -> CachedStage | None:
         with self.connect("cache lookup") as con:
             row = con.execute(

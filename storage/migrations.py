@@ -229,6 +229,35 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        6,
+        "evaluation_results",
+        # One row per (evaluation run, candidate, benchmark): the headline score and its lineage
+        # (which model, which training run and checkpoint step, which judge, which benchmark data
+        # and scorer). Nightly evaluations append here, so a run's score over steps accumulates.
+        """
+        CREATE TABLE eval_results (
+            eval_run_id VARCHAR NOT NULL,
+            stage_run_id VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            candidate_model VARCHAR NOT NULL,
+            candidate_source VARCHAR NOT NULL,
+            train_run_id VARCHAR,
+            step BIGINT,
+            benchmark VARCHAR NOT NULL,
+            benchmark_version VARCHAR NOT NULL,
+            judge VARCHAR,
+            score DOUBLE,
+            n_items INTEGER NOT NULL,
+            n_failed INTEGER NOT NULL,
+            metrics_json VARCHAR NOT NULL,
+            items_ref VARCHAR NOT NULL,
+            cached BOOLEAN NOT NULL,
+            recorded_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (eval_run_id, candidate, benchmark)
+        );
+        """,
+    ),
 )
 
 

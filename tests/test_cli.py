@@ -19,7 +19,18 @@ def wrl(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     result = wrl("--help")
     assert result.returncode == 0
-    for command in ("demo", "run", "stage", "config", "data", "model", "runs", "datasets", "show"):
+    for command in (
+        "demo",
+        "run",
+        "stage",
+        "evaluate",
+        "config",
+        "data",
+        "model",
+        "runs",
+        "datasets",
+        "show",
+    ):
         assert command in result.stdout
 
 
@@ -72,3 +83,20 @@ def test_data_check_on_bad_rows_names_each_row_and_writes_nothing(tmp_path):
 def test_unknown_stage_is_refused():
     result = wrl("stage", "scorre")
     assert result.returncode == 2 and "unknown stage 'scorre'" in result.stderr
+
+
+def test_demo_with_a_missing_benchmark_file_says_so_before_any_work(tmp_path):
+    # cwd is not the project root, so the recipe's relative ../shared/benchmarks paths are missing.
+    result = wrl("demo", "--config", str(PROJECT_ROOT / "configs" / "demo.yaml"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "evaluation.benchmarks.writingbench.path" in result.stderr and "--set" in result.stderr
+    assert not (tmp_path / ".wrl").exists()
+
+
+def test_evaluate_without_an_evaluation_block_is_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    text = (PROJECT_ROOT / "configs" / "demo.yaml").read_text()
+    recipe.write_text(text[: text.index("\nevaluation:")] + "\n")
+    result = wrl("evaluate", "--config", str(recipe), "--set", f"storage.root={tmp_path / 's'}", cwd=tmp_path)
+    assert result.returncode == 2 and "no `evaluation:` block" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -152,6 +152,6 @@ def test_the_flow_publishes_the_report_as_artifacts(prefect_harness, tiny_model_
     "name,key", [("My Recipe_1", "my-recipe-1-curation-x"), ("///", "recipe-curation-x")]
 )
 def test_artifact_keys_are_valid(name, key):
-    from flows.reporting import _artifact_key
+    from flows.reporting import artifact_key
 
-    assert _artifact_key(name, "x") == key
+    assert artifact_key(name, "x") == key

@@ -1,6 +1,7 @@
 """`wrl demo` as a user runs it: a real subprocess, the real embedded model, a Prefect run.
 
-Slow (three generators, a judge and 10 GRPO steps on the CPU take about 11 minutes): run by
+Slow (three generators, a judge, 10 GRPO steps and the evaluation of two policies on four benchmark
+slices take about 15 minutes on the CPU): run by
 `make test` after the fast suite, and so by CI.
 """
 
@@ -32,12 +33,15 @@ def _wrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.timeout(1800)  # the cold demo alone is ~10 minutes on a 2-core machine
 def test_demo_runs_the_slice_then_reruns_from_cache(tmp_path, embedded_model_cache):
     config = PROJECT_ROOT / "configs" / "demo.yaml"
-    models = f"storage.model_cache={embedded_model_cache}"
-    first = _wrl("demo", "--config", str(config), "--set", models, cwd=tmp_path)
+    recipe = load_recipe(config)
+    # The recipe's benchmark paths are relative to the project root; this run's cwd is tmp_path.
+    sets = ["--set", f"storage.model_cache={embedded_model_cache}"]
+    for name, bench in recipe.evaluation.benchmarks.items():
+        sets += ["--set", f"evaluation.benchmarks.{name}.path={(PROJECT_ROOT / bench.path).resolve()}"]
+    first = _wrl("demo", "--config", str(config), *sets, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "generations@0" in first.stdout and "Total" in first.stdout
 
-    recipe = load_recipe(config)
     storage = open_storage(recipe.storage.model_copy(update={"root": tmp_path / recipe.storage.root}))
     generations = storage.datasets.read(DatasetRef("generations", 0)).to_pylist()
     assert len(generations) == recipe.data.limit * len(recipe.generators)
@@ -76,13 +80,30 @@ def test_demo_runs_the_slice_then_reruns_from_cache(tmp_path, embedded_model_cac
         (tmp_path / recipe.storage.root / "reports").glob("*/training.png")
     )
 
-    second = _wrl("demo", "--config", str(config), "--set", models, cwd=tmp_path)
+    # The demo ends with the evaluation of the base and the trained policy on the four benchmarks.
+    results = storage.evaluations.results()
+    assert {(r["candidate"], r["benchmark"]) for r in results} == {
+        (c.name, b) for c in recipe.evaluation.candidates for b in recipe.evaluation.benchmarks
+    }
+    assert {(r["candidate"], r["candidate_source"], r["step"]) for r in results} == {
+        ("base", "training:base", 0),
+        ("trained", "training:final", recipe.training.max_steps),
+    }
+    assert all(r["n_items"] > 0 for r in results)
+    assert "evaluation" in first.stdout and "Creative Writing v3" in first.stdout
+    assert list((tmp_path / recipe.storage.root / "reports").glob("*/scores-over-steps-train-*.png"))
+
+    second = _wrl("demo", "--config", str(config), *sets, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
-    for stage in STAGE_ORDER:
+    for stage in (*STAGE_ORDER, "evaluate"):
         assert f"{stage}: cache hit" in log
     assert "transformers: loaded" not in log  # the model was not even loaded
     assert "answers at" not in log  # nor was a server started
     with storage.catalog.connect() as con:
         statuses = con.execute("SELECT stage, status FROM stage_runs ORDER BY started_at").fetchall()
-    assert statuses == [(s, "completed") for s in STAGE_ORDER] + [(s, "cached") for s in STAGE_ORDER]
+    pairs = len(recipe.evaluation.candidates) * len(recipe.evaluation.benchmarks)
+    assert statuses == (
+        [(s, "completed") for s in STAGE_ORDER] + [("evaluate", "completed")] * pairs
+        + [(s, "cached") for s in STAGE_ORDER] + [("evaluate", "cached")] * pairs
+    )  # fmt: skip

@@ -93,7 +93,7 @@ EVALUATE_SYSTEM = (
 
 # The two "** Output format ** " lines end with a space in the original: spelled out here so the
 # source has no trailing whitespace.
-_OUTPUT_FORMAT = (
+OUTPUT_FORMAT = (
     "** Output format ** \n"
     "(Remove symbols that interfere with JSON parsing, don't use \" inside reason)\n"
     "Return the results in the following JSON format, Only output the following JSON format and nothing else:\n"
@@ -126,7 +126,7 @@ EVALUATE_PROMPT = (
 -Scoring Range: Assign an integer score between 1 to 10
 
 """
-    + _OUTPUT_FORMAT
+    + OUTPUT_FORMAT
     + """
 ** Criteria **
 ```{criteria}```
@@ -142,7 +142,7 @@ Provide your evaluation based on the criteria restated below:
 ```{criteria}```
 
 """
-    + _OUTPUT_FORMAT
+    + OUTPUT_FORMAT
     + "```"
 )
 

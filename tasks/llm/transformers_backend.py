@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,25 @@ def _load_shared(model: str, model_cache: Path, device: str, dtype: str) -> Load
         with _MODELS_LOCK:
             _MODELS[key] = loaded
     return loaded
+
+
+def release_models(keep: Iterable[str] = ()) -> int:
+    """Forget the process-wide copies of every model whose path is not in `keep`, so they can be
+    freed once no client holds them (an evaluation walks through checkpoints one after another).
+    Returns how many were dropped."""
+    import gc
+
+    with _MODELS_LOCK:
+        dropped = [key for key in _MODELS if key[0] not in set(keep)]
+        for key in dropped:
+            del _MODELS[key]
+    if dropped:
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return len(dropped)
 
 
 def _load(path: str, device: str, dtype: str) -> LoadedModel:

@@ -28,6 +28,7 @@ from storage import DatasetRef
 from tasks.curriculum import validate_static_rung
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
+from tasks.training.checkpoints import training_run_paths
 from tasks.training.data import train_dataset, training_items
 from tasks.training.reward import WritingRLReward
 from tasks.training.trainer import run_training
@@ -72,8 +73,8 @@ def compute(ctx: StageContext) -> StageOutput:
         raise ValueError(f"{ctx.inputs['ladders']}: no ladders to train on")
     validate_static_rung(recipe.curriculum, {iid: item.n_rungs for iid, item in items.items()})
 
-    run_key = ctx.cache_key[:16]
-    curriculum_id = f"train-{run_key}"
+    paths = training_run_paths(ctx.storage.root, recipe.name, ctx.cache_key)
+    curriculum_id = paths.curriculum_id
     store, log = ctx.storage.curriculum, ctx.storage.training
     store.create(
         curriculum_id,
@@ -97,8 +98,7 @@ def compute(ctx: StageContext) -> StageOutput:
             len(promotions),
         )  # fmt: skip
 
-    model_id = f"{recipe.name}-{run_key[:8]}"
-    model_dir = ctx.storage.root / "models" / model_id
+    model_id, model_dir = paths.model_id, paths.model_dir
     base_model = resolve_model_path_once(recipe.policy.model, Path(recipe.storage.model_cache))
     try:
         outcome = run_training(
@@ -106,7 +106,7 @@ def compute(ctx: StageContext) -> StageOutput:
             training=recipe.training,
             train_dataset=train_dataset(items, recipe.policy),
             reward=reward,
-            output_dir=ctx.storage.root / "training" / run_key,
+            output_dir=paths.work_dir,
             record_step=record_step,
             record_trainer_logs=lambda step, logs: log.record_metrics(
                 curriculum_id, step, logs, source="trainer"

@@ -17,32 +17,16 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from configs.schema import TrainingConfig
+from tasks.training.checkpoints import latest_checkpoint
 from tasks.training.reward import WritingRLReward, step_metrics
 
 logger = logging.getLogger(__name__)
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
-    """The newest complete checkpoint folder and its step (a folder without trainer_state.json
-    was being written when the process died: ignored)."""
-    found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = _CHECKPOINT.match(path.name)
-        if match and (path / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), path))
-    if not found:
-        return None
-    step, path = max(found)
-    return path, step
 
 
 def world_size() -> int:

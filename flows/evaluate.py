@@ -1,0 +1,157 @@
+"""The `evaluate` flow: every candidate on every benchmark, then the comparison.
+
+Each (candidate, benchmark) pair is one cached stage task (tasks/stages/evaluate.py), run one
+candidate at a time so a GPU holds one candidate model at once. The headline of each pair goes to
+the catalog's `eval_results` with its lineage; the flow then publishes the comparison table
+(candidates x benchmarks + average) as table and markdown artifacts and, for each training run
+among the candidates, a plot of every benchmark's score over its steps, drawn from all the
+evaluations of that run so far (a nightly evaluation adds a point per night).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
+
+from configs.loading import ConfigError, load_recipe, stable_hash
+from flows.reporting import artifact_key, image_artifact
+from storage import Storage, code_version, open_storage
+from tasks.evaluation.candidates import Candidate, resolve_candidates
+from tasks.evaluation.report import (
+    comparison_markdown,
+    comparison_table,
+    plot_score_over_steps,
+    score_over_steps,
+)
+from tasks.llm.embedded import resolve_model_path_once
+from tasks.stages import evaluate as evaluate_stage
+from tasks.stages.runner import StageResult
+
+
+@flow(name="evaluate")
+def evaluate_candidates(
+    recipe_path: str = "configs/demo.yaml",
+    overrides: dict[str, Any] | None = None,
+    candidates: list[str] | None = None,
+    benchmarks: list[str] | None = None,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    """Evaluate the recipe's candidates (or the named ones) on its benchmarks (or the named ones).
+    `refresh` recomputes every pair instead of using the stage cache."""
+    return run_evaluation(recipe_path, overrides, candidates, benchmarks, refresh)
+
+
+def run_evaluation(
+    recipe_path: str,
+    overrides: dict[str, Any] | None = None,
+    candidates: list[str] | None = None,
+    benchmarks: list[str] | None = None,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.evaluation is None:
+        raise ConfigError(f"{recipe_path}: no `evaluation:` block (candidates and benchmarks)")
+    configured = list(recipe.evaluation.benchmarks)
+    unknown = sorted(set(benchmarks or ()) - set(configured))
+    if unknown:
+        raise ConfigError(f"benchmarks {unknown} are not in evaluation.benchmarks ({', '.join(configured)})")
+    chosen = [b for b in configured if not benchmarks or b in benchmarks]
+    storage = open_storage(recipe.storage)
+    storage.catalog.mark_abandoned()
+    resolved = resolve_candidates(recipe, storage, candidates)
+    evaluate_stage.check_evaluation(recipe, resolved, chosen)
+    run_id = storage.catalog.start_run(
+        flow="evaluate", recipe=recipe.name, recipe_path=str(recipe_path), config_hash=stable_hash(recipe),
+        code_version=code_version(), prefect_flow_run_id=str(flow_run.id) if flow_run.id else None,
+    )  # fmt: skip
+    pairs: list[tuple[Candidate, StageResult]] = []
+    try:
+        for candidate in resolved:
+            for benchmark in chosen:
+                stage_task = evaluate_stage.evaluate.with_options(
+                    task_run_name=f"evaluate[{candidate.name}/{benchmark}]"
+                )
+                pairs.append(
+                    (candidate, stage_task(recipe, candidate, benchmark, run_id=run_id, refresh=refresh))
+                )
+            _release_candidate_models(recipe)
+    except BaseException as exc:
+        storage.catalog.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    rows = _result_rows(storage, run_id, pairs)
+    storage.evaluations.record(rows)
+    failures = sum(int(r.summary.get("failures", 0)) for _, r in pairs)
+    storage.catalog.finish_run(run_id, status="completed" if failures == 0 else "completed_with_failures")
+    report = _report(storage, run_id, rows)
+    report["artifacts"] = _publish(report, recipe.name)
+    return {"run_id": run_id, "flow": "evaluate", "recipe": recipe.name, "storage": str(storage.root),
+            "results": rows, **report}  # fmt: skip
+
+
+def _release_candidate_models(recipe) -> None:
+    """Free the candidate's in-process weights before the next candidate loads its own; the
+    judge's stay loaded."""
+    from tasks.llm.transformers_backend import release_models
+
+    keep = set()
+    for benchmark in recipe.evaluation.benchmarks:
+        judge = evaluate_stage.evaluation_judge(recipe, benchmark)
+        if judge is not None and recipe.backends[judge.backend].kind == "transformers":
+            keep.add(resolve_model_path_once(judge.model, Path(recipe.storage.model_cache)))
+    release_models(keep)
+
+
+def _result_rows(
+    storage: Storage, run_id: str, pairs: list[tuple[Candidate, StageResult]]
+) -> list[dict[str, Any]]:
+    rows = []
+    for candidate, result in pairs:
+        scores = storage.datasets.read(result.outputs["eval_scores"]).to_pylist()
+        if not scores:
+            raise RuntimeError(f"{result.outputs['eval_scores']}: no metric rows for {candidate.name}")
+        first = scores[0]
+        metrics = {r["metric"]: r["value"] for r in scores}
+        rows.append(
+            {"eval_run_id": run_id, "stage_run_id": result.stage_run_id, **candidate.lineage(),
+             "benchmark": first["benchmark"], "benchmark_version": first["benchmark_version"],
+             "judge": first["judge"], "score": metrics[evaluate_stage.HEADLINE], "n_items": first["n_items"],
+             "n_failed": first["n_failed"], "metrics_json": json.dumps(metrics, sort_keys=True),
+             "items_ref": str(result.outputs["eval_items"]), "cached": result.cached}
+        )  # fmt: skip
+    return rows
+
+
+def _report(storage: Storage, run_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    table = comparison_table(rows)
+    plots = {}
+    for train_run_id in sorted({r["train_run_id"] for r in rows if r["train_run_id"]}):
+        series = score_over_steps(storage.evaluations.results(train_run_id=train_run_id), train_run_id)
+        path = storage.root / "reports" / run_id / f"scores-over-steps-{train_run_id}.png"
+        if plot_score_over_steps(series, train_run_id, path) is not None:
+            plots[train_run_id] = {"path": str(path), "series": series}
+    return {"table": table, "markdown": comparison_markdown(table, rows), "plots": plots}
+
+
+def _publish(report: dict[str, Any], recipe: str) -> list[str]:
+    if FlowRunContext.get() is None:
+        return []
+    keys = [
+        artifact_key(recipe, "comparison", section="evaluation"),
+        artifact_key(recipe, "summary", section="evaluation"),
+    ]
+    create_table_artifact(
+        table=report["table"], key=keys[0], description="Candidates x benchmarks (0-100) and the average"
+    )
+    create_markdown_artifact(
+        markdown=report["markdown"], key=keys[1], description="Evaluation: table and lineage"
+    )
+    for train_run_id, plot in report["plots"].items():
+        keys.append(image_artifact(plot["path"], artifact_key(recipe, "steps", section="evaluation"),
+                                   f"benchmark scores over the steps of {train_run_id}"))  # fmt: skip
+    return keys

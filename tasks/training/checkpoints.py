@@ -1,0 +1,98 @@
+"""Where a training run keeps its things, and its checkpoints as models another stage can load.
+
+A run is named by its stage cache key (same config + same ladders -> same run): its checkpoints
+live under `<root>/training/<key16>/checkpoint-<step>/`, its curriculum is `train-<key16>` and its
+final policy is registered as `<recipe>-<key8>`. This module does not import TRL, so evaluation can
+use it without loading the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainingRunPaths:
+    work_dir: Path  # checkpoints
+    curriculum_id: str  # also the train_run_id of metrics, judgments and registered models
+    model_id: str
+    model_dir: Path  # the final policy (LoRA merged)
+
+
+def training_run_paths(root: Path, recipe_name: str, cache_key: str) -> TrainingRunPaths:
+    key = cache_key[:16]
+    model_id = f"{recipe_name}-{key[:8]}"
+    return TrainingRunPaths(
+        Path(root) / "training" / key, f"train-{key}", model_id, Path(root) / "models" / model_id
+    )
+
+
+def checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. A folder without trainer_state.json was being written
+    when the process died (or is being written now): not a checkpoint yet."""
+    found = []
+    for path in Path(work_dir).glob("checkpoint-*"):
+        match = _CHECKPOINT.match(path.name)
+        if match and (path / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(work_dir: Path) -> tuple[Path, int] | None:
+    """The newest complete checkpoint folder and its step."""
+    found = checkpoints(work_dir)
+    if not found:
+        return None
+    step, path = found[-1]
+    return path, step
+
+
+def is_adapter(checkpoint: Path) -> bool:
+    return (Path(checkpoint) / "adapter_config.json").is_file()
+
+
+def checkpoint_model(checkpoint: Path, base_model_path: str, cache_dir: Path) -> Path:
+    """A plain model folder for `checkpoint`: itself for a full fine-tune, else the LoRA adapter
+    merged into the base model once, under `cache_dir/<name>` (written aside and renamed into
+    place, so a killed merge leaves nothing a later run would mistake for a model)."""
+    checkpoint = Path(checkpoint)
+    if not is_adapter(checkpoint):
+        return checkpoint
+    target = Path(cache_dir) / f"{checkpoint.parent.name}-{checkpoint.name}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    base = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(checkpoint)).merge_and_unload()
+    merged.save_pretrained(str(partial))
+    tokenizer_source = checkpoint if (checkpoint / "tokenizer_config.json").is_file() else base_model_path
+    AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(str(partial))
+    lineage = checkpoint / "wrl_lineage.json"
+    if lineage.is_file():
+        record = json.loads(lineage.read_text())
+        (partial / "wrl_lineage.json").write_text(
+            json.dumps({**record, "merged_from": str(checkpoint)}, indent=2)
+        )
+    try:
+        partial.rename(target)
+    except OSError:  # another process merged it first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    logger.info("merged LoRA checkpoint %s into %s", checkpoint, target)
+    return target

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -q
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo test test-fast test-slow lint clean
+.PHONY: install demo up down test test-fast test-slow lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 demo: install
 	$(BIN)/wrl demo --config $(CONFIG)
+
+# A local Prefect server on 127.0.0.1:4200 and the process serving CONFIG's deployments (idempotent);
+# `make down` stops both, serve first. State, PID files and logs: .wrl/services/.
+up: install
+	$(BIN)/wrl up --config $(CONFIG)
+
+down:
+	@if [ -x $(BIN)/wrl ]; then $(BIN)/wrl down; else echo "nothing was running"; fi
 
 lint: install
 	$(BIN)/ruff check .

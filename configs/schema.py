@@ -397,6 +397,42 @@ class CandidateConfig(StrictModel):
         return self
 
 
+class NightlySchedule(StrictModel):
+    """When the nightly evaluation deployment runs (`wrl up` registers it with this schedule)."""
+
+    cron: str = Field("0 2 * * *", description="Cron expression (minute hour day month weekday).")
+    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in.")
+    candidates: tuple[str, ...] | None = Field(
+        None, description="Names of `evaluation.candidates` to run nightly; all of them when unset."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime(2000, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(f"not a valid cron expression: {exc}") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone '{value}' (use an IANA name such as Europe/Berlin)"
+            ) from None
+        return value
+
+
 class EvaluationConfig(StrictModel):
     judge: JudgeConfig | None = Field(
         None, description="The benchmarks' judge; the top-level judge when unset."
@@ -404,6 +440,9 @@ class EvaluationConfig(StrictModel):
     candidates: tuple[CandidateConfig, ...] = Field(min_length=1)
     benchmarks: dict[Literal[BENCHMARKS], BenchmarkConfig] = Field(min_length=1)  # type: ignore[valid-type]
     seed: int | None = Field(0, description="Sampling seed of every candidate's generations.")
+    nightly: NightlySchedule | None = Field(
+        None, description="Register a nightly evaluation deployment with this schedule (docs/operations.md)."
+    )
     training_run: str | None = Field(
         None,
         pattern=r"^train-[0-9a-f]{16}$",
@@ -417,6 +456,9 @@ class EvaluationConfig(StrictModel):
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             raise ValueError(f"evaluation.candidates: name(s) {', '.join(dups)} used more than once")
+        unknown = sorted(set(self.nightly.candidates or ()) - set(names)) if self.nightly else []
+        if unknown:
+            raise ValueError(f"evaluation.nightly.candidates: {unknown} are not in evaluation.candidates")
         return self
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.pipeline import check_stage_names, run_pipeline
+from flows.pipeline import StageName, check_stage_names, run_pipeline
 
 __all__ = ["build_dataset", "check_stage_names"]
 
@@ -15,8 +15,8 @@ __all__ = ["build_dataset", "check_stage_names"]
 def build_dataset(
     recipe_path: str = "configs/demo.yaml",
     overrides: dict[str, Any] | None = None,
-    refresh: list[str] | None = None,
-    until: str | None = None,
+    refresh: list[StageName] | None = None,
+    until: StageName | None = None,
 ) -> dict[str, Any]:
     """Build the training set from a recipe. `refresh` forces the named stages to recompute;
     `until` stops after the named stage (upstream stages are served from cache when valid).

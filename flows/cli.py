@@ -287,6 +287,72 @@ def _print_summary(summary: dict[str, Any], elapsed: float) -> None:
     )
 
 
+# -- local Prefect services ----------------------------------------------------------------------
+
+StateDirOpt = Annotated[
+    Path, typer.Option("--state-dir", help="Where PID files, logs and the server DB live.")
+]
+
+
+@app.command("up")
+def services_up(
+    configs: Annotated[
+        list[Path] | None,
+        typer.Option("--config", "-c", help="Recipe whose deployments to serve (repeatable)."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port of the Prefect server on 127.0.0.1.")] = 4200,
+    state_dir: StateDirOpt = Path(".wrl/services"),
+) -> None:
+    """Start a local Prefect server and a process serving the recipes' deployments (idempotent)."""
+    from flows.deployments import deployment_specs
+    from flows.services import ServiceError, Services, up
+
+    paths = [str(p) for p in configs or [DEFAULT_CONFIG]]
+    specs = []
+    for path in paths:
+        recipe, _ = _load(Path(path), None)
+        specs += deployment_specs(path, recipe)
+    expected = {spec["name"] for spec in specs}
+    try:
+        info = up(paths, Services(state_dir), port=port, expected_deployments=expected)
+    except ServiceError as exc:
+        raise _UserFacingError(str(exc)) from None
+    kept = f" (kept running: {', '.join(info['kept'])})" if info["kept"] else ""
+    console.print(f"Prefect server: {info['ui_url']} (pid {info['server_pid']}){kept}", highlight=False)
+    console.print(
+        f"Serving {len(specs)} deployments of {', '.join(paths)} (pid {info['serve_pid']})",
+        highlight=False,
+    )
+    console.print(
+        f"Point the prefect CLI at it:  export PREFECT_API_URL={info['api_url']}\n"
+        f"  (or: source {Path(info['state_dir']) / 'env'}); logs under {info['state_dir']}; stop with `wrl down`.",
+        highlight=False,
+    )
+
+
+@app.command("down")
+def services_down(state_dir: StateDirOpt = Path(".wrl/services")) -> None:
+    """Stop the serve process, then the Prefect server."""
+    from flows.services import Services, down
+
+    stopped = down(Services(state_dir))
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running", highlight=False)
+
+
+@app.command("services")
+def services_status(state_dir: StateDirOpt = Path(".wrl/services")) -> None:
+    """Show whether the local Prefect server and the serve process run."""
+    from flows.services import Services, status
+
+    info = status(Services(state_dir))
+    server, serve = info["server"], info["serve"]
+    server_text = (
+        "down" if server is None else f"pid {server['pid']}, {info['api_url']}, healthy={server['healthy']}"
+    )
+    serve_text = "down" if serve is None else f"pid {serve['pid']}, recipes {serve['recipes']}"
+    console.print(f"server: {server_text}\nserve:  {serve_text}", highlight=False)
+
+
 # -- config --------------------------------------------------------------------------------------
 
 
@@ -459,6 +525,38 @@ def _trained_model_path(model_id: str, config: Path) -> str:
     if found is None:
         raise _UserFacingError(f"no trained model '{model_id}' in {recipe.storage.root} (see `wrl models`)")
     return found["path"]
+
+
+@app.command("lineage")
+def show_lineage(
+    target: Annotated[
+        str, typer.Argument(help="A dataset version (ladders@3), a checkpoint folder or a model id.")
+    ],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Print the chain that produced TARGET: each stage run, its inputs and outputs, its judge."""
+    from flows.lineage import describe_config, resolve_target
+    from storage import open_storage
+
+    recipe, _ = _load(config, None)
+    try:
+        found = resolve_target(open_storage(recipe.storage), target)
+    except ValueError as exc:
+        raise _UserFacingError(str(exc)) from None
+    console.print(f"[bold]{found['label']}[/]", highlight=False)
+    if not found["chain"]:
+        console.print("  no recorded producer (an input, or written outside a stage)")
+    for hop in found["chain"]:
+        outputs = ", ".join(str(r) for r in hop.get("outputs", {}).values()) or "-"
+        inputs = ", ".join(str(r) for r in hop.get("inputs", {}).values()) or "the source data"
+        console.print(
+            f"  [bold]{hop['stage']}[/] (stage run {hop['stage_run_id'][:12]}, {hop['status']}, "
+            f"config {str(hop['config_hash'])[:12]}): {outputs} <- {inputs}",
+            highlight=False,
+        )
+        described = describe_config(hop["stage"], hop.get("config"))
+        if described:
+            console.print(f"      {described}", highlight=False)
 
 
 @app.command("models")

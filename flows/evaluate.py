@@ -74,8 +74,11 @@ def run_evaluation(
     try:
         for candidate in resolved:
             for benchmark in chosen:
+                judge = evaluate_stage.evaluation_judge(recipe, benchmark)
                 stage_task = evaluate_stage.evaluate.with_options(
-                    task_run_name=f"evaluate[{candidate.name}/{benchmark}]"
+                    task_run_name=f"evaluate[{candidate.name}/{benchmark}]",
+                    tags={f"recipe:{recipe.name}", f"candidate:{candidate.name}", f"benchmark:{benchmark}"}
+                    | ({f"judge:{judge.model}"} if judge is not None else set()),
                 )
                 pairs.append(
                     (candidate, stage_task(recipe, candidate, benchmark, run_id=run_id, refresh=refresh))

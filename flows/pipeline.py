@@ -9,8 +9,9 @@ printed by the CLI. The flows (build_dataset.py, train.py) only choose where to 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
+from prefect import tags
 from prefect.runtime import flow_run
 
 from configs.loading import ConfigError, load_recipe, stable_hash
@@ -29,6 +30,17 @@ STAGE_TASKS = {
     "order": (order.SPEC, order.order),
     "train": (train.SPEC, train.train),
 }
+
+
+# Typed flow parameters: Prefect validates a deployment run's parameters against these.
+StageName = Literal["ingest", "generate", "score", "select", "order", "train"]
+assert set(StageName.__args__) == set(STAGE_ORDER)  # type: ignore[attr-defined]
+
+
+def run_tags(recipe) -> list[str]:
+    """Tags on every task run of a flow run (the UI filters by them): recipe and judge."""
+    judge = recipe.judge
+    return [f"recipe:{recipe.name}"] + ([f"judge:{judge.model}"] if judge is not None else [])
 
 
 def _output_of(results: dict[str, StageResult], dataset: str):
@@ -78,10 +90,13 @@ def run_pipeline(
     )
     results: dict[str, StageResult] = {}
     try:
-        for stage in STAGE_ORDER[: STAGE_ORDER.index(last) + 1]:
-            spec, stage_task = STAGE_TASKS[stage]
-            inputs = {role: _output_of(results, role) for role in spec.inputs}
-            results[stage] = stage_task(recipe, inputs, run_id=run_id, refresh=stage in forced)
+        with tags(*run_tags(recipe)):
+            for stage in STAGE_ORDER[: STAGE_ORDER.index(last) + 1]:
+                spec, stage_task = STAGE_TASKS[stage]
+                inputs = {role: _output_of(results, role) for role in spec.inputs}
+                # Input dataset versions as tags: the UI can list every run that read ladders@3.
+                stage_task = stage_task.with_options(tags={f"input:{ref}" for ref in inputs.values()})
+                results[stage] = stage_task(recipe, inputs, run_id=run_id, refresh=stage in forced)
     except BaseException as exc:
         storage.catalog.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise

@@ -7,14 +7,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows.pipeline import run_pipeline
+from flows.pipeline import StageName, run_pipeline
 
 
 @flow(name="train")
 def train_policy(
     recipe_path: str = "configs/demo.yaml",
     overrides: dict[str, Any] | None = None,
-    refresh: list[str] | None = None,
+    refresh: list[StageName] | None = None,
 ) -> dict[str, Any]:
     """Train the policy with Writing-RL on the recipe's ladders, building them first if needed.
     `refresh` forces the named stages to recompute."""

@@ -148,14 +148,15 @@ class Catalog:
         inputs: Mapping[str, DatasetRef],
         status: str = "running",
         cached_from: str | None = None,
+        config: Any = None,
     ) -> str:
         stage_run_id = uuid.uuid4().hex
         with self.connect("start stage run") as con:
             con.execute(
                 "INSERT INTO stage_runs (stage_run_id, run_id, stage, stage_version, config_hash,"
                 " cache_key, code_version, prefect_flow_run_id, prefect_task_run_id, host, pid,"
-                " started_at, status, cached_from)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, ?, ?)",
+                " started_at, status, cached_from, config_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp, ?, ?, ?)",
                 [
                     stage_run_id,
                     run_id,
@@ -170,6 +171,7 @@ class Catalog:
                     os.getpid(),
                     status,
                     cached_from,
+                    None if config is None else json.dumps(config, sort_keys=True, default=str),
                 ],
             )
             _insert_links(con, stage_run_id, "input", inputs)
@@ -214,6 +216,43 @@ class Catalog:
         if row is None:
             return None
         return dict(zip(("stage_run_id", "cache_key", "status", "started_at"), row, strict=True))
+
+    def upstream(self, ref: DatasetRef) -> list[dict[str, Any]]:
+        """The chain of stage runs behind a dataset version, nearest first: for each, the stage,
+        its run, status, config hash and config slice, and the versions it read and wrote. Walks
+        every input back to data with no recorded producer."""
+        chain: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        pending = [ref]
+        with self.connect("lineage walk") as con:
+            while pending:
+                current = pending.pop(0)
+                row = con.execute(
+                    "SELECT stage_run_id FROM dataset_versions WHERE dataset = ? AND version = ?",
+                    [current.name, current.version],
+                ).fetchone()
+                if row is None or row[0] is None or row[0] in seen:
+                    continue
+                seen.add(row[0])
+                run = con.execute(
+                    "SELECT stage_run_id, run_id, stage, stage_version, status, config_hash, cache_key,"
+                    " code_version, prefect_flow_run_id, started_at, config_json FROM stage_runs WHERE stage_run_id = ?",
+                    [row[0]],
+                ).fetchone()
+                names = ("stage_run_id", "run_id", "stage", "stage_version", "status", "config_hash", "cache_key",
+                         "code_version", "prefect_flow_run_id", "started_at", "config_json")  # fmt: skip
+                record = dict(zip(names, run, strict=True))
+                record["config"] = json.loads(record.pop("config_json") or "null")
+                links = con.execute(
+                    "SELECT direction, role, dataset, version FROM stage_run_datasets WHERE stage_run_id = ?"
+                    " ORDER BY direction, role",
+                    [row[0]],
+                ).fetchall()
+                record["inputs"] = {r: DatasetRef(d, int(v)) for di, r, d, v in links if di == "input"}
+                record["outputs"] = {r: DatasetRef(d, int(v)) for di, r, d, v in links if di == "output"}
+                chain.append(record)
+                pending.extend(record["inputs"].values())
+        return chain
 
     def lookup_cache(self, cache_key: str) -> CachedStage | None:
         with self.connect("cache lookup") as con:

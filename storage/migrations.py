@@ -258,6 +258,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        7,
+        "stage_run_config",
+        # The exact config slice a stage run read (the judge, the generators, ...), so lineage can
+        # name the judge behind a dataset version, not only its config hash. Secrets are never in
+        # a recipe, so never here.
+        """
+        ALTER TABLE stage_runs ADD COLUMN config_json VARCHAR;
+        """,
+    ),
 )
 
 

@@ -125,8 +125,16 @@ def test_cache_checks_outputs_exist_and_refresh_and_config_changes_recompute(
     assert len(counting_generation) == 4  # new decoding params: new calls
     assert changed["generate"]["summary"]["llm"]["requests"] == 2
 
-    with pytest.raises(ValueError, match="unknown stage"):
+    # The parameter is typed: Prefect refuses an unknown stage before the flow starts (as it does
+    # for a deployment run), and the runner checks again for direct callers of run_pipeline.
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.pipeline import run_pipeline
+
+    with pytest.raises(ParameterTypeError, match=r"refresh\.0: Input should be .ingest."):
         build_dataset(recipe_path=str(recipe_path), refresh=["scorre"])
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_pipeline("build-dataset", str(recipe_path), None, ["scorre"], None, default_last="order")
 
 
 def test_until_stops_after_the_named_stage(prefect_harness, tiny_model_dir, tmp_path, counting_generation):

@@ -20,6 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from configs.loading import ConfigError, load_recipe, stable_hash
+from flows.pipeline import tag_flow_run_with_datasets
 from flows.reporting import artifact_key, image_artifact
 from storage import Storage, code_version, open_storage
 from tasks.evaluation.candidates import Candidate, resolve_candidates
@@ -77,7 +78,8 @@ def run_evaluation(
                 judge = evaluate_stage.evaluation_judge(recipe, benchmark)
                 stage_task = evaluate_stage.evaluate.with_options(
                     task_run_name=f"evaluate[{candidate.name}/{benchmark}]",
-                    tags={f"recipe:{recipe.name}", f"candidate:{candidate.name}", f"benchmark:{benchmark}"}
+                    # Few, stable tags: Prefect checks tag concurrency limits per task run and tag.
+                    tags={f"recipe:{recipe.name}"}
                     | ({f"judge:{judge.model}"} if judge is not None else set()),
                 )
                 pairs.append(
@@ -87,6 +89,7 @@ def run_evaluation(
     except BaseException as exc:
         storage.catalog.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    tag_flow_run_with_datasets(r.outputs.values() for _, r in pairs)
     rows = _result_rows(storage, run_id, pairs)
     storage.evaluations.record(rows)
     failures = sum(int(r.summary.get("failures", 0)) for _, r in pairs)

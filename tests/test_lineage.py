@@ -24,8 +24,17 @@ def test_ladders_and_a_checkpoint_walk_back_to_the_judge_and_the_generations(
     recipe_path = write_recipe(
         tmp_path / "r.yaml", store=tmp_path / "store", model=str(tiny_model_dir), extra=rival + judge
     )
-    build_dataset(recipe_path=str(recipe_path))
+    summary = build_dataset(recipe_path=str(recipe_path))
     storage = open_storage(load_recipe(recipe_path).storage)
+    # The flow run is tagged with the dataset versions it wrote (the UI filters runs by tag).
+    from prefect.client.orchestration import get_client
+
+    (flow_run_id,) = storage.catalog.query(
+        "SELECT prefect_flow_run_id FROM runs WHERE run_id = ?", [summary["run_id"]]
+    )["prefect_flow_run_id"]
+    with get_client(sync_client=True) as client:
+        tags = set(client.read_flow_run(flow_run_id).tags)
+    assert {"ladders@0", "judgments@0", "generations@0"} <= tags
 
     found = resolve_target(storage, "ladders@0")
     stages = [hop["stage"] for hop in found["chain"]]

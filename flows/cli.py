@@ -176,12 +176,13 @@ def _check_evaluation(recipe, config: Path) -> None:
         raise _UserFacingError(
             f"{config}: no `evaluation:` block (candidates and benchmarks); see docs/evaluation.md"
         )
-    for name, bench in recipe.evaluation.benchmarks.items():
-        if not bench.path.exists():
-            raise _UserFacingError(
-                f"evaluation.benchmarks.{name}.path: {bench.path} does not exist (cwd {Path.cwd()}); run "
-                f"from the project root or --set evaluation.benchmarks.{name}.path=/your/copy"
-            )
+    from configs.loading import ConfigError
+    from tasks.stages.evaluate import check_benchmark_paths
+
+    try:
+        check_benchmark_paths(recipe)
+    except ConfigError as exc:
+        raise _UserFacingError(str(exc)) from None
 
 
 def _print_evaluation(summary: dict[str, Any], elapsed: float) -> None:

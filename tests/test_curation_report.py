@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pyarrow as pa
 import pytest
 
@@ -107,12 +105,9 @@ def test_no_selection_no_plot(tmp_path):
 
 
 def test_the_flow_publishes_the_report_as_artifacts(prefect_harness, tiny_model_dir, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
     from flows.build_dataset import build_dataset
     from tests.conftest import write_recipe
+    from tests.support.artifacts import latest_artifacts
 
     judge = f"judge: {{backend: local, model: {tiny_model_dir}, mode: logprob}}\n"
     rival = (f"  - {{name: rival, backend: local, model: {tiny_model_dir}, "
@@ -130,18 +125,7 @@ def test_the_flow_publishes_the_report_as_artifacts(prefect_harness, tiny_model_
         f"test-curation-{what}" for what in ("stages", "generators", "margins", "failures", "plot", "summary")
     )
 
-    async def read_back():
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=report["artifacts"])),
-                sort=ArtifactSort.CREATED_DESC,
-            )
-            latest = {}
-            for artifact in found:  # other tests' runs publish under the same keys: this run's are newest
-                latest.setdefault(artifact.key, artifact)
-            return latest
-
-    artifacts = asyncio.run(read_back())
+    artifacts = latest_artifacts(report["artifacts"])
     assert artifacts["test-curation-generators"].type == "table"
     assert "rival" in str(artifacts["test-curation-generators"].data)
     assert artifacts["test-curation-plot"].type == "image"

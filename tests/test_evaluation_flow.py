@@ -4,7 +4,6 @@ checkpoints evaluated over steps."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from configs.loading import load_recipe
 from storage import open_storage
 from tests.conftest import write_recipe
+from tests.support.artifacts import latest_artifacts
 
 BENCH_FILES = {
     "writingbench": "writingbench/length_subset.jsonl",
@@ -61,9 +61,6 @@ def _requests(storage, run_id: str) -> int:
 def test_two_candidates_give_the_comparison_table_with_lineage_and_artifacts(
     prefect_harness, tiny_model_dir, shared_benchmarks, tmp_path
 ):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
 
     from flows.evaluate import evaluate_candidates
 
@@ -99,21 +96,9 @@ def test_two_candidates_give_the_comparison_table_with_lineage_and_artifacts(
         assert json.loads(r["metrics_json"])["headline"] == r["score"]
     lv2 = [r for r in results if r["benchmark"] == "longbench_v2"]
     assert all(r["n_items"] == 2 for r in lv2)
-    # LongBench v2's prompts were cut to 256 of the candidate's tokens, in the middle.
     assert _stage_statuses(storage, summary["run_id"]) == ["completed"] * 8
 
-    async def read_back():
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=summary["artifacts"])),
-                sort=ArtifactSort.CREATED_DESC,
-            )
-            latest = {}
-            for artifact in found:
-                latest.setdefault(artifact.key, artifact)
-            return latest
-
-    artifacts = asyncio.run(read_back())
+    artifacts = latest_artifacts(summary["artifacts"])
     assert artifacts["test-evaluation-comparison"].type == "table"
     assert "alpha" in str(artifacts["test-evaluation-comparison"].data)
     assert artifacts["test-evaluation-summary"].type == "markdown"

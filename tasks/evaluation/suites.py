@@ -74,6 +74,7 @@ from tasks.instructions.loaders import (
     InstructionDataError,
     RowProblem,
     load_creative_writing_v3,
+    load_json_document,
     load_longbench_write,
     load_writingbench,
 )
@@ -857,19 +858,7 @@ class LongBenchV2Suite:
     def load(self, config: BenchmarkConfig) -> list[BenchItem]:
         (path,) = self.data_files(config)
         display = str(config.path) if path == _resolve(config)[0] else str(Path(config.path) / path.name)
-        data = path.read_bytes()
-        try:
-            doc = json.loads(data.decode("utf-8-sig"))
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise InstructionDataError(
-                display, [RowProblem(f"{display}:{line}", "utf-8", "invalid UTF-8")]
-            ) from exc
-        except json.JSONDecodeError as exc:
-            problem = RowProblem(
-                f"{display}:{exc.lineno}", "json", f"not valid JSON: {exc.msg} at column {exc.colno}"
-            )
-            raise InstructionDataError(display, [problem]) from exc
+        doc = load_json_document(path.read_bytes(), display)
         if not isinstance(doc, list):
             raise InstructionDataError(
                 display,

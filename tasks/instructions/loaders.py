@@ -490,6 +490,23 @@ def load_longbench_write(cfg: DataConfig) -> list[Instruction]:
     return c.finish()
 
 
+def load_json_document(data: bytes, display: str, object_pairs_hook: Callable | None = None) -> Any:
+    """One JSON document (a BOM allowed), or an InstructionDataError naming the file and the line of
+    invalid UTF-8 or of the JSON syntax error."""
+    try:
+        return json.loads(data.decode("utf-8-sig"), object_pairs_hook=object_pairs_hook)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InstructionDataError(
+            display, [RowProblem(f"{display}:{line}", "utf-8", "invalid UTF-8")]
+        ) from exc
+    except json.JSONDecodeError as exc:
+        problem = RowProblem(
+            f"{display}:{exc.lineno}", "json", f"not valid JSON: {exc.msg} at column {exc.colno}"
+        )
+        raise InstructionDataError(display, [problem]) from exc
+
+
 CW3_FILE = "creative_writing_prompts_v3.json"
 _CW3_KEYS = ("category", "title", "writing_prompt", "seed_modifiers", "language")
 
@@ -515,18 +532,7 @@ def load_creative_writing_v3(cfg: DataConfig) -> list[Instruction]:
         duplicates.extend(sorted({k for k in keys if keys.count(k) > 1}))
         return dict(items)
 
-    try:
-        doc = json.loads(data.decode("utf-8-sig"), object_pairs_hook=pairs)
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InstructionDataError(
-            display, [RowProblem(f"{display}:{line}", "utf-8", "invalid UTF-8")]
-        ) from exc
-    except json.JSONDecodeError as exc:
-        problem = RowProblem(
-            f"{display}:{exc.lineno}", "json", f"not valid JSON: {exc.msg} at column {exc.colno}"
-        )
-        raise InstructionDataError(display, [problem]) from exc
+    doc = load_json_document(data, display, object_pairs_hook=pairs)
     if not isinstance(doc, dict):
         problem = RowProblem(
             display, "json", f"expected an object of prompt id -> prompt, got {type(doc).__name__}"

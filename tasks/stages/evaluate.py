@@ -119,6 +119,19 @@ def select_items(suite: BenchmarkSuite, config: BenchmarkConfig) -> list[BenchIt
     return chosen[: config.limit]
 
 
+def check_benchmark_paths(recipe: Recipe, benchmarks: list[str] | None = None) -> None:
+    """Every configured (or named) benchmark file exists; else a ConfigError naming the field."""
+    assert recipe.evaluation is not None
+    for name in benchmarks or list(recipe.evaluation.benchmarks):
+        path = recipe.evaluation.benchmarks[name].path
+        if not Path(path).exists():
+            raise ConfigError(
+                f"evaluation.benchmarks.{name}.path: {path} does not exist (cwd {Path.cwd()}); run from the "
+                f"directory the path is relative to, or point it at your copy, e.g. "
+                f"--set evaluation.benchmarks.{name}.path=/data/{name}"
+            )
+
+
 def check_evaluation(recipe: Recipe, candidates: list[Candidate], benchmarks: list[str]) -> None:
     """Refuse, before any call, what cannot run: a judged benchmark without a judge, LongBench v2
     for an API model without a tokenizer to truncate with, a missing benchmark file."""
@@ -129,13 +142,7 @@ def check_evaluation(recipe: Recipe, candidates: list[Candidate], benchmarks: li
             f"benchmarks {unjudged} need a judge: set `evaluation.judge` (or the benchmark's own, or a "
             "top-level `judge`)"
         )
-    for name in benchmarks:
-        path = recipe.evaluation.benchmarks[name].path
-        if not Path(path).exists():
-            raise ConfigError(
-                f"evaluation.benchmarks.{name}.path: {path} does not exist (cwd {Path.cwd()}); point it at "
-                f"your copy, e.g. --set evaluation.benchmarks.{name}.path=/data/{name}"
-            )
+    check_benchmark_paths(recipe, benchmarks)
     if "longbench_v2" in benchmarks:
         for c in candidates:
             if c.tokenizer is None and not _is_local(recipe, c):

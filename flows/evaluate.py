@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from configs.loading import ConfigError, load_recipe, stable_hash
 from flows.pipeline import tag_flow_run_with_datasets
 from flows.reporting import artifact_key, image_artifact
-from storage import Storage, code_version, open_storage
+from storage import DatasetRef, Storage, code_version, open_storage
 from tasks.evaluation.candidates import Candidate, resolve_candidates
 from tasks.evaluation.report import (
     comparison_markdown,
@@ -32,6 +32,7 @@ from tasks.evaluation.report import (
 )
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.stages import evaluate as evaluate_stage
+from tasks.stages.publish import artifact_link, producer_link
 from tasks.stages.runner import StageResult
 
 
@@ -95,7 +96,7 @@ def run_evaluation(
     failures = sum(int(r.summary.get("failures", 0)) for _, r in pairs)
     storage.catalog.finish_run(run_id, status="completed" if failures == 0 else "completed_with_failures")
     report = _report(storage, run_id, rows)
-    report["artifacts"] = _publish(report, recipe.name)
+    report["artifacts"] = _publish(report, recipe.name, storage, rows)
     return {"run_id": run_id, "flow": "evaluate", "recipe": recipe.name, "storage": str(storage.root),
             "results": rows, **report}  # fmt: skip
 
@@ -144,20 +145,26 @@ def _report(storage: Storage, run_id: str, rows: list[dict[str, Any]]) -> dict[s
     return {"table": table, "markdown": comparison_markdown(table, rows), "plots": plots}
 
 
-def _publish(report: dict[str, Any], recipe: str) -> list[str]:
+def _publish(report: dict[str, Any], recipe: str, storage: Storage, rows: list[dict[str, Any]]) -> list[str]:
+    """The comparison table, the plots, then the summary: the table in markdown, linked to the
+    other artifacts and to the task run that scored each (candidate, benchmark) pair."""
     if FlowRunContext.get() is None:
         return []
-    keys = [
-        artifact_key(recipe, "comparison", section="evaluation"),
-        artifact_key(recipe, "summary", section="evaluation"),
-    ]
+    keys = [artifact_key(recipe, "comparison", section="evaluation")]
     create_table_artifact(
         table=report["table"], key=keys[0], description="Candidates x benchmarks (0-100) and the average"
-    )
-    create_markdown_artifact(
-        markdown=report["markdown"], key=keys[1], description="Evaluation: table and lineage"
     )
     for train_run_id, plot in report["plots"].items():
         keys.append(image_artifact(plot["path"], artifact_key(recipe, "steps", section="evaluation"),
                                    f"benchmark scores over the steps of {train_run_id}"))  # fmt: skip
+    pairs = ["| candidate | benchmark | items | scored by |", "|---|---|---|---|"]
+    pairs += [f"| {r['candidate']} | {r['benchmark']} | `{r['items_ref']}` | "
+              f"{producer_link(storage, DatasetRef.parse(r['items_ref']))} |" for r in rows]  # fmt: skip
+    markdown = "\n\n".join([
+        report["markdown"],
+        "**Report artifacts**: " + ", ".join(artifact_link(k) for k in keys),
+        "**Pairs** (each linked to the task run that scored it):\n\n" + "\n".join(pairs),
+    ])  # fmt: skip
+    keys.append(artifact_key(recipe, "summary", section="evaluation"))
+    create_markdown_artifact(markdown=markdown, key=keys[-1], description="Evaluation: table and lineage")
     return keys

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import DatasetRef, Storage
+from tasks.stages.publish import describe_judge
 
 LINEAGE_FILE = "wrl_lineage.json"  # written into each checkpoint by the trainer callback
 
@@ -63,11 +64,8 @@ def describe_config(stage: str, config: Any) -> str:
     if not isinstance(config, dict):
         return ""
     parts = []
-    judge = config.get("judge")
-    if isinstance(judge, dict):
-        backend = judge.get("backend") or {}
-        parts.append(f"judge {backend.get('name', '?')}/{judge.get('model')} ({judge.get('mode')}, "
-                     f"prompt {judge.get('prompt_version')})")  # fmt: skip
+    if judge := describe_judge(config):
+        parts.append(f"judge {judge}")
     if stage == "generate":
         parts.append("generators " + ", ".join(
             f"{g['name']}={g['model']} ({g['strategy']})" for g in config.get("generators", [])))  # fmt: skip

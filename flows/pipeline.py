@@ -126,7 +126,7 @@ def run_pipeline(
         for r in results.values()
     ]
     report = build_report(storage, run_id, stages)
-    report["artifacts"] = publish_artifacts(report, recipe.name)
+    report["artifacts"] = publish_artifacts(report, recipe.name, storage, stages)
     return {
         "run_id": run_id,
         "flow": flow_name,

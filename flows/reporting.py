@@ -26,6 +26,7 @@ from rich.table import Table
 
 from storage import DatasetRef, Storage
 from tasks.curation.report import curation_report, plot_curation_report
+from tasks.stages.publish import artifact_link, producer_link
 from tasks.training.report import plot_training_report, training_report
 
 REPORTED_DATASETS = (
@@ -65,8 +66,11 @@ def _margin_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"instructions": group, **margins[group]} for group in ("all", "selected")]
 
 
-def publish_artifacts(report: Mapping[str, Any], recipe: str) -> list[str]:
-    """Create the report's artifacts in the current flow run; returns their keys (none outside a run)."""
+def publish_artifacts(
+    report: Mapping[str, Any], recipe: str, storage: Storage, stages: list[dict[str, Any]]
+) -> list[str]:
+    """Create the report's artifacts in the current flow run; returns their keys (none outside a run).
+    The summary, published last, links to the others and to the task run behind each dataset."""
     if FlowRunContext.get() is None:
         return []
     published = []
@@ -100,12 +104,6 @@ def publish_artifacts(report: Mapping[str, Any], recipe: str) -> list[str]:
                 report["plot"], artifact_key(recipe, "plot"), "p per instruction and ladder score gaps"
             )
         )
-        create_markdown_artifact(
-            markdown=_markdown_summary(report),
-            key=artifact_key(recipe, "summary"),
-            description="Run summary",
-        )
-        published.append(artifact_key(recipe, "summary"))
     training = report.get("training")
     if training:
         key = artifact_key(recipe, "steps", section="training")
@@ -121,6 +119,12 @@ def publish_artifacts(report: Mapping[str, Any], recipe: str) -> list[str]:
                     "reward, win rate and mean rung over steps; rung distribution",
                 )
             )
+    create_markdown_artifact(
+        markdown=_markdown_summary(report, storage, stages, published),
+        key=artifact_key(recipe, "summary"),
+        description="Run summary, linked to the report artifacts and the stage runs",
+    )
+    published.append(artifact_key(recipe, "summary"))
     return published
 
 
@@ -139,8 +143,10 @@ def _flat_stage(stage: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in stage.items() if k != "rows"}, "rows": rows}
 
 
-def _markdown_summary(report: Mapping[str, Any]) -> str:
-    lines = ["# build-dataset report", ""]
+def _markdown_summary(
+    report: Mapping[str, Any], storage: Storage, stages: list[dict[str, Any]], artifact_keys: list[str]
+) -> str:
+    lines = ["# Run summary", ""]
     if "selection" in report:
         s = report["selection"]
         lines.append(
@@ -149,8 +155,23 @@ def _markdown_summary(report: Mapping[str, Any]) -> str:
         )
     if "ladders" in report:
         lines.append(f"**Ladders**: {report['ladders']['ladders']}, rungs {report['ladders']['rungs']}.")
+    training = report.get("training")
+    if training:
+        lines.append(f"**Training**: {len(training['steps'])} steps, {training['promotions']} promotions, "
+                     f"final rungs {training['final_rungs']}.")  # fmt: skip
     lines.append(f"**Failures**: {report['failures']['total']} {report['failures']['by_stage']}.")
-    lines.append(f"**Plot file**: `{report['plot']}`")
+    lines.append("**Report artifacts**: " + ", ".join(artifact_link(k) for k in artifact_keys))
+    rows = ["| stage | run | output | written by |", "|---|---|---|---|"]
+    for stage in stages:
+        how = "cache hit" if stage["cached"] else f"computed, {stage['elapsed_s']} s"
+        for ref in stage["outputs"].values():
+            rows.append(
+                f"| {stage['stage']} | {how} | `{ref}` | {producer_link(storage, DatasetRef.parse(ref))} |"
+            )
+    lines.append("**Stages** (each output linked to the task run that wrote it; its `stage-<name>` "
+                 "artifact lists its inputs, config hash and judge):\n\n" + "\n".join(rows))  # fmt: skip
+    files = [report.get("plot"), (training or {}).get("plot")]
+    lines.append("**Plot files**: " + ", ".join(f"`{f}`" for f in files if f))
     return "\n\n".join(lines)
 
 

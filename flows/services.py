@@ -156,7 +156,9 @@ def up(
             "--port",
             str(port),
         ]
-        server = _start(services, "server", command, _env(services), {"port": port})
+        # `--port` moves the API but not the address the UI's JavaScript calls (it would still call :4200).
+        env = {**_env(services), "PREFECT_UI_API_URL": api_url(port)}
+        server = _start(services, "server", command, env, {"port": port})
         _wait(
             "the Prefect server", lambda: _healthy(port), server, services.state_dir / "server.log", timeout_s
         )

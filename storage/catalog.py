@@ -281,13 +281,21 @@ class Catalog:
                 [ref.name, ref.version, num_rows, stage_run_id],
             )
 
-    def producer_of(self, ref: DatasetRef) -> str | None:
+    def producer(self, ref: DatasetRef) -> dict[str, Any] | None:
+        """The stage run that wrote `ref`, with its Prefect flow and task run ids (None for data
+        written outside a stage, or a version the catalog does not know)."""
         with self.connect("lineage lookup") as con:
             row = con.execute(
-                "SELECT stage_run_id FROM dataset_versions WHERE dataset = ? AND version = ?",
+                "SELECT s.stage_run_id, s.stage, s.prefect_flow_run_id, s.prefect_task_run_id"
+                " FROM dataset_versions d JOIN stage_runs s USING (stage_run_id)"
+                " WHERE d.dataset = ? AND d.version = ?",
                 [ref.name, ref.version],
             ).fetchone()
-        return row[0] if row else None
+        if row is None:
+            return None
+        return dict(
+            zip(("stage_run_id", "stage", "prefect_flow_run_id", "prefect_task_run_id"), row, strict=True)
+        )
 
 
 def _insert_links(

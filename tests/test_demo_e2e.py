@@ -1,13 +1,12 @@
-"""`wrl demo` as a user runs it: a real subprocess, the real embedded model, a Prefect run.
+"""`wrl demo` as a user runs it: a real subprocess, the real embedded model, a run recorded on a
+real local Prefect server (`wrl up`), whose UI a headless Chromium then checks.
 
 Slow (three generators, a judge, 10 GRPO steps and the evaluation of two policies on four benchmark
-slices take about 15 minutes on the CPU): run by
-`make test` after the fast suite, and so by CI.
+slices take about 15 minutes on the CPU): run by `make test` after the fast suite, and so by CI.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,31 +17,39 @@ from configs.loading import load_recipe
 from storage import DatasetRef, open_storage
 from tasks.stages import STAGE_ORDER
 from tests.conftest import PROJECT_ROOT
+from tests.support.browser import browser_page
+from tests.support.services import local_prefect
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the cold demo alone is ~15 minutes
+CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
-def _wrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(cwd / "prefect"), "COLUMNS": "200"}
-    env.pop("PREFECT_API_URL", None)
+def _wrl(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flows", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1500
     )
 
 
-@pytest.mark.timeout(1800)  # the cold demo alone is ~10 minutes on a 2-core machine
-def test_demo_runs_the_slice_then_reruns_from_cache(tmp_path, embedded_model_cache):
-    config = PROJECT_ROOT / "configs" / "demo.yaml"
-    recipe = load_recipe(config)
-    # The recipe's benchmark paths are relative to the project root; this run's cwd is tmp_path.
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, embedded_model_cache):
+    """`wrl up`, then the cold `wrl demo` against that server; `wrl down` after the module."""
+    root = tmp_path_factory.mktemp("demo")
+    recipe = load_recipe(CONFIG)
+    # The recipe's benchmark paths are relative to the project root; this run's cwd is `root`.
     sets = ["--set", f"storage.model_cache={embedded_model_cache}"]
     for name, bench in recipe.evaluation.benchmarks.items():
         sets += ["--set", f"evaluation.benchmarks.{name}.path={(PROJECT_ROOT / bench.path).resolve()}"]
-    first = _wrl("demo", "--config", str(config), *sets, cwd=tmp_path)
+    with local_prefect(root, CONFIG) as services:
+        first = _wrl("demo", "--config", str(CONFIG), *sets, cwd=root, env=services["env"])
+        storage = open_storage(recipe.storage.model_copy(update={"root": root / recipe.storage.root}))
+        yield {"root": root, "recipe": recipe, "sets": sets, "first": first, "storage": storage, **services}
+
+
+def test_demo_runs_the_slice(demo):
+    first, recipe, storage, tmp_path = demo["first"], demo["recipe"], demo["storage"], demo["root"]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "generations@0" in first.stdout and "Total" in first.stdout
 
-    storage = open_storage(recipe.storage.model_copy(update={"root": tmp_path / recipe.storage.root}))
     generations = storage.datasets.read(DatasetRef("generations", 0)).to_pylist()
     assert len(generations) == recipe.data.limit * len(recipe.generators)
     assert all(r["error"] is None and len(r["text"].strip()) >= 20 for r in generations), generations[:2]
@@ -93,7 +100,73 @@ def test_demo_runs_the_slice_then_reruns_from_cache(tmp_path, embedded_model_cac
     assert "evaluation" in first.stdout and "Creative Writing v3" in first.stdout
     assert list((tmp_path / recipe.storage.root / "reports").glob("*/scores-over-steps-train-*.png"))
 
-    second = _wrl("demo", "--config", str(config), *sets, cwd=tmp_path)
+
+def _open_stage_artifact(page, base_url: str, task_run_href: str, stage: str) -> None:
+    """From a link to a stage's task run: its page, its Artifacts tab, its `stage-<name>` artifact."""
+    page.goto(base_url + task_run_href)
+    page.get_by_text("Artifacts", exact=True).click()
+    page.get_by_text(f"stage-{stage}", exact=True).first.click()
+    page.get_by_text(f"{stage} (computed in").wait_for()
+
+
+def _link(page, name: str) -> str:
+    link = page.get_by_role("link", name=name).first
+    link.wait_for()
+    return link.get_attribute("href")
+
+
+def test_the_prefect_ui_shows_the_run_and_walks_back_from_training_to_the_judge(demo):
+    """What a user sees in the UI of the demo's training run: the stages, the artifacts, and the
+    walk back from the trained policy to the ladders, the scores, the judge and the generations."""
+    assert demo["first"].returncode == 0
+    storage, url = demo["storage"], demo["url"]
+    (flow_run_id,) = storage.catalog.query("SELECT prefect_flow_run_id FROM runs WHERE flow = 'train'")[
+        "prefect_flow_run_id"
+    ]
+    shots = demo["root"] / "screenshots"
+    shots.mkdir()
+    with browser_page() as page:
+        page.goto(f"{url}/runs/flow-run/{flow_run_id}")
+        page.get_by_text("Completed").first.wait_for()
+        header = page.inner_text("body")
+        assert "train" in header and "ladders@0" in header and "train_metrics@0" in header
+        page.wait_for_timeout(1500)  # the run graph (a canvas) draws after the data arrives
+        page.screenshot(path=str(shots / "flow-run.png"))
+
+        page.get_by_text("Task Runs", exact=True).click()
+        page.get_by_text(f"({len(STAGE_ORDER)} Completed)").wait_for()
+        listed = page.inner_text("body")
+        for stage in STAGE_ORDER:
+            assert f"\n{stage}-" in listed, f"task run of {stage} not listed"
+
+        page.get_by_text("Artifacts", exact=True).click()
+        for key in (
+            "demo-curation-summary",
+            "demo-training-steps",
+            "demo-training-plot",
+            "demo-curation-plot",
+        ):
+            page.get_by_text(key, exact=True).wait_for()
+
+        # The walk back, one link per hop: summary -> train -> order (ladders) -> score (judge).
+        page.get_by_text("demo-curation-summary", exact=True).click()
+        _open_stage_artifact(page, url, _link(page, "train · stage run"), "train")
+        assert "ladders@0" in page.inner_text("body")  # the ladders the policy trained on
+        _open_stage_artifact(page, url, _link(page, "order · stage run"), "order")
+        _open_stage_artifact(page, url, _link(page, "score · stage run"), "score")
+        scored = page.inner_text("body")
+        judge = demo["recipe"].judge
+        assert f"/{judge.model} ({judge.mode}, prompt v" in scored, scored[:2000]
+        assert "generations@0" in scored and _link(page, "generate · stage run").startswith("/runs/task-run/")
+        page.screenshot(path=str(shots / "stage-score.png"), full_page=True)
+    assert (shots / "flow-run.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_demo_reruns_from_cache(demo):
+    assert demo["first"].returncode == 0
+    recipe, storage, tmp_path = demo["recipe"], demo["storage"], demo["root"]
+    config, sets = CONFIG, demo["sets"]
+    second = _wrl("demo", "--config", str(config), *sets, cwd=tmp_path, env=demo["env"])
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
     for stage in (*STAGE_ORDER, "evaluate"):

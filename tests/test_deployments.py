@@ -7,31 +7,17 @@ Slow (~1.5 minutes: a server start, two flow runs on the tiny model): run by `ma
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from configs.loading import load_recipe
 from storage import open_storage
 from tests.conftest import write_recipe
+from tests.support.services import local_prefect, run
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -47,25 +33,8 @@ def served(tmp_path_factory, tiny_model_dir, shared_benchmarks):
     recipe = write_recipe(
         root / "test.yaml", store=root / "store", model=str(tiny_model_dir), extra=judge + evaluation
     )
-    port = _free_port()
-    env = {**os.environ, "COLUMNS": "200", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_HOME": str(root / "client-home")}  # fmt: skip
-    state = root / "services"
-    up = _run([sys.executable, "-m", "flows", "up", "--config", str(recipe), "--port", str(port),
-               "--state-dir", str(state)], root, env, timeout=300)  # fmt: skip
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        yield {"root": root, "recipe": recipe, "env": env, "state": state, "port": port}
-    finally:
-        down = _run([sys.executable, "-m", "flows", "down", "--state-dir", str(state)], root, env)
-        assert down.returncode == 0 and "serve, server" in down.stdout, down.stdout + down.stderr
-        for name in ("server", "serve"):
-            record = (
-                json.loads((state / f"{name}.json").read_text())
-                if (state / f"{name}.json").exists()
-                else None
-            )
-            assert record is None  # the records are removed with the processes
+    with local_prefect(root, recipe) as services:
+        yield {"root": root, "recipe": recipe, **services}
 
 
 def _stage_statuses(storage, prefect_flow_run_id: str) -> dict[str, str]:
@@ -85,7 +54,7 @@ def _flow_run_id(output: str) -> str:
 def test_deployment_run_through_the_prefect_cli_then_a_judge_change_reruns_only_the_judge_stages(served):
     env, root = served["env"], served["root"]
     prefect = [sys.executable, "-m", "prefect"]
-    first = _run([*prefect, "deployment", "run", "build-dataset/test", "--watch"], root, env)
+    first = run([*prefect, "deployment", "run", "build-dataset/test", "--watch"], root, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Completed" in first.stdout
     storage = open_storage(load_recipe(served["recipe"]).storage)
@@ -95,7 +64,7 @@ def test_deployment_run_through_the_prefect_cli_then_a_judge_change_reruns_only_
 
     # The judge changed (here its seed, part of its identity): re-run scoring through its stage
     # deployment. Generation is a cache hit; score and what reads its output are recomputed.
-    second = _run([*prefect, "deployment", "run", "stage/test-score", "--param",
+    second = run([*prefect, "deployment", "run", "stage/test-score", "--param",
                    'overrides={"judge.decoding.seed": 7}', "--watch"], root, env)  # fmt: skip
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     statuses = _stage_statuses(storage, _flow_run_id(second.stdout))

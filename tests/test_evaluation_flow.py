@@ -102,7 +102,15 @@ def test_two_candidates_give_the_comparison_table_with_lineage_and_artifacts(
     assert artifacts["test-evaluation-comparison"].type == "table"
     assert "alpha" in str(artifacts["test-evaluation-comparison"].data)
     assert artifacts["test-evaluation-summary"].type == "markdown"
-    assert "Benchmark versions" in str(artifacts["test-evaluation-summary"].data)
+    summary_md = str(artifacts["test-evaluation-summary"].data)
+    assert "Benchmark versions" in summary_md
+    assert "[test-evaluation-comparison](/artifacts/key/test-evaluation-comparison)" in summary_md
+    (wb_alpha,) = [r for r in results if (r["candidate"], r["benchmark"]) == ("alpha", "writingbench")]
+    (task_run_id,) = storage.catalog.query(
+        "SELECT prefect_task_run_id FROM stage_runs WHERE stage_run_id = ?", [wb_alpha["stage_run_id"]]
+    )["prefect_task_run_id"]
+    assert f"| alpha | writingbench | `{wb_alpha['items_ref']}` | [evaluate · stage run" in summary_md
+    assert f"(/runs/task-run/{task_run_id})" in summary_md
 
     # A third candidate: only its four pairs are computed; the eight others are stage cache hits.
     recipe_path = _recipe(

@@ -7,25 +7,35 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from configs.loading import load_recipe
-from storage import open_storage
+from storage import DatasetRef, open_storage
 from tests.conftest import write_recipe
+from tests.support.artifacts import latest_artifacts
 
 
-def test_ladders_and_a_checkpoint_walk_back_to_the_judge_and_the_generations(
-    prefect_harness, tiny_model_dir, tmp_path
-):
+@pytest.fixture(scope="module")
+def built(prefect_harness, tiny_model_dir, tmp_path_factory):
+    """One build-dataset run of a two-generator recipe: (recipe path, storage, flow summary)."""
     from flows.build_dataset import build_dataset
-    from flows.lineage import describe_config, resolve_target
 
+    tmp_path = tmp_path_factory.mktemp("lineage")
     judge = f"judge: {{backend: local, model: {tiny_model_dir}, mode: logprob}}\n"
     rival = f"  - {{name: rival, backend: local, model: {tiny_model_dir}, decoding: {{temperature: 0.0, max_tokens: 6}}}}\n"
     recipe_path = write_recipe(
         tmp_path / "r.yaml", store=tmp_path / "store", model=str(tiny_model_dir), extra=rival + judge
     )
     summary = build_dataset(recipe_path=str(recipe_path))
-    storage = open_storage(load_recipe(recipe_path).storage)
+    return recipe_path, open_storage(load_recipe(recipe_path).storage), summary
+
+
+def test_ladders_and_a_checkpoint_walk_back_to_the_judge_and_the_generations(built, tiny_model_dir, tmp_path):
+    from flows.lineage import describe_config, resolve_target
+
+    recipe_path, storage, summary = built
     # The flow run is tagged with the dataset versions it wrote (the UI filters runs by tag).
     from prefect.client.orchestration import get_client
 
@@ -68,3 +78,67 @@ def test_ladders_and_a_checkpoint_walk_back_to_the_judge_and_the_generations(
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert bad.returncode == 2 and "ladders@99 does not exist" in bad.stderr
+
+
+def _task_run_of(storage, stage: str) -> str:
+    (task_run_id,) = storage.catalog.query(
+        "SELECT prefect_task_run_id FROM stage_runs WHERE stage = ? AND status = 'completed'", [stage]
+    )["prefect_task_run_id"]
+    return task_run_id
+
+
+def test_each_stage_artifact_links_its_inputs_to_the_task_run_that_wrote_them(built, tiny_model_dir):
+    """The UI's walk back: the score stage's artifact links generations@0 to the generate task run."""
+    from flows.build_dataset import build_dataset
+
+    recipe_path, storage, _ = built
+    score = latest_artifacts(["stage-score"])["stage-score"]
+    assert score.type == "markdown" and score.task_run_id is not None
+    assert "### score (computed in" in score.data
+    generate_link = f"(/runs/task-run/{_task_run_of(storage, 'generate')})"
+    assert "| input (generations) | `generations@0` | [generate · stage run" in score.data
+    assert generate_link in score.data
+    assert f"judge: `local/{tiny_model_dir} (logprob, prompt v" in score.data
+    assert "| output (judgments) | `judgments@0` | this run |" in score.data
+
+    # Run again: every stage is a cache hit, and its artifact links the outputs to the run that wrote them.
+    build_dataset(recipe_path=str(recipe_path))
+    again = latest_artifacts(["stage-score"])["stage-score"]
+    assert again.id != score.id and "### score (cache hit)" in again.data
+    assert "`judgments@0` | [score · stage run" in again.data
+    assert f"(/runs/task-run/{_task_run_of(storage, 'score')})" in again.data
+    # The run summary links to the report artifacts and to the task run behind each dataset.
+    summary = latest_artifacts(["test-curation-summary"])["test-curation-summary"].data
+    assert "[test-curation-plot](/artifacts/key/test-curation-plot)" in summary
+    assert "| score | cache hit | `judgments@0` | [score · stage run" in summary
+    assert f"(/runs/task-run/{_task_run_of(storage, 'score')})" in summary
+
+
+def test_computed_stages_emit_prefect_asset_materialization_events(built):
+    """The events Prefect Cloud draws its asset graph from: judgments materialised from generations."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    from tasks.stages.publish import asset_key
+
+    _, storage, _ = built
+    judgments, generations = (asset_key(storage, DatasetRef(n, 0)) for n in ("judgments", "generations"))
+    event_filter = EventFilter(
+        event=EventNameFilter(name=["prefect.asset.materialization.succeeded"]),
+        resource=EventResourceFilter(id=[judgments]),
+    )
+    deadline = time.monotonic() + 30  # the server persists events asynchronously
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=event_filter, limit=50).events
+        found = [e for e in events if e.resource.id == judgments]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(found) == 1, [e.resource.id for e in events]  # the cached re-run emitted none
+    (event,) = found
+    assert {r.id for r in event.related if r.role == "asset"} == {
+        generations,
+        asset_key(storage, DatasetRef("instructions", 0)),
+    }
+    assert event.payload["dataset_version"] == "judgments@0" and event.payload["stage"] == "score"

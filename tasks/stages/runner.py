@@ -24,6 +24,7 @@ from configs.schema import Recipe
 from storage import DatasetRef, Storage, code_version, open_storage
 from tasks.llm.cache import CachingClient, UsageMeter
 from tasks.llm.registry import create_client
+from tasks.stages.publish import publish_stage_run
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def run_stage(
             summary,
             time.perf_counter() - started,
         )
-        _publish_artifact(result, inputs, common["config"])
+        publish_stage_run(result, inputs, common["config"], storage)
         return result
 
     if not refresh and (cached := serve_from_cache()) is not None:
@@ -239,7 +240,7 @@ def _compute_and_record(
         "" if complete else f" ({output.failures} failed items; not cached, retried next run)",
     )
     result = StageResult(spec.name, stage_run_id, outputs, False, cache_key, config_hash, summary, elapsed)
-    _publish_artifact(result, inputs, common["config"])
+    publish_stage_run(result, inputs, common["config"], storage)
     return result
 
 
@@ -256,34 +257,3 @@ def _prefect_ids() -> tuple[str | None, str | None]:
     from prefect.runtime import flow_run, task_run
 
     return (str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None)
-
-
-def _publish_artifact(result: StageResult, inputs: Mapping[str, DatasetRef], config: Any) -> None:
-    """A table artifact on the Prefect task run (the UI's view of lineage): the input and output
-    versions, config hash, judge, counts and failures. Nothing outside a run."""
-    from prefect.context import get_run_context
-
-    try:
-        get_run_context()
-    except Exception:
-        return
-    from prefect.artifacts import create_table_artifact
-
-    judge = config.get("judge") if isinstance(config, dict) else None
-    rows = [
-        {"field": "stage", "value": result.stage},
-        {"field": "cached", "value": str(result.cached)},
-        {"field": "stage_run_id", "value": result.stage_run_id},
-        {"field": "config_hash", "value": result.config_hash[:16]},
-        *({"field": f"input:{role}", "value": str(ref)} for role, ref in inputs.items()),
-        *({"field": f"output:{role}", "value": str(ref)} for role, ref in result.outputs.items()),
-        *(
-            [{"field": "judge", "value": f"{judge.get('model')} ({judge.get('mode')})"}]
-            if isinstance(judge, dict)
-            else []
-        ),
-        *({"field": k, "value": str(v)} for k, v in result.summary.items()),
-    ]
-    create_table_artifact(
-        table=rows, key=f"stage-{result.stage}", description=f"{result.stage}: inputs, outputs and lineage"
-    )

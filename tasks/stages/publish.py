@@ -1,0 +1,157 @@
+"""What a stage run shows in the Prefect UI: a markdown artifact on its task run, and asset events.
+
+The OSS UI has no asset graph, so the artifact carries the lineage: the input and output dataset
+versions, each linked to the task run of the stage run that wrote it (click back hop by hop, from a
+training run to its ladders, scores, generations and judge), the config hash, the judge, counts and
+failures. The `prefect.asset.*` events are what Prefect Cloud draws its asset graph from; the OSS
+server keeps them in its event feed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from storage import DatasetRef, Storage
+
+if TYPE_CHECKING:
+    from tasks.stages.runner import StageResult
+
+MATERIALIZED_BY = "writing-rl"
+log = logging.getLogger(__name__)
+
+
+def publish_stage_run(
+    result: StageResult, inputs: Mapping[str, DatasetRef], config: Any, storage: Storage
+) -> None:
+    """Nothing outside a Prefect run (the CLI's single stage, unit tests)."""
+    from prefect.context import get_run_context
+
+    try:
+        get_run_context()
+    except Exception:
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        markdown=stage_markdown(result, inputs, config, storage),
+        key=f"stage-{result.stage}",
+        description=f"{result.stage}: inputs, outputs and lineage",
+    )
+    if not result.cached:  # a cache hit materialised nothing (Prefect's own rule for cached tasks)
+        emit_asset_events(result, inputs, config, storage)
+
+
+def stage_markdown(
+    result: StageResult, inputs: Mapping[str, DatasetRef], config: Any, storage: Storage
+) -> str:
+    how = "cache hit" if result.cached else f"computed in {result.elapsed_s:.1f} s"
+    lines = [
+        f"### {result.stage} ({how})",
+        "",
+        f"stage run `{result.stage_run_id}` · config hash `{result.config_hash[:16]}`"
+        f" · cache key `{result.cache_key[:16]}`",
+    ]
+    judge = describe_judge(config)
+    if judge:
+        lines += ["", f"judge: `{judge}`"]
+    lines += ["", "| | dataset | written by |", "|---|---|---|"]
+    for role, ref in inputs.items():
+        lines.append(f"| input ({_cell(role)}) | `{ref}` | {producer_link(storage, ref)} |")
+    for role, ref in result.outputs.items():
+        written_by = producer_link(storage, ref) if result.cached else "this run"
+        lines.append(f"| output ({_cell(role)}) | `{ref}` | {written_by} |")
+    if result.summary:
+        lines += ["", "| count | value |", "|---|---|"]
+        lines += [f"| {_cell(k)} | {_cell(_compact(v))} |" for k, v in result.summary.items()]
+    return "\n".join(lines) + "\n"
+
+
+def emit_asset_events(
+    result: StageResult, inputs: Mapping[str, DatasetRef], config: Any, storage: Storage
+) -> None:
+    """One `prefect.asset.materialization.succeeded` per output, its inputs as related assets, in
+    the shapes Prefect's own `@materialize` emits. The key names the Delta table; the version is
+    in the payload (asset keys are not versioned)."""
+    from prefect.events import emit_event
+
+    related = [{"prefect.resource.id": asset_key(storage, ref), "prefect.resource.role": "asset"}
+               for ref in inputs.values()]  # fmt: skip
+    for ref in inputs.values():
+        emit_event(event="prefect.asset.referenced", resource=_asset_resource(storage, ref), related=[])
+    materialized_by = {
+        "prefect.resource.id": MATERIALIZED_BY,
+        "prefect.resource.role": "asset-materialized-by",
+    }
+    for ref in result.outputs.values():
+        emit_event(
+            event="prefect.asset.materialization.succeeded",
+            resource=_asset_resource(storage, ref),
+            related=[*related, materialized_by],
+            payload={
+                "version": ref.version,
+                "dataset_version": str(ref),
+                "stage": result.stage,
+                "stage_run_id": result.stage_run_id,
+                "config_hash": result.config_hash,
+                "judge": describe_judge(config),
+            },
+        )
+
+
+def asset_key(storage: Storage, ref: DatasetRef) -> str:
+    return "delta://" + quote(str(storage.datasets.path_of(ref.name).resolve()).lstrip("/"), safe="/")
+
+
+def _asset_resource(storage: Storage, ref: DatasetRef) -> dict[str, str]:
+    return {"prefect.resource.id": asset_key(storage, ref), "prefect.resource.name": ref.name}
+
+
+def producer_link(storage: Storage, ref: DatasetRef) -> str:
+    """Markdown: the stage run that wrote `ref`, linked to its Prefect task run (or flow run)."""
+    producer = storage.catalog.producer(ref)
+    if producer is None:
+        return "-"
+    label = f"{producer['stage']} · stage run {producer['stage_run_id'][:8]}"
+    if producer["prefect_task_run_id"]:
+        return f"[{label}]({_ui_base()}/runs/task-run/{producer['prefect_task_run_id']})"
+    if producer["prefect_flow_run_id"]:
+        return f"[{label}]({_ui_base()}/runs/flow-run/{producer['prefect_flow_run_id']})"
+    return label  # written outside Prefect (`wrl stage` with no run context)
+
+
+def artifact_link(key: str) -> str:
+    """Markdown: the UI page of a keyed artifact (its latest version and its history)."""
+    return f"[{key}]({_ui_base()}/artifacts/key/{key})"
+
+
+def _ui_base() -> str:
+    """Relative links on a self-hosted server: the UI resolves them against its own origin, so
+    they work through an SSH tunnel or a proxy too. Cloud pages live under the workspace's path."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url and settings.api.url.startswith(settings.cloud.api_url):
+        return (settings.ui_url or "").rstrip("/")
+    return ""
+
+
+def describe_judge(config: Any) -> str | None:
+    """`backend/model (mode, prompt vN)` from a stage's config slice; None if it has no judge."""
+    judge = config.get("judge") if isinstance(config, dict) else None
+    if not isinstance(judge, dict):
+        return None
+    backend = judge.get("backend") or {}
+    return (f"{backend.get('name', '?')}/{judge.get('model')} ({judge.get('mode')}, "
+            f"prompt {judge.get('prompt_version')})")  # fmt: skip
+
+
+def _compact(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")

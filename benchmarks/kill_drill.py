@@ -1,0 +1,149 @@
+"""Kill drill: SIGKILL a generation or scoring process at random points, rerun, compare.
+
+For each stage, one uninterrupted run on a fresh store gives the expected rows and the number of
+LLM calls. Then, for each of POINTS random kill points (seeded), a fresh store: the worker
+(tests/support/curation_worker.py, the real stages on a tiny local model, every call that reaches
+the backend logged) is SIGKILLed once K calls are persisted (K uniform in 0..N, so the kill can
+land before the first call, mid-stage or while the output is written), after a further random
+0-300 ms. Then it runs again to completion, and the drill checks:
+
+- the final rows equal the uninterrupted run's (same instruction ids, same texts / scores);
+- no duplicates and no lost rows;
+- calls made after the kill == N - calls persisted before it (no completed call repeated).
+
+    .venv/bin/python benchmarks/kill_drill.py                       # 10 points each, ~8 minutes
+    .venv/bin/python benchmarks/kill_drill.py --points 3 --stage score
+
+The tests in tests/test_kill_resume.py are the CI sample of this drill (one point per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from configs.loading import load_recipe  # noqa: E402
+from storage import DatasetRef, open_storage  # noqa: E402
+from tests.conftest import write_recipe  # noqa: E402
+from tests.support.tiny_model import build_tiny_llama  # noqa: E402
+
+INSTRUCTIONS = 12
+
+
+def _recipe(root: Path, model: Path, stage: str) -> Path:
+    judge = f"judge: {{backend: local, model: {model}, mode: logprob}}\n" if stage == "score" else ""
+    path = write_recipe(root / "r.yaml", store=root / "store", model=str(model), limit=INSTRUCTIONS,
+                        max_tokens=48, extra=judge)  # fmt: skip
+    path.write_text(path.read_text().replace("max_batch_size: 4", "max_batch_size: 1"))  # one call at a time
+    return path
+
+
+def _start(recipe: Path, calls: Path, stage: str) -> subprocess.Popen:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.curation_worker", str(recipe), str(calls), stage, "0"],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _persisted(storage, stage: str) -> int:
+    kind = "next_token_logprobs" if stage == "score" else None
+    with storage.catalog.connect() as con:
+        if kind:
+            sql = "SELECT count(*) FROM llm_responses WHERE finish_reason = 'next_token_logprobs'"
+        else:
+            sql = "SELECT count(*) FROM llm_responses WHERE finish_reason != 'next_token_logprobs'"
+        return con.execute(sql).fetchone()[0]
+
+
+def _calls(path: Path, stage: str) -> int:
+    kind = "probe " if stage == "score" else "chat "
+    return sum(1 for line in path.read_text().splitlines() if line.startswith(kind)) if path.exists() else 0
+
+
+def _rows(storage, out: str, stage: str) -> dict[str, object]:
+    rows = storage.datasets.read(DatasetRef.parse(out.strip().splitlines()[-1])).to_pylist()
+    field = "score" if stage == "score" else "text"
+    keyed = {}
+    for r in rows:
+        key = r["instruction_id"] if stage == "generate" else (r["instruction_id"], r["generator"])
+        assert key not in keyed, f"duplicate row {key}"
+        keyed[key] = r[field]
+    return keyed
+
+
+def _complete(recipe: Path, calls: Path, stage: str) -> str:
+    done = _start(recipe, calls, stage)
+    out, err = done.communicate(timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"run failed: {err[-3000:]}")
+    return out
+
+
+def main(
+    points: Annotated[int, typer.Option(help="Kill points per stage.")] = 10,
+    stage: Annotated[list[str], typer.Option(help="generate and/or score (repeatable).")] = [
+        "generate",
+        "score",
+    ],  # noqa: B006
+    seed: int = 0,
+) -> None:
+    rng = random.Random(seed)
+    model = build_tiny_llama(Path(tempfile.mkdtemp(prefix="drill-model-")))
+    print(
+        "| stage | point | kill after K persisted | +ms | persisted at kill | calls after | expected | rows equal | result |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    failures = 0
+    for name in stage:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "baseline"
+            root.mkdir()
+            recipe = _recipe(root, model, name)
+            expected_rows = _rows(
+                open_storage(load_recipe(recipe).storage), _complete(recipe, root / "calls", name), name
+            )
+            total = _calls(root / "calls", name)
+        for point in range(1, points + 1):
+            with tempfile.TemporaryDirectory() as tmp:
+                root = Path(tmp)
+                recipe = _recipe(root, model, name)
+                storage = open_storage(load_recipe(recipe).storage)
+                calls = root / "calls"
+                k, extra_ms = rng.randint(0, total), rng.randint(0, 300)
+                worker = _start(recipe, calls, name)
+                while worker.poll() is None and _persisted(storage, name) < k:
+                    time.sleep(0.01)
+                time.sleep(extra_ms / 1000)
+                finished_first = worker.poll() is not None
+                worker.send_signal(signal.SIGKILL)
+                worker.wait(timeout=30)
+                persisted, before = _persisted(storage, name), _calls(calls, name)
+                rows = _rows(storage, _complete(recipe, calls, name), name)
+                after = _calls(calls, name) - before
+                ok = rows == expected_rows and after == total - persisted
+                failures += not ok
+                result = ("ok" if ok else "FAILED") + (
+                    " (finished before the kill)" if finished_first else ""
+                )
+                print(f"| {name} | {point} | {k} | {extra_ms} | {persisted} | {after} | {total - persisted} | "
+                      f"{rows == expected_rows} | {result} |", flush=True)  # fmt: skip
+    print(json.dumps({"points": points * len(stage), "failures": failures}))
+    raise SystemExit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    typer.run(main)

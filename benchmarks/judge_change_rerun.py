@@ -1,8 +1,10 @@
 """The cost of re-running after a judge change, as a fraction of the full run, on the demo recipe.
 
 Runs the flow twice on a fresh store, as a user would (`python -m flows run FLOW`): once cold, then
-once more with the judge changed (by default its decoding seed, which is part of the judge's
-identity, so every judge call is a cache miss). Reads back, per stage, what each run did from the
+once more with the judge changed. The default change is a new judge: the same weights in bfloat16
+on their own backend (a judge whose numbers differ, so every judge call is a response-cache miss;
+the demo has no second model to switch to). `--change judge.decoding.seed=1` shows the other case:
+a judge change that alters no call re-runs scoring entirely from the response cache. Reads back, per stage, what each run did from the
 catalog: computed or cache hit, seconds, and LLM calls by kind (generation, judge). Generation
 calls in the re-run must be zero: the exit code is 1 otherwise.
 
@@ -68,9 +70,15 @@ def main(
         str, typer.Option(help="build-dataset (curation) or train (curation + RL).")
     ] = "build-dataset",
     config: Annotated[Path, typer.Option(help="Recipe.")] = PROJECT_ROOT / "configs" / "demo.yaml",
-    change: Annotated[str, typer.Option(help="The judge change, as a --set.")] = "judge.decoding.seed=1",
+    change: Annotated[
+        list[str] | None, typer.Option(help="The judge change, as --set KEY=VALUE (repeatable).")
+    ] = None,
     workdir: Annotated[Path | None, typer.Option(help="Keep the store here (default: a temp dir).")] = None,
 ) -> None:
+    changes = change or [
+        "backends.judge_bf16={kind: transformers, device: cpu, dtype: bfloat16, max_batch_size: 8}",
+        "judge.backend=judge_bf16",
+    ]
     recipe = load_recipe(config)
     model_cache = (PROJECT_ROOT / recipe.storage.model_cache).resolve()  # reuse the converted model
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,12 +86,12 @@ def main(
         cwd.mkdir(parents=True, exist_ok=True)
         sets = [f"storage.root={cwd / 'store'}", f"storage.model_cache={model_cache}"]
         full_s = run_flow(flow, config, sets, cwd)
-        rerun_s = run_flow(flow, config, [*sets, change], cwd)
+        rerun_s = run_flow(flow, config, [*sets, *changes], cwd)
         costs = stage_costs(cwd / "store" / "catalog.duckdb")
     runs = list(dict.fromkeys(c["run_id"] for c in costs))
     assert len(runs) == 2, runs
     by_run = [{c["stage"]: c for c in costs if c["run_id"] == run} for run in runs]
-    print(f"flow {flow}, recipe {config.name}, change `{change}`; cpu cores {os.cpu_count()}")
+    print(f"flow {flow}, recipe {config.name}, change `{' '.join(changes)}`; cpu cores {os.cpu_count()}")
     print("| stage | full: status | s | calls | after the judge change: status | s | calls |")
     print("|---|---|---|---|---|---|---|")
     totals = [0, 0]

@@ -32,14 +32,14 @@ from typing import Annotated
 
 import typer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support (not installed)
+
+from configs.loading import load_recipe
+from storage import DatasetRef, open_storage
+from tests.conftest import write_recipe
+from tests.support.tiny_model import build_tiny_llama
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from configs.loading import load_recipe  # noqa: E402
-from storage import DatasetRef, open_storage  # noqa: E402
-from tests.conftest import write_recipe  # noqa: E402
-from tests.support.tiny_model import build_tiny_llama  # noqa: E402
-
 INSTRUCTIONS = 12
 
 
@@ -54,7 +54,9 @@ def _recipe(root: Path, model: Path, stage: str) -> Path:
 def _start(recipe: Path, calls: Path, stage: str) -> subprocess.Popen:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.curation_worker", str(recipe), str(calls), stage, "0"],
+        # Judge calls on the tiny model take ~10 ms: hold each 50 ms so kills land mid-scoring.
+        [sys.executable, "-m", "tests.support.curation_worker", str(recipe), str(calls), stage,
+         "0.05" if stage == "score" else "0"],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -95,12 +97,12 @@ def _complete(recipe: Path, calls: Path, stage: str) -> str:
 
 def main(
     points: Annotated[int, typer.Option(help="Kill points per stage.")] = 10,
-    stage: Annotated[list[str], typer.Option(help="generate and/or score (repeatable).")] = [
-        "generate",
-        "score",
-    ],  # noqa: B006
+    stage: Annotated[
+        list[str] | None, typer.Option(help="generate or score (repeatable; default both).")
+    ] = None,
     seed: int = 0,
 ) -> None:
+    stages = stage or ["generate", "score"]
     rng = random.Random(seed)
     model = build_tiny_llama(Path(tempfile.mkdtemp(prefix="drill-model-")))
     print(
@@ -108,7 +110,7 @@ def main(
     )
     print("|---|---|---|---|---|---|---|---|---|")
     failures = 0
-    for name in stage:
+    for name in stages:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "baseline"
             root.mkdir()
@@ -141,7 +143,7 @@ def main(
                 )
                 print(f"| {name} | {point} | {k} | {extra_ms} | {persisted} | {after} | {total - persisted} | "
                       f"{rows == expected_rows} | {result} |", flush=True)  # fmt: skip
-    print(json.dumps({"points": points * len(stage), "failures": failures}))
+    print(json.dumps({"points": points * len(stages), "failures": failures}))
     raise SystemExit(1 if failures else 0)
 
 

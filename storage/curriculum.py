@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -190,11 +190,15 @@ class CurriculumStore:
             info["snapshot_steps"] = _snapshot_steps(con, curriculum_id)
         return info
 
-    def state(self, curriculum_id: str) -> dict[str, int]:
-        """Instruction -> current rung."""
+    def state(self, curriculum_id: str, instruction_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Instruction -> current rung: every instruction's, or only those of `instruction_ids` (a
+        training step reads its batch's, so its cost does not grow with the dataset)."""
         with self.catalog.connect("curriculum state") as con:
             _require(con, curriculum_id)
-            return _state(con, curriculum_id)
+            if instruction_ids is None:
+                return _state(con, curriculum_id)
+            ids = sorted(set(instruction_ids))
+            return {iid: rung for iid, (rung, _) in _current_rungs(con, curriculum_id, ids).items()}
 
     def n_rungs(self, curriculum_id: str) -> dict[str, int]:
         """Instruction -> ladder length (rung 0 included)."""
@@ -404,7 +408,7 @@ def _current_rungs(
     if missing := [iid for iid in instruction_ids if iid not in current]:
         raise CurriculumError(
             f"curriculum '{curriculum_id}' has no instruction(s) {missing[:_EXAMPLES]}"
-            f"{' ...' if len(missing) > _EXAMPLES else ''} ({len(missing)} unknown in this step)"
+            f"{' ...' if len(missing) > _EXAMPLES else ''} ({len(missing)} unknown)"
         )
     return current
 

@@ -156,6 +156,9 @@ def test_one_rung_per_step_top_stays_and_stale_outcomes_do_not_promote(store):
     ]
     assert cur.apply_step("run", 4, [outcome("a", 2, [1.0])]) == []  # top rung stays
     assert cur.state("run") == {"a": 2, "b": 1, "c": 0}
+    assert cur.state("run", ["b", "a"]) == {"a": 2, "b": 1}  # a training step reads its batch only
+    with pytest.raises(CurriculumError, match=r"no instruction\(s\) \['zz'\]"):
+        cur.state("run", ["a", "zz"])
     assert cur.last_step("run") == 4
 
 

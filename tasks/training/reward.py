@@ -97,7 +97,7 @@ class WritingRLReward:
 
     async def score(self, step: int, rollouts: Sequence[Rollout]) -> list[RolloutReward]:
         """Judge every rollout of `step` concurrently, against the rung current right now."""
-        state = self.store.state(self.curriculum_id)
+        state = self.store.state(self.curriculum_id, {r.instruction_id for r in rollouts})
         with self._lock:  # several reward calls in one step (gradient accumulation): number on
             base = len(self._pending[step])
         rollouts = [Rollout(r.instruction_id, base + i, r.text) for i, r in enumerate(rollouts)]

@@ -24,6 +24,11 @@ inside a concurrent batch). Kinds:
     "malformed"   200 with valid JSON missing the fields that matter (choices / content)
     "garbage"     200 labelled application/json whose body is an HTML error page
     "reset"       drop the connection with a TCP RST and no response at all
+    "text"        a well-formed 200 whose reply text is the fault's `message` (a judge reply with
+                  no verdict, say)
+
+`reply_text(body) -> str`, if given, replaces the canned reply's text for every successful reply
+(a judge that answers in its format; the fault drill derives a verdict from the prompt).
 
 "reset" reaches the socket through uvicorn's per-request cycle object (`send.__self__.transport`),
 an implementation detail of uvicorn's h11 protocol (pinned here with `http="h11"`); should a future
@@ -55,7 +60,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +70,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-FAULT_KINDS = ("ok", "hang", "truncated", "malformed", "garbage", "reset")
+FAULT_KINDS = ("ok", "hang", "truncated", "malformed", "garbage", "reset", "text")
 _TRANSPORT_KEY = "fault_server.transport"  # scope key: the connection's asyncio transport (for "reset")
 
 
@@ -75,7 +80,7 @@ class Fault:
 
     kind: str
     retry_after: float | None = None  # status faults: send `Retry-After: <this>` (seconds)
-    message: str | None = None  # status faults: the error message in the body
+    message: str | None = None  # status faults: the error message in the body; "text": the reply
     hang_s: float | None = None  # "hang": overrides the server's hang_s
 
     def __post_init__(self) -> None:
@@ -126,6 +131,7 @@ class FaultServer:
         requests_per_minute: int | None = None,
         rate_window_s: float = 60.0,
         hang_s: float = 30.0,
+        reply_text: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         self.latency_s = latency_s
         self.requests_per_minute = requests_per_minute
@@ -133,6 +139,7 @@ class FaultServer:
         # 1 s admits requests_per_minute / 60 per second (the throughput benchmark uses that).
         self.rate_window_s = rate_window_s
         self.hang_s = hang_s
+        self.reply_text = reply_text
         self.triggers = {marker: as_fault(f) for marker, f in (triggers or {}).items()}
         self._state = _State(script=collections.deque(as_fault(f) for f in faults))
         self._lock = threading.Lock()
@@ -322,6 +329,12 @@ class FaultServer:
             if extra:
                 return _error(api, 400, f"{extra[0]}: Extra inputs are not permitted", {})
         reply = _openai_reply(body) if api == "openai" else _anthropic_reply(body)
+        text = fault.message if fault.kind == "text" else self.reply_text(body) if self.reply_text else None
+        if text is not None:
+            if api == "openai":
+                reply["choices"][0]["message"]["content"] = text
+            else:
+                reply["content"][0]["text"] = text
         if fault.kind == "malformed":
             keep = (
                 ("id", "object", "model", "created") if api == "openai" else ("id", "type", "role", "model")

@@ -92,6 +92,25 @@ def test_one_rung_per_step_and_every_rollout_of_a_step_sees_the_same_rung(tmp_pa
     assert storage.curriculum.state("c") == {"i1": 2, "i2": 2}  # the top rung stays the top
 
 
+def test_the_rungs_kept_in_memory_follow_promotions_and_restores_and_match_the_store(tmp_path, monkeypatch):
+    reward, client, storage = _reward(tmp_path)
+    _step(reward, 1, [("i1", "GOODX"), ("i2", "BADX")])
+    storage.curriculum.snapshot("c", 1)
+    _step(reward, 2, [("i1", "GOODX"), ("i2", "GOODX")])
+    assert reward.current_rungs() == storage.curriculum.state("c") == {"i1": 2, "i2": 1}
+    # A step reads no rung from the store: one transaction per step.
+    monkeypatch.setattr(type(storage.curriculum), "state", lambda *a, **k: pytest.fail("store read"))
+    _step(reward, 3, [("i2", "GOODX")])
+    monkeypatch.undo()
+    assert reward.current_rungs() == storage.curriculum.state("c") == {"i1": 2, "i2": 2}
+    # Back to the checkpoint of step 1: the next step is judged against the restored rungs.
+    assert reward.restore(1) == {"i1": 1, "i2": 0}
+    client.references.clear()
+    _step(reward, 2, [("i1", "BADX"), ("i2", "BADX")])
+    assert client.references == ["ref-1", "ref-0"]
+    assert reward.current_rungs() == storage.curriculum.state("c") == {"i1": 1, "i2": 0}
+
+
 def test_the_trl_adapter_labels_the_step_being_trained_and_returns_none_for_failures(tmp_path):
     class State:
         global_step = 4  # TRL's counter before the step: rollouts belong to step 5

@@ -92,12 +92,16 @@ class WritingRLReward:
         self.seed, self.think_format = seed, think_format
         self._pending: dict[int, list[RolloutReward]] = defaultdict(list)
         self._lock = threading.Lock()
+        # The curriculum's rungs, read from the store once (after any restore) and then kept in step
+        # with the promotions this object applies: one training process owns its curriculum, so a
+        # step costs one transaction, not a read and a transaction (docs/benchmarks.md).
+        self._rungs: dict[str, int] | None = None
 
     # -- judging ------------------------------------------------------------------------------
 
     async def score(self, step: int, rollouts: Sequence[Rollout]) -> list[RolloutReward]:
         """Judge every rollout of `step` concurrently, against the rung current right now."""
-        state = self.store.state(self.curriculum_id, {r.instruction_id for r in rollouts})
+        state = self.current_rungs()
         with self._lock:  # several reward calls in one step (gradient accumulation): number on
             base = len(self._pending[step])
         rollouts = [Rollout(r.instruction_id, base + i, r.text) for i, r in enumerate(rollouts)]
@@ -105,6 +109,19 @@ class WritingRLReward:
         with self._lock:
             self._pending[step].extend(results)
         return list(results)
+
+    def current_rungs(self) -> dict[str, int]:
+        with self._lock:
+            if self._rungs is None:
+                self._rungs = self.store.state(self.curriculum_id)
+            return dict(self._rungs)
+
+    def restore(self, step: int) -> dict[str, int]:
+        """Put the curriculum back to checkpoint `step` (store and in-memory rungs alike)."""
+        state = self.store.restore(self.curriculum_id, step)
+        with self._lock:
+            self._rungs = dict(state)
+        return state
 
     def _rung_for(self, step: int, rollout: Rollout, state: dict[str, int]) -> int:
         item = self.items[rollout.instruction_id]
@@ -178,6 +195,8 @@ class WritingRLReward:
         outcomes = self.step_outcomes(step)
         promotions = self.store.apply_step(self.curriculum_id, step, outcomes)
         with self._lock:
+            if self._rungs is not None:
+                self._rungs.update({p.instruction_id: p.rung_after for p in promotions})
             judged = self._pending.pop(step, [])
             # Anything older was never finished (a step that produced no optimiser update): drop it.
             for stale in [s for s in self._pending if s < step]:

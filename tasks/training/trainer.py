@@ -168,13 +168,13 @@ def run_training(
     resumed_from = None
     if checkpoint is not None:
         path, step = checkpoint
-        reward.store.restore(reward.curriculum_id, step)
+        reward.restore(step)
         forget_after(step)
         resumed_from = step
         logger.info("train: resuming from %s (curriculum restored to step %d)", path, step)
     elif reward.store.last_step(reward.curriculum_id) is not None:
         # Killed before its first checkpoint: start over from the initial curriculum (snapshot 0).
-        reward.store.restore(reward.curriculum_id, 0)
+        reward.restore(0)
         forget_after(0)
     peft_config = None
     if training.lora is not None:

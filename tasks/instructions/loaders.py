@@ -85,6 +85,9 @@ def register_loader(name: str) -> Callable[[Loader], Loader]:
 def load_instructions(cfg: DataConfig) -> list[Instruction]:
     """Load, validate (raising `InstructionDataError` listing every bad row), then keep the first `limit`."""
     rows = LOADERS[cfg.format](cfg)
+    if not rows:  # an empty file or folder would otherwise run every stage on nothing
+        where = str(cfg.path) if cfg.path is not None else cfg.format
+        raise InstructionDataError(where, [RowProblem(where, "rows", "no instructions (the input is empty)")])
     return rows[: cfg.limit] if cfg.limit is not None else rows
 
 

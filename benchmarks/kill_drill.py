@@ -62,13 +62,10 @@ def _start(recipe: Path, calls: Path, stage: str) -> subprocess.Popen:
 
 
 def _persisted(storage, stage: str) -> int:
-    kind = "next_token_logprobs" if stage == "score" else None
+    """Completed calls of `stage` in the response cache (judge probes, or generations)."""
+    probe = "= 'next_token_logprobs'" if stage == "score" else "!= 'next_token_logprobs'"
     with storage.catalog.connect() as con:
-        if kind:
-            sql = "SELECT count(*) FROM llm_responses WHERE finish_reason = 'next_token_logprobs'"
-        else:
-            sql = "SELECT count(*) FROM llm_responses WHERE finish_reason != 'next_token_logprobs'"
-        return con.execute(sql).fetchone()[0]
+        return con.execute(f"SELECT count(*) FROM llm_responses WHERE finish_reason {probe}").fetchone()[0]
 
 
 def _calls(path: Path, stage: str) -> int:

@@ -32,7 +32,7 @@ from tasks.evaluation.report import (
 )
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.stages import evaluate as evaluate_stage
-from tasks.stages.publish import artifact_link, producer_link
+from tasks.stages.publish import artifact_link, producer_links
 from tasks.stages.runner import StageResult
 
 
@@ -157,9 +157,10 @@ def _publish(report: dict[str, Any], recipe: str, storage: Storage, rows: list[d
     for train_run_id, plot in report["plots"].items():
         keys.append(image_artifact(plot["path"], artifact_key(recipe, "steps", section="evaluation"),
                                    f"benchmark scores over the steps of {train_run_id}"))  # fmt: skip
+    links = producer_links(storage, [DatasetRef.parse(r["items_ref"]) for r in rows])
     pairs = ["| candidate | benchmark | items | scored by |", "|---|---|---|---|"]
     pairs += [f"| {r['candidate']} | {r['benchmark']} | `{r['items_ref']}` | "
-              f"{producer_link(storage, DatasetRef.parse(r['items_ref']))} |" for r in rows]  # fmt: skip
+              f"{links[DatasetRef.parse(r['items_ref'])]} |" for r in rows]  # fmt: skip
     markdown = "\n\n".join([
         report["markdown"],
         "**Report artifacts**: " + ", ".join(artifact_link(k) for k in keys),

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from storage import DatasetRef, Storage
 from tasks.curation.report import curation_report, plot_curation_report
-from tasks.stages.publish import artifact_link, producer_link
+from tasks.stages.publish import artifact_link, producer_links
 from tasks.training.report import plot_training_report, training_report
 
 REPORTED_DATASETS = (
@@ -161,13 +161,12 @@ def _markdown_summary(
                      f"final rungs {training['final_rungs']}.")  # fmt: skip
     lines.append(f"**Failures**: {report['failures']['total']} {report['failures']['by_stage']}.")
     lines.append("**Report artifacts**: " + ", ".join(artifact_link(k) for k in artifact_keys))
+    links = producer_links(storage, [DatasetRef.parse(ref) for s in stages for ref in s["outputs"].values()])
     rows = ["| stage | run | output | written by |", "|---|---|---|---|"]
     for stage in stages:
         how = "cache hit" if stage["cached"] else f"computed, {stage['elapsed_s']} s"
         for ref in stage["outputs"].values():
-            rows.append(
-                f"| {stage['stage']} | {how} | `{ref}` | {producer_link(storage, DatasetRef.parse(ref))} |"
-            )
+            rows.append(f"| {stage['stage']} | {how} | `{ref}` | {links[DatasetRef.parse(ref)]} |")
     lines.append("**Stages** (each output linked to the task run that wrote it; its `stage-<name>` "
                  "artifact lists its inputs, config hash and judge):\n\n" + "\n".join(rows))  # fmt: skip
     files = [report.get("plot"), (training or {}).get("plot")]

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,21 +281,21 @@ class Catalog:
                 [ref.name, ref.version, num_rows, stage_run_id],
             )
 
-    def producer(self, ref: DatasetRef) -> dict[str, Any] | None:
-        """The stage run that wrote `ref`, with its Prefect flow and task run ids (None for data
-        written outside a stage, or a version the catalog does not know)."""
+    def producers(self, refs: Iterable[DatasetRef]) -> dict[DatasetRef, dict[str, Any]]:
+        """The stage run that wrote each of `refs`, with its Prefect flow and task run ids, in one
+        query. Versions written outside a stage, or unknown to the catalog, are left out."""
+        wanted = list(dict.fromkeys(refs))
+        if not wanted:
+            return {}
+        names = ("stage_run_id", "stage", "prefect_flow_run_id", "prefect_task_run_id")
         with self.connect("lineage lookup") as con:
-            row = con.execute(
-                "SELECT s.stage_run_id, s.stage, s.prefect_flow_run_id, s.prefect_task_run_id"
-                " FROM dataset_versions d JOIN stage_runs s USING (stage_run_id)"
-                " WHERE d.dataset = ? AND d.version = ?",
-                [ref.name, ref.version],
-            ).fetchone()
-        if row is None:
-            return None
-        return dict(
-            zip(("stage_run_id", "stage", "prefect_flow_run_id", "prefect_task_run_id"), row, strict=True)
-        )
+            rows = con.execute(
+                "SELECT d.dataset, d.version, s.stage_run_id, s.stage, s.prefect_flow_run_id,"
+                " s.prefect_task_run_id FROM (SELECT unnest(?) AS dataset, unnest(?) AS version) w"
+                " JOIN dataset_versions d USING (dataset, version) JOIN stage_runs s USING (stage_run_id)",
+                [[r.name for r in wanted], [r.version for r in wanted]],
+            ).fetchall()
+        return {DatasetRef(row[0], int(row[1])): dict(zip(names, row[2:], strict=True)) for row in rows}
 
 
 def _insert_links(

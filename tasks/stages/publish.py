@@ -10,8 +10,7 @@ server keeps them in its event feed.
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
     from tasks.stages.runner import StageResult
 
 MATERIALIZED_BY = "writing-rl"
-log = logging.getLogger(__name__)
 
 
 def publish_stage_run(
@@ -58,11 +56,12 @@ def stage_markdown(
     judge = describe_judge(config)
     if judge:
         lines += ["", f"judge: `{judge}`"]
+    links = producer_links(storage, [*inputs.values(), *(result.outputs.values() if result.cached else ())])
     lines += ["", "| | dataset | written by |", "|---|---|---|"]
     for role, ref in inputs.items():
-        lines.append(f"| input ({_cell(role)}) | `{ref}` | {producer_link(storage, ref)} |")
+        lines.append(f"| input ({_cell(role)}) | `{ref}` | {links[ref]} |")
     for role, ref in result.outputs.items():
-        written_by = producer_link(storage, ref) if result.cached else "this run"
+        written_by = links[ref] if result.cached else "this run"
         lines.append(f"| output ({_cell(role)}) | `{ref}` | {written_by} |")
     if result.summary:
         lines += ["", "| count | value |", "|---|---|"]
@@ -110,17 +109,25 @@ def _asset_resource(storage: Storage, ref: DatasetRef) -> dict[str, str]:
     return {"prefect.resource.id": asset_key(storage, ref), "prefect.resource.name": ref.name}
 
 
-def producer_link(storage: Storage, ref: DatasetRef) -> str:
-    """Markdown: the stage run that wrote `ref`, linked to its Prefect task run (or flow run)."""
-    producer = storage.catalog.producer(ref)
-    if producer is None:
-        return "-"
-    label = f"{producer['stage']} · stage run {producer['stage_run_id'][:8]}"
-    if producer["prefect_task_run_id"]:
-        return f"[{label}]({_ui_base()}/runs/task-run/{producer['prefect_task_run_id']})"
-    if producer["prefect_flow_run_id"]:
-        return f"[{label}]({_ui_base()}/runs/flow-run/{producer['prefect_flow_run_id']})"
-    return label  # written outside Prefect (`wrl stage` with no run context)
+def producer_links(storage: Storage, refs: Iterable[DatasetRef]) -> dict[DatasetRef, str]:
+    """Markdown per ref: the stage run that wrote it, linked to its Prefect task run (or flow run).
+    One catalog query for all of them."""
+    refs = list(refs)
+    producers, ui = storage.catalog.producers(refs), _ui_base()
+    links = {}
+    for ref in refs:
+        producer = producers.get(ref)
+        if producer is None:
+            links[ref] = "-"
+            continue
+        label = f"{producer['stage']} · stage run {producer['stage_run_id'][:8]}"
+        if producer["prefect_task_run_id"]:
+            links[ref] = f"[{label}]({ui}/runs/task-run/{producer['prefect_task_run_id']})"
+        elif producer["prefect_flow_run_id"]:
+            links[ref] = f"[{label}]({ui}/runs/flow-run/{producer['prefect_flow_run_id']})"
+        else:  # written outside Prefect (`wrl stage` with no run context)
+            links[ref] = label
+    return links
 
 
 def artifact_link(key: str) -> str:

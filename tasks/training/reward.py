@@ -27,7 +27,7 @@ import statistics
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +101,7 @@ class WritingRLReward:
 
     async def score(self, step: int, rollouts: Sequence[Rollout]) -> list[RolloutReward]:
         """Judge every rollout of `step` concurrently, against the rung current right now."""
-        state = self.current_rungs()
+        state = self.current_rungs({r.instruction_id for r in rollouts})
         with self._lock:  # several reward calls in one step (gradient accumulation): number on
             base = len(self._pending[step])
         rollouts = [Rollout(r.instruction_id, base + i, r.text) for i, r in enumerate(rollouts)]
@@ -110,11 +110,14 @@ class WritingRLReward:
             self._pending[step].extend(results)
         return list(results)
 
-    def current_rungs(self) -> dict[str, int]:
+    def current_rungs(self, instruction_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Instruction -> current rung: every instruction's, or those of `instruction_ids`."""
         with self._lock:
             if self._rungs is None:
                 self._rungs = self.store.state(self.curriculum_id)
-            return dict(self._rungs)
+            if instruction_ids is None:
+                return dict(self._rungs)
+            return {iid: self._rungs[iid] for iid in instruction_ids}
 
     def restore(self, step: int) -> dict[str, int]:
         """Put the curriculum back to checkpoint `step` (store and in-memory rungs alike)."""

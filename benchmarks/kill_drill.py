@@ -1,4 +1,4 @@
-"""Kill drill: SIGKILL a generation or scoring process at random points, rerun, compare.
+"""Kill drill: SIGKILL a generation, scoring or training process at random points, rerun, compare.
 
 For each stage, one uninterrupted run on a fresh store gives the expected rows and the number of
 LLM calls. Then, for each of POINTS random kill points (seeded), a fresh store: the worker
@@ -11,14 +11,29 @@ land before the first call, mid-stage or while the output is written), after a f
 - no duplicates and no lost rows;
 - calls made after the kill == N - calls persisted before it (no completed call repeated).
 
-    .venv/bin/python benchmarks/kill_drill.py                       # 10 points each, ~8 minutes
+Training (`--stage train`): the worker (tests/support/train_worker.py) runs the curation and then
+TRAIN_STEPS GRPO steps on the tiny model, checkpointing every 2 steps, and logs every judge call
+of the train stage. The kill lands after the K-th judge call started (K uniform in 1..N) plus a
+random 0-1500 ms, so anywhere in training: before the first checkpoint, between two, while one is
+written, or while the final model is saved. The rerun resumes from the newest checkpoint and the
+drill checks:
+
+- the curriculum history, the per-rollout judgments (rung, verdict, reward) and the final rungs
+  equal the uninterrupted run's, with every step recorded once;
+- the final policy's weights are bit-identical to the uninterrupted run's;
+- judge calls after the kill == N - judge calls persisted before it (the steps redone after the
+  checkpoint sample the same rollouts, and their judgments come back from the response cache).
+
+    .venv/bin/python benchmarks/kill_drill.py                       # 10 points each, ~25 minutes
     .venv/bin/python benchmarks/kill_drill.py --points 3 --stage score
 
-The tests in tests/test_kill_resume.py are the CI sample of this drill (one point per stage).
+The tests in tests/test_kill_resume.py (generation, scoring) and tests/test_training_resume.py
+(training) are the CI sample of this drill (one point per stage).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -41,6 +56,7 @@ from tests.support.tiny_model import build_tiny_llama
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = 12
+TRAIN_STEPS = 6
 
 
 def _recipe(root: Path, model: Path, stage: str) -> Path:
@@ -69,7 +85,8 @@ def _persisted(storage, stage: str) -> int:
 
 
 def _calls(path: Path, stage: str) -> int:
-    kind = "probe " if stage == "score" else "chat "
+    """Calls that reached the backend (the train worker logs only the train stage's judge calls)."""
+    kind = {"score": ("probe ",), "generate": ("chat ",), "train": ("probe ", "chat ")}[stage]
     return sum(1 for line in path.read_text().splitlines() if line.startswith(kind)) if path.exists() else 0
 
 
@@ -92,22 +109,122 @@ def _complete(recipe: Path, calls: Path, stage: str) -> str:
     return out
 
 
+# -- training ------------------------------------------------------------------------------------
+
+
+def _start_train(recipe: Path, calls: Path) -> subprocess.Popen:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.train_worker", str(recipe), "0", str(calls)],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _train_persisted(storage) -> int:
+    """Completed judge calls of the train stage in the response cache."""
+    try:
+        with storage.catalog.connect() as con:
+            return con.execute(
+                "SELECT count(*) FROM llm_responses JOIN stage_runs USING (stage_run_id) WHERE stage = 'train'"
+            ).fetchone()[0]
+    except Exception:  # the catalog is not created yet
+        return 0
+
+
+def _training_result(storage, out: str) -> dict[str, object]:
+    """What a finished training leaves: history, judgments, final rungs, weights digest."""
+    summary = json.loads(out.strip().splitlines()[-1])
+    with storage.catalog.connect() as con:
+        (curriculum_id,) = con.execute("SELECT curriculum_id FROM curricula").fetchone()
+        history = con.execute(
+            "SELECT step, instruction_id, rung_judged, rung_before, rung_after, wins, ties, losses, failures, "
+            "mean_reward, promoted FROM curriculum_history WHERE curriculum_id = ? ORDER BY step, instruction_id",
+            [curriculum_id],
+        ).fetchall()
+        judgments = con.execute(
+            "SELECT step, sample_index, instruction_id, rung, reward, judge_reward, verdict, error, "
+            "completion_chars FROM train_judgments WHERE train_run_id = ? ORDER BY step, sample_index",
+            [curriculum_id],
+        ).fetchall()
+    keys = [(r[0], r[1]) for r in judgments]
+    assert len(keys) == len(set(keys)), "duplicate judgments"
+    digest = hashlib.sha256()
+    for weights in sorted(Path(summary["model_path"]).glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    return {"history": history, "judgments": judgments, "final_rungs": summary["final_rungs"],
+            "steps": summary["steps"], "weights": digest.hexdigest()}  # fmt: skip
+
+
+def _complete_train(recipe: Path, calls: Path) -> str:
+    done = _start_train(recipe, calls)
+    out, err = done.communicate(timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"training run failed: {err[-3000:]}")
+    return out
+
+
+def train_drill(points: int, rng: random.Random, model: Path) -> int:
+    """The training kill points; prints one row each and returns the number that failed."""
+    from tests.test_training import train_recipe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        recipe = Path(train_recipe(root, model, max_steps=TRAIN_STEPS))
+        expected = _training_result(
+            open_storage(load_recipe(recipe).storage), _complete_train(recipe, root / "calls")
+        )
+        total = _calls(root / "calls", "train")
+    failures = 0
+    for point in range(1, points + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            recipe = Path(train_recipe(root, model, max_steps=TRAIN_STEPS))
+            storage = open_storage(load_recipe(recipe).storage)
+            calls = root / "calls"
+            k, extra_ms = rng.randint(1, total), rng.randint(0, 1500)
+            worker = _start_train(recipe, calls)
+            while worker.poll() is None and _calls(calls, "train") < k:
+                time.sleep(0.01)
+            time.sleep(extra_ms / 1000)
+            finished_first = worker.poll() is not None
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=30)
+            persisted, before = _train_persisted(storage), _calls(calls, "train")
+            checkpoints = sorted(
+                int(p.name.split("-")[1]) for p in (root / "store" / "training").glob("*/checkpoint-*")
+            )
+            result = _training_result(storage, _complete_train(recipe, calls))
+            after = _calls(calls, "train") - before
+            same = {key: result[key] == expected[key] for key in expected}
+            ok = all(same.values()) and after == total - persisted
+            failures += not ok
+            verdict = ("ok" if ok else "FAILED " + ", ".join(k for k, v in same.items() if not v)) + (
+                " (finished before the kill)" if finished_first else ""
+            )
+            print(f"| train | {point} | {k} | {extra_ms} | {persisted} (checkpoint {max(checkpoints, default='-')}) "
+                  f"| {after} | {total - persisted} | {all(same.values())} | {verdict} |", flush=True)  # fmt: skip
+    return failures
+
+
 def main(
     points: Annotated[int, typer.Option(help="Kill points per stage.")] = 10,
     stage: Annotated[
-        list[str] | None, typer.Option(help="generate or score (repeatable; default both).")
+        list[str] | None, typer.Option(help="generate, score or train (repeatable; default all three).")
     ] = None,
     seed: int = 0,
 ) -> None:
-    stages = stage or ["generate", "score"]
+    stages = stage or ["generate", "score", "train"]
     rng = random.Random(seed)
     model = build_tiny_llama(Path(tempfile.mkdtemp(prefix="drill-model-")))
     print(
-        "| stage | point | kill after K persisted | +ms | persisted at kill | calls after | expected | rows equal | result |"
+        "| stage | point | kill after K calls (persisted; train: started) | +ms | persisted at kill | calls after | expected | rows equal | result |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     failures = 0
     for name in stages:
+        if name == "train":
+            failures += train_drill(points, rng, model)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "baseline"
             root.mkdir()

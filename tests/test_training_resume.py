@@ -1,14 +1,17 @@
 """SIGKILL a training process after a checkpoint, then run again: it resumes from the newest
-checkpoint with the curriculum exactly as it was at that checkpoint, not as it was at the kill."""
+checkpoint with the curriculum exactly as it was at that checkpoint, not as it was at the kill,
+and ends where an uninterrupted run ends (same judgments, same weights)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from configs.loading import load_recipe
 from storage import open_storage
@@ -29,10 +32,24 @@ def _rows(storage, sql, params=()):
         return con.execute(sql, list(params)).fetchall()
 
 
+def _judgments(storage):
+    return _rows(storage, "SELECT step, sample_index, instruction_id, rung, verdict, reward, completion_chars "
+                          "FROM train_judgments ORDER BY step, sample_index")  # fmt: skip
+
+
+def _weights_digest(summary) -> str:
+    digest = hashlib.sha256()
+    for weights in sorted(Path(summary["model_path"]).glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()
+
+
 def test_training_killed_after_a_checkpoint_resumes_with_that_checkpoints_curriculum(
     tiny_model_dir, tmp_path
 ):
-    recipe_path = train_recipe(tmp_path, tiny_model_dir, max_steps=6)
+    for run in ("killed", "uninterrupted"):
+        (tmp_path / run).mkdir()
+    recipe_path = train_recipe(tmp_path / "killed", tiny_model_dir, max_steps=6)
     storage = open_storage(load_recipe(recipe_path).storage)
 
     first = _start(recipe_path, delay=1.5)
@@ -89,3 +106,36 @@ def test_training_killed_after_a_checkpoint_resumes_with_that_checkpoints_curric
     for _, iid, before, after in history:
         assert before == last.get(iid, 0)
         last[iid] = after
+
+    # The resumed run ends where an uninterrupted one does: same prompts, rollouts and judgments
+    # for every step, and the same final weights (bit for bit).
+    reference_path = train_recipe(tmp_path / "uninterrupted", tiny_model_dir, max_steps=6)
+    reference = _start(reference_path)
+    out, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-3000:]
+    reference_storage = open_storage(load_recipe(reference_path).storage)
+    assert _judgments(storage) == _judgments(reference_storage)
+    assert _weights_digest(summary) == _weights_digest(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_a_resumed_run_draws_each_epochs_prompts_in_the_uninterrupted_runs_order():
+    """TRL's sampler draws each epoch's order from one generator seeded once: a run resumed in
+    epoch 2 would draw epoch 0's order. Epoch-seeded, the order depends on the epoch alone."""
+    from trl.trainer.utils import RepeatSampler
+
+    from tasks.training.trainer import epoch_seeded
+
+    def sampler():
+        return epoch_seeded(RepeatSampler(list(range(7)), mini_repeat_count=2, batch_size=3, seed=42))
+
+    uninterrupted = sampler()
+    orders = []
+    for epoch in range(3):
+        uninterrupted.set_epoch(epoch)
+        orders.append(list(uninterrupted))
+    assert orders[0] != orders[1] != orders[2]  # still shuffled per epoch
+    resumed = sampler()
+    resumed.set_epoch(2)
+    assert list(resumed) == orders[2]
+    first = RepeatSampler(list(range(7)), mini_repeat_count=2, batch_size=3, seed=42)
+    assert list(first) == orders[0]  # epoch 0 is TRL's own order

@@ -128,6 +128,38 @@ class CurriculumCallback:
         return _Callback()
 
 
+def epoch_seeded(sampler: Any) -> Any:
+    """Makes a sampler's order a function of (seed, epoch), so a resumed run trains on the same
+    prompts as the run it continues.
+
+    TRL's RepeatSampler draws every epoch's permutation from one generator seeded once. A run
+    resumed in epoch e starts that generator afresh and draws epoch 0's order for epoch e: it then
+    trains on other prompts than the killed run would have (found by the training kill drill,
+    docs/reliability.md). The Trainer calls `set_epoch(epoch)` before each epoch (through
+    accelerate's DataLoaderShard), and reseeding there makes the order depend on the epoch alone,
+    as torch's DistributedSampler does. Epoch 0's order is unchanged."""
+    generator, seed = getattr(sampler, "generator", None), getattr(sampler, "seed", None)
+    if generator is None or seed is None or hasattr(sampler, "set_epoch"):
+        return sampler
+
+    def set_epoch(epoch: int) -> None:
+        generator.manual_seed(seed + epoch)
+
+    sampler.set_epoch = set_epoch
+    return sampler
+
+
+def resumable(trainer_class: type) -> type:
+    """`trainer_class` with an epoch-seeded prompt order (see `epoch_seeded`)."""
+
+    class Resumable(trainer_class):
+        def _get_train_sampler(self, dataset=None):
+            return epoch_seeded(super()._get_train_sampler(dataset))
+
+    Resumable.__name__ = Resumable.__qualname__ = trainer_class.__name__
+    return Resumable
+
+
 def validate_training(training: TrainingConfig, world_sizes: tuple[int, ...] = (1,)) -> list[str]:
     """Problems that would stop this training block at launch, for each world size (empty: none).
     Builds TRL's own config, so TRL's checks (group size vs batch, vLLM settings) run here too."""
@@ -184,7 +216,7 @@ def run_training(
             r=training.lora.r, lora_alpha=training.lora.alpha, lora_dropout=training.lora.dropout,
             target_modules=list(training.lora.target_modules), task_type="CAUSAL_LM",
         )  # fmt: skip
-    trainer_class = GRPOTrainer if training.algorithm == "grpo" else RLOOTrainer
+    trainer_class = resumable(GRPOTrainer if training.algorithm == "grpo" else RLOOTrainer)
     trainer = trainer_class(
         model=model_path,
         reward_funcs=[reward.as_trl_reward()],

@@ -10,6 +10,7 @@ line printed is the reference of the stage's main output.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -23,9 +24,11 @@ def _log(calls_file: str, kind: str, messages) -> None:
         fh.write(f"{kind} " + messages[-1]["content"][:40].replace("\n", " ") + "\n")
 
 
-def main(recipe_path: str, calls_file: str, until: str = "generate", probe_delay_s: str = "0") -> None:
+def log_calls(calls_file: str, probe_delay_s: float = 0.0) -> None:
+    """From now on, every client the stages create logs each call that reaches the backend."""
     real = runner.create_client
-    one_probe_at_a_time = asyncio.Semaphore(1)
+    # Serialised only when held (the training reward judges on loops of its own).
+    one_probe_at_a_time = asyncio.Semaphore(1) if probe_delay_s else contextlib.nullcontext()
 
     def logged(recipe, backend, model):
         client = real(recipe, backend, model)
@@ -39,7 +42,7 @@ def main(recipe_path: str, calls_file: str, until: str = "generate", probe_delay
             async with one_probe_at_a_time:
                 _log(calls_file, "probe", messages)
                 result = await inner_probe(messages, candidates)
-                await asyncio.sleep(float(probe_delay_s))
+                await asyncio.sleep(probe_delay_s)
                 return result
 
         client.chat = chat
@@ -48,6 +51,10 @@ def main(recipe_path: str, calls_file: str, until: str = "generate", probe_delay
         return client
 
     runner.create_client = logged
+
+
+def main(recipe_path: str, calls_file: str, until: str = "generate", probe_delay_s: str = "0") -> None:
+    log_calls(calls_file, float(probe_delay_s))
     recipe = load_recipe(recipe_path)
     instructions = runner.run_stage(ingest.SPEC, ingest.compute, recipe)
     generated = runner.run_stage(generate.SPEC, generate.compute, recipe, instructions.outputs)

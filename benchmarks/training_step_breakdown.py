@@ -1,0 +1,168 @@
+"""Where a training step's time goes: generation, judging, the other forward passes, backward.
+
+Runs the recipe's stages in this process (curation first, then stage 5, train) with timers around
+TRL's GRPOTrainer methods, one row per optimisation step:
+- generation: `_generate` (tokenising the prompts, sampling the group's rollouts);
+- judging: `_calculate_rewards` (the Writing-RL reward: every judge call of the step);
+- logprobs + advantages: the rest of `_generate_and_score_completions` (the old / reference
+  policy's forward passes and the group advantages);
+- loss forward: `compute_loss`; backward: the rest of `training_step` (the loss's backward);
+- optimizer + bookkeeping: the rest of the step (optimizer step, the curriculum update and its
+  snapshot, logging), from the step's begin to its end callback.
+
+The timers are class-level wrappers on TRL 1.16's methods (the script stops if one is missing), so
+they measure the trainer as `wrl` runs it. The first step is reported apart (warm-up).
+
+    .venv/bin/python benchmarks/training_step_breakdown.py                     # demo recipe, 10 steps
+    .venv/bin/python benchmarks/training_step_breakdown.py --store /tmp/curated --steps 8
+
+`--store` reuses a store whose curation is done (the curation stages are cache hits); the train
+stage must still compute there (a different `--steps` than before gives it a new cache key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+PHASES = (
+    "generation",
+    "judging",
+    "logprobs + advantages",
+    "loss forward",
+    "backward",
+    "optimizer + bookkeeping",
+)
+
+
+class StepClock:
+    """Seconds per phase for the current optimisation step, and the finished steps' rows."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+        self.step_started = 0.0
+        self.rows: list[dict[str, float]] = []
+
+    def timed(self, phase: str, method):
+        def wrapper(trainer, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(trainer, *args, **kwargs)
+            finally:
+                self.current[phase] += time.perf_counter() - started
+
+        return wrapper
+
+    def begin(self) -> None:
+        self.current = defaultdict(float)
+        self.step_started = time.perf_counter()
+
+    def end(self, step: int) -> None:
+        total = time.perf_counter() - self.step_started
+        c = self.current
+        row = {
+            "step": step,
+            "generation": c["_generate"],
+            "judging": c["_calculate_rewards"],
+            "logprobs + advantages": c["_generate_and_score_completions"]
+            - c["_generate"]
+            - c["_calculate_rewards"],
+            "loss forward": c["compute_loss"],
+            "backward": c["training_step"] - c["_generate_and_score_completions"] - c["compute_loss"],
+            "optimizer + bookkeeping": total - c["training_step"],
+            "total": total,
+        }
+        self.rows.append(row)
+
+
+def install(clock: StepClock) -> None:
+    """Wraps GRPOTrainer's methods and adds a step-boundary callback to every trainer built."""
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    for name in ("_generate", "_calculate_rewards", "_generate_and_score_completions", "compute_loss",
+                 "training_step"):  # fmt: skip
+        method = getattr(GRPOTrainer, name, None)
+        if method is None:
+            raise SystemExit(f"GRPOTrainer.{name} is gone (TRL changed): update this benchmark's timers")
+        setattr(GRPOTrainer, name, clock.timed(name, method))
+
+    class Boundaries(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.end(state.global_step)
+
+    init = GRPOTrainer.__init__
+
+    def init_with_clock(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.add_callback(Boundaries())  # after the curriculum callback: its update is in the step
+
+    GRPOTrainer.__init__ = init_with_clock
+
+
+def main(
+    config: Annotated[Path, typer.Option(help="Recipe.")] = PROJECT_ROOT / "configs" / "demo.yaml",
+    steps: Annotated[int, typer.Option(help="Optimisation steps (training.max_steps).")] = 10,
+    store: Annotated[Path | None, typer.Option(help="Store to use (default: a fresh temp dir).")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Recipe override KEY=VALUE.")] = None,
+) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from configs.loading import load_recipe, parse_set_option
+    from flows.cli import _provision_embedded_models
+    from tasks.stages import generate, ingest, order, score, select, train
+    from tasks.stages.runner import run_stage
+
+    clock = StepClock()
+    install(clock)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = (store or Path(tmp) / "store").resolve()
+        base = load_recipe(config)
+        model_cache = (PROJECT_ROOT / base.storage.model_cache).resolve()
+        overrides = {"storage.root": str(root), "storage.model_cache": str(model_cache),
+                     "training.max_steps": steps, **dict(parse_set_option(s) for s in sets or [])}  # fmt: skip
+        recipe = load_recipe(config, overrides)
+        if recipe.training is None or recipe.training.algorithm != "grpo":
+            raise SystemExit(f"{config}: needs a `training:` block with algorithm grpo")
+        _provision_embedded_models(recipe)
+        outputs, stages = {}, []
+        for stage in (ingest, generate, score, select, order, train):
+            result = run_stage(stage.SPEC, stage.compute, recipe, {k: outputs[k] for k in stage.SPEC.inputs})
+            outputs.update(result.outputs)
+            stages.append((stage.SPEC.name, result.cached))
+            status = "cache hit" if result.cached else "computed"
+            print(f"{stage.SPEC.name}: {status} in {result.elapsed_s:.1f} s", file=sys.stderr)
+    if stages[-1][1]:
+        raise SystemExit("the train stage was a cache hit: use a fresh store or another --steps")
+    rows = clock.rows
+    t = recipe.training
+    print(f"recipe {config.name}: policy {recipe.policy.model}, judge {recipe.judge.model} ({recipe.judge.mode}), "
+          f"reward {recipe.reward.kind}/{recipe.reward.position}; {t.batch_size} prompt(s) x {t.num_generations} "
+          f"rollouts, {t.max_response_tokens} new tokens, LoRA {t.lora is not None}, device {t.device}; "
+          f"{os.cpu_count()} CPU cores")  # fmt: skip
+    later = rows[1:] or rows
+    print("| phase | step 1 (s) | steps 2.. mean (s) | share of steps 2.. |")
+    print("|---|---|---|---|")
+    mean_total = statistics.fmean(r["total"] for r in later)
+    for phase in (*PHASES, "total"):
+        mean = statistics.fmean(r[phase] for r in later)
+        print(f"| {phase} | {rows[0][phase]:.2f} | {mean:.2f} | {mean / mean_total:.0%} |")
+    print(json.dumps({"steps": len(rows), "rows": [{k: round(v, 3) for k, v in r.items()} for r in rows]}))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -180,3 +180,22 @@ def test_rloo_full_fine_tuning_trains_too(prefect_harness, tiny_model_dir, tmp_p
     base = dict(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).named_parameters())
     # Full fine-tuning touches every layer type (LoRA only the attention projections).
     assert any("mlp" in n and not torch.equal(p, base[n]) for n, p in trained.named_parameters())
+
+
+def test_a_multi_process_launch_fails_clearly_before_writing_anything(tiny_model_dir, tmp_path, monkeypatch):
+    """torchrun / accelerate launch run the whole flow per rank, and the stage claim would let one
+    rank train while the others wait on it: a deadlock. The stage refuses instead."""
+    from configs.loading import ConfigError
+    from tasks.stages import train
+    from tasks.stages.runner import run_stage
+
+    recipe = load_recipe(train_recipe(tmp_path, tiny_model_dir))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE=2\); multi-process training is not supported"):
+        run_stage(train.SPEC, train.compute, recipe,
+                  {"ladders": DatasetRef("ladders", 0), "instructions": DatasetRef("instructions", 0)})  # fmt: skip
+    storage = open_storage(recipe.storage)
+    with storage.catalog.connect() as con:
+        assert con.execute("SELECT count(*) FROM curricula").fetchone() == (0,)
+        assert con.execute("SELECT status FROM stage_runs").fetchall() == [("failed",)]
+    assert not (storage.root / "training").exists()

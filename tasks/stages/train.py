@@ -31,7 +31,7 @@ from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpe
 from tasks.training.checkpoints import training_run_paths
 from tasks.training.data import train_dataset, training_items
 from tasks.training.reward import WritingRLReward
-from tasks.training.trainer import run_training
+from tasks.training.trainer import run_training, world_size
 
 
 def _reward_judge(recipe: Recipe) -> JudgeConfig | None:
@@ -63,6 +63,16 @@ SPEC = StageSpec(
 
 def compute(ctx: StageContext) -> StageOutput:
     recipe = ctx.recipe
+    if world_size() > 1:
+        # Every rank runs the whole flow, and the train stage's claim lets one rank in at a time:
+        # the first waits in the process group for ranks that wait on its claim (measured with
+        # torchrun on 2 CPU processes). Fail before anything is written.
+        raise ConfigError(
+            f"train: launched as {world_size()} processes (WORLD_SIZE={world_size()}); multi-process "
+            "training is not supported yet (the ranks would deadlock on the stage's claim). Run it as "
+            "one process: one GPU, with TRL's vLLM server mode (`training.vllm_mode: server`) for "
+            "generation on others"
+        )
     if recipe.training is None:
         raise ConfigError(f"recipe '{recipe.name}' has no `training:` block")
     judge = _reward_judge(recipe)

@@ -33,7 +33,6 @@ The tests in tests/test_kill_resume.py (generation, scoring) and tests/test_trai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -52,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support (n
 from configs.loading import load_recipe
 from storage import DatasetRef, open_storage
 from tests.conftest import write_recipe
+from tests.support import train_worker
 from tests.support.tiny_model import build_tiny_llama
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -112,14 +112,6 @@ def _complete(recipe: Path, calls: Path, stage: str) -> str:
 # -- training ------------------------------------------------------------------------------------
 
 
-def _start_train(recipe: Path, calls: Path) -> subprocess.Popen:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.train_worker", str(recipe), "0", str(calls)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
 def _train_persisted(storage) -> int:
     """Completed judge calls of the train stage in the response cache."""
     try:
@@ -133,7 +125,7 @@ def _train_persisted(storage) -> int:
 
 def _training_result(storage, out: str) -> dict[str, object]:
     """What a finished training leaves: history, judgments, final rungs, weights digest."""
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = train_worker.summary_of(out)
     with storage.catalog.connect() as con:
         (curriculum_id,) = con.execute("SELECT curriculum_id FROM curricula").fetchone()
         history = con.execute(
@@ -148,15 +140,12 @@ def _training_result(storage, out: str) -> dict[str, object]:
         ).fetchall()
     keys = [(r[0], r[1]) for r in judgments]
     assert len(keys) == len(set(keys)), "duplicate judgments"
-    digest = hashlib.sha256()
-    for weights in sorted(Path(summary["model_path"]).glob("*.safetensors")):
-        digest.update(weights.read_bytes())
     return {"history": history, "judgments": judgments, "final_rungs": summary["final_rungs"],
-            "steps": summary["steps"], "weights": digest.hexdigest()}  # fmt: skip
+            "steps": summary["steps"], "weights": train_worker.weights_digest(summary["model_path"])}  # fmt: skip
 
 
 def _complete_train(recipe: Path, calls: Path) -> str:
-    done = _start_train(recipe, calls)
+    done = train_worker.start(recipe, calls_file=calls)
     out, err = done.communicate(timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"training run failed: {err[-3000:]}")
@@ -182,7 +171,7 @@ def train_drill(points: int, rng: random.Random, model: Path) -> int:
             storage = open_storage(load_recipe(recipe).storage)
             calls = root / "calls"
             k, extra_ms = rng.randint(1, total), rng.randint(0, 1500)
-            worker = _start_train(recipe, calls)
+            worker = train_worker.start(recipe, calls_file=calls)
             while worker.poll() is None and _calls(calls, "train") < k:
                 time.sleep(0.01)
             time.sleep(extra_ms / 1000)

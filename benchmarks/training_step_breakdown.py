@@ -14,10 +14,12 @@ The timers are class-level wrappers on TRL 1.16's methods (the script stops if o
 they measure the trainer as `wrl` runs it. The first step is reported apart (warm-up).
 
     .venv/bin/python benchmarks/training_step_breakdown.py                     # demo recipe, 10 steps
-    .venv/bin/python benchmarks/training_step_breakdown.py --store /tmp/curated --steps 8
+    .venv/bin/python benchmarks/training_step_breakdown.py --store /tmp/curated --set training.seed=1
 
 `--store` reuses a store whose curation is done (the curation stages are cache hits); the train
-stage must still compute there (a different `--steps` than before gives it a new cache key).
+stage must still compute there (a different `--steps` than before gives it a new cache key). Change
+`training.seed` too: with the seed of an earlier training on that store, the first steps sample
+the same rollouts and their judge calls are response-cache hits (judging then measures ~0 s).
 """
 
 from __future__ import annotations
@@ -124,8 +126,7 @@ def main(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from configs.loading import load_recipe, parse_set_option
     from flows.cli import _provision_embedded_models
-    from tasks.stages import generate, ingest, order, score, select, train
-    from tasks.stages.runner import run_stage
+    from tests.support.train_worker import run_curation, run_train
 
     clock = StepClock()
     install(clock)
@@ -139,15 +140,11 @@ def main(
         if recipe.training is None or recipe.training.algorithm != "grpo":
             raise SystemExit(f"{config}: needs a `training:` block with algorithm grpo")
         _provision_embedded_models(recipe)
-        outputs, stages = {}, []
-        for stage in (ingest, generate, score, select, order, train):
-            result = run_stage(stage.SPEC, stage.compute, recipe, {k: outputs[k] for k in stage.SPEC.inputs})
-            outputs.update(result.outputs)
-            stages.append((stage.SPEC.name, result.cached))
-            status = "cache hit" if result.cached else "computed"
-            print(f"{stage.SPEC.name}: {status} in {result.elapsed_s:.1f} s", file=sys.stderr)
-    if stages[-1][1]:
+        outputs = run_curation(recipe)
+        result = run_train(recipe, outputs)
+    if result.cached:
         raise SystemExit("the train stage was a cache hit: use a fresh store or another --steps")
+    print(f"train: computed in {result.elapsed_s:.1f} s", file=sys.stderr)
     rows = clock.rows
     t = recipe.training
     print(f"recipe {config.name}: policy {recipe.policy.model}, judge {recipe.judge.model} ({recipe.judge.mode}), "

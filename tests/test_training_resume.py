@@ -4,27 +4,14 @@ and ends where an uninterrupted run ends (same judgments, same weights)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from configs.loading import load_recipe
 from storage import open_storage
-from tests.conftest import PROJECT_ROOT
+from tests.support.train_worker import start as _start
+from tests.support.train_worker import summary_of, weights_digest
 from tests.test_training import train_recipe
-
-
-def _start(recipe, delay=0.0):
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.train_worker", str(recipe), str(delay)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
 
 
 def _rows(storage, sql, params=()):
@@ -37,13 +24,6 @@ def _judgments(storage):
                           "FROM train_judgments ORDER BY step, sample_index")  # fmt: skip
 
 
-def _weights_digest(summary) -> str:
-    digest = hashlib.sha256()
-    for weights in sorted(Path(summary["model_path"]).glob("*.safetensors")):
-        digest.update(weights.read_bytes())
-    return digest.hexdigest()
-
-
 def test_training_killed_after_a_checkpoint_resumes_with_that_checkpoints_curriculum(
     tiny_model_dir, tmp_path
 ):
@@ -52,7 +32,7 @@ def test_training_killed_after_a_checkpoint_resumes_with_that_checkpoints_curric
     recipe_path = train_recipe(tmp_path / "killed", tiny_model_dir, max_steps=6)
     storage = open_storage(load_recipe(recipe_path).storage)
 
-    first = _start(recipe_path, delay=1.5)
+    first = _start(recipe_path, delay_s=1.5)
     deadline = time.monotonic() + 300
     while True:  # wait for checkpoint-2 and at least one step after it
         assert first.poll() is None, first.stderr.read()[-3000:]
@@ -83,7 +63,7 @@ def test_training_killed_after_a_checkpoint_resumes_with_that_checkpoints_curric
     second = _start(recipe_path)
     out, err = second.communicate(timeout=600)
     assert second.returncode == 0, err[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = summary_of(out)
     assert summary["resumed_from"] == resume_step and summary["steps"] == 6
 
     # Steps up to the checkpoint are untouched; the next step started from the snapshot.
@@ -115,7 +95,7 @@ def test_training_killed_after_a_checkpoint_resumes_with_that_checkpoints_curric
     assert reference.returncode == 0, err[-3000:]
     reference_storage = open_storage(load_recipe(reference_path).storage)
     assert _judgments(storage) == _judgments(reference_storage)
-    assert _weights_digest(summary) == _weights_digest(json.loads(out.strip().splitlines()[-1]))
+    assert weights_digest(summary["model_path"]) == weights_digest(summary_of(out)["model_path"])
 
 
 def test_a_resumed_run_draws_each_epochs_prompts_in_the_uninterrupted_runs_order():

@@ -63,12 +63,13 @@ SPEC = StageSpec(
 
 def compute(ctx: StageContext) -> StageOutput:
     recipe = ctx.recipe
-    if world_size() > 1:
+    processes = world_size()
+    if processes > 1:
         # Every rank runs the whole flow, and the train stage's claim lets one rank in at a time:
         # the first waits in the process group for ranks that wait on its claim (measured with
         # torchrun on 2 CPU processes). Fail before anything is written.
         raise ConfigError(
-            f"train: launched as {world_size()} processes (WORLD_SIZE={world_size()}); multi-process "
+            f"train: launched as {processes} processes (WORLD_SIZE={processes}); multi-process "
             "training is not supported yet (the ranks would deadlock on the stage's claim). Run it as "
             "one process: one GPU, with TRL's vLLM server mode (`training.vllm_mode: server`) for "
             "generation on others"

@@ -78,6 +78,7 @@ def run_demo(config: Path, workdir: Path, interval: float) -> tuple[float, float
     output, _ = proc.communicate()
     wall = time.perf_counter() - t0
     sampler.stop()
+    (workdir / f"demo-{started:.0f}.log").write_text(output)  # what the user saw, for the write-up
     if proc.returncode != 0:
         raise SystemExit(f"wrl demo failed ({proc.returncode}):\n{output[-4000:]}")
     return started, time.time(), wall, sampler.samples

@@ -108,6 +108,7 @@ class _BackendBase(StrictModel):
             "timeout_s",
             "max_consecutive_failures",
             "max_batch_size",
+            "prefix_cache_tokens",
         }
     )
 
@@ -135,10 +136,26 @@ class LocalServer(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     startup_timeout_s: float = Field(300.0, gt=0, description="How long loading may take.")
     threads: int | None = Field(
-        None, ge=1, description="CPU threads of the server process (OMP_NUM_THREADS); its default when unset."
+        None,
+        ge=1,
+        description="CPU threads of the server process (OMP_NUM_THREADS); its default when unset. While "
+        "it answers, in-process models on the CPU leave it these cores.",
+    )
+    continuous_batching: bool = Field(
+        True,
+        description="Concurrent requests join one running batch (`transformers serve "
+        "--continuous-batching`); off, the server answers one request at a time.",
+    )
+    cache_tokens: int = Field(
+        8192,
+        ge=256,
+        description="Continuous batching: tokens of KV cache for the requests in flight (prompts and "
+        "answers). Unbounded, transformers sizes it from free memory: 10 GB on a 24 GB CPU machine.",
     )
 
-    OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = frozenset({"startup_timeout_s", "threads"})
+    OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"startup_timeout_s", "threads", "continuous_batching", "cache_tokens"}
+    )
 
 
 class OpenAICompatibleBackend(_BackendBase):
@@ -181,6 +198,13 @@ class TransformersBackend(_BackendBase):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_size: int = Field(8, ge=1, description="Requests generated together in one forward batch.")
     max_concurrency: int = Field(64, ge=1)
+    prefix_cache_tokens: int = Field(
+        4096,
+        ge=0,
+        description="Judge probes (next-token logprobs) that share a prompt prefix compute it once; this "
+        "many tokens of recent prefixes are also kept for later batches (0: within a batch only). "
+        "Values agree with unshared probes to float tolerance.",
+    )
 
 
 class VLLMBackend(_BackendBase):
@@ -214,6 +238,12 @@ class GeneratorConfig(StrictModel):
     backend: str = Field(description="A key of `backends`.")
     model: str = Field(description=f"Model name, local folder, or '{EMBEDDED_MODEL_PREFIX}<name>'.")
     strategy: Literal[STRATEGIES] = "direct"  # type: ignore[valid-type]
+    strategy_options: dict[str, int | float | str] = Field(
+        default_factory=dict,
+        description="The strategy's settings that differ from its defaults, e.g. agentwrite's "
+        "max_sections or fallback_section_words (tasks/generation/strategies.py lists them). Part of "
+        "the generation cache key.",
+    )
     system_prompt: str | None = None
     decoding: Decoding = Decoding()
 

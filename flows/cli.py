@@ -5,9 +5,11 @@ Heavy imports (torch, prefect) happen inside commands so `wrl --help` stays fast
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -61,6 +63,9 @@ def _defaults_for_local_runs() -> None:
     # settings (PREFECT_API_URL for a real server, PREFECT_HOME) win.
     os.environ.setdefault("PREFECT_HOME", str(Path(".wrl/prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for its ephemeral API by default; a cold start (fresh database) took ~19 s on
+    # a slow 2-core machine, so the default could fail a run by chance. Wait up to 2 minutes.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -94,6 +99,7 @@ def _user_errors():
 def _run_flow(
     flow_name: str, config: Path, sets: list[str] | None, refresh: list[str], until: str | None = None
 ) -> dict:
+    api_ready = _start_local_prefect_api()  # first: it starts while we load and check
     recipe, overrides = _load(config, sets)
     if flow_name == "evaluate":
         _check_evaluation(recipe, config)
@@ -102,20 +108,58 @@ def _run_flow(
         if flow_name == "evaluate":
             from flows.evaluate import evaluate_candidates
 
-            return evaluate_candidates(
-                recipe_path=str(config), overrides=overrides or None, refresh=bool(refresh)
-            )
+            with api_ready():
+                return evaluate_candidates(
+                    recipe_path=str(config), overrides=overrides or None, refresh=bool(refresh)
+                )
         if flow_name == "train":
             from flows.train import train_policy
 
-            return train_policy(recipe_path=str(config), overrides=overrides or None, refresh=refresh)
+            with api_ready():
+                return train_policy(recipe_path=str(config), overrides=overrides or None, refresh=refresh)
         from flows.build_dataset import build_dataset
 
-        return build_dataset(
-            recipe_path=str(config), overrides=overrides or None, refresh=refresh, until=until
-        )
+        with api_ready():
+            return build_dataset(
+                recipe_path=str(config), overrides=overrides or None, refresh=refresh, until=until
+            )
     except _user_errors() as exc:
         raise _UserFacingError(str(exc)) from None
+
+
+def _start_local_prefect_api():
+    """Without PREFECT_API_URL, Prefect starts a local API server (a subprocess) on a flow's first
+    call, and the call waits: ~3 s importing Prefect's server code, then ~4 s (warm) to ~11 s (new
+    database) until it answers (measured, 2 cores). Starting it now, in a thread, overlaps that with
+    loading the recipe, checking the model and importing the flow. Returns a context manager to run
+    the flow in: it waits for the server, and turns flow-run heartbeats off, which only a real
+    server's crash detection reads (each flow spent ~0.7 s joining the heartbeat thread)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return contextlib.nullcontext
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()  # the instance the flow's client will find running
+        except BaseException as exc:  # the flow's own start then tries again, and reports
+            failed.append(exc)
+
+    thread = threading.Thread(target=start, name="prefect-local-api", daemon=True)
+    thread.start()
+
+    @contextlib.contextmanager
+    def ready():
+        thread.join()
+        if failed:
+            logging.getLogger(__name__).warning("starting Prefect's local API early failed: %s", failed[0])
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+    return ready
 
 
 FLOWS = ("build-dataset", "train", "evaluate")
@@ -155,6 +199,7 @@ def evaluate(
 ) -> None:
     """Evaluate the recipe's candidates on its benchmarks and print the comparison table.
     Pairs evaluated before (same model, benchmark slice and judge) are cache hits."""
+    api_ready = _start_local_prefect_api()
     recipe, overrides = _load(config, sets)
     _check_evaluation(recipe, config)
     _provision_embedded_models(recipe)
@@ -162,10 +207,11 @@ def evaluate(
     from flows.evaluate import evaluate_candidates
 
     try:
-        summary = evaluate_candidates(
-            recipe_path=str(config), overrides=overrides or None, candidates=candidate or None,
-            benchmarks=benchmark or None, refresh=refresh,
-        )  # fmt: skip
+        with api_ready():
+            summary = evaluate_candidates(
+                recipe_path=str(config), overrides=overrides or None, candidates=candidate or None,
+                benchmarks=benchmark or None, refresh=refresh,
+            )  # fmt: skip
     except _user_errors() as exc:
         raise _UserFacingError(str(exc)) from None
     _print_evaluation(summary, time.perf_counter() - started)
@@ -261,7 +307,11 @@ def _provision_embedded_models(recipe) -> None:
         models |= {c.model for c in recipe.evaluation.candidates if c.model}
         models |= {recipe.evaluation.judge.model} if recipe.evaluation.judge else set()
     for model in sorted(m for m in models if m.startswith(EMBEDDED_MODEL_PREFIX)):
-        ensure_embedded_model(model.removeprefix(EMBEDDED_MODEL_PREFIX), Path(recipe.storage.model_cache))
+        # Converted now (once per machine), outside any stage; the content is verified when a
+        # stage loads the weights, so a run whose stages are all cache hits never hashes them.
+        ensure_embedded_model(
+            model.removeprefix(EMBEDDED_MODEL_PREFIX), Path(recipe.storage.model_cache), verify_content=False
+        )
 
 
 def _print_summary(summary: dict[str, Any], elapsed: float) -> None:
@@ -371,12 +421,19 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
             bad += 1
             continue
         problems = []
+        from tasks.generation import configured_strategy
+
+        for i, generator in enumerate(recipe.generators):
+            try:
+                configured_strategy(generator, where=f"generators[{i}]")
+            except ConfigError as exc:
+                problems.append(str(exc))
         if recipe.training is not None:
             # TRL's own config checks, on 1-8 devices, without needing the hardware here.
             from tasks.training.trainer import validate_training
 
             sizes = (1,) if recipe.training.device == "cpu" else (1, 2, 4, 8)
-            problems = validate_training(recipe.training, world_sizes=sizes)
+            problems += validate_training(recipe.training, world_sizes=sizes)
         if problems:
             err_console.print(f"Invalid recipe {path}:", highlight=False, markup=False)
             for problem in problems:
@@ -600,6 +657,13 @@ def serve(
     ] = "auto",
     config: ConfigOpt = DEFAULT_CONFIG,
     startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 300.0,
+    continuous_batching: Annotated[
+        bool, typer.Option(help="Batch concurrent requests together (off: one request at a time).")
+    ] = True,
+    cache_tokens: Annotated[
+        int,
+        typer.Option(help="Continuous batching: KV cache size in tokens (prompts and answers in flight)."),
+    ] = 8192,
 ) -> None:
     """Serve a local model over an OpenAI-compatible HTTP API (`transformers serve`) until Ctrl-C.
 
@@ -613,7 +677,7 @@ def serve(
 
     from configs.schema import EMBEDDED_MODEL_PREFIX, StorageConfig
     from tasks.llm.embedded import EmbeddedModelError, resolve_model_path
-    from tasks.llm.serving import LocalModelServer, ServerStartError
+    from tasks.llm.serving import LocalModelServer, ServerStartError, continuous_batching_args
 
     folder = model_dir
     if model_dir.startswith(TRAINED_MODEL_PREFIX):
@@ -635,6 +699,7 @@ def serve(
             device=device,
             log_path=Path(".wrl/logs") / f"serve-{port}.log",
             startup_timeout_s=startup_timeout,
+            extra_args=continuous_batching_args(cache_tokens) if continuous_batching else (),
         )
     except ValueError as exc:
         raise _UserFacingError(escape(str(exc))) from None

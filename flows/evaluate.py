@@ -104,8 +104,10 @@ def run_evaluation(
 def _release_candidate_models(recipe) -> None:
     """Free the candidate's in-process weights before the next candidate loads its own; the
     judge's stay loaded."""
-    from tasks.llm.transformers_backend import release_models
+    from tasks.llm.transformers_backend import loaded_paths, release_models
 
+    if not loaded_paths():  # every pair was a cache hit: nothing to free (and no path to verify)
+        return
     keep = set()
     for benchmark in recipe.evaluation.benchmarks:
         judge = evaluate_stage.evaluation_judge(recipe, benchmark)

@@ -107,8 +107,10 @@ def publish_artifacts(
     training = report.get("training")
     if training:
         key = artifact_key(recipe, "steps", section="training")
-        create_table_artifact(table=training["steps"], key=key, description=(
-            f"Per step: reward, win/tie/loss rates, judge failures, mean rung, promotions, length, KL. "
+        rows = [{k: v for k, v in step.items() if k != "rung_counts"} for step in training["steps"]]
+        create_table_artifact(table=rows, key=key, description=(
+            f"Per step: reward, win/tie/loss rates, judge failures, the mean rung over all instructions and "
+            f"how many sit on each rung, promotions, length, KL, seconds. "
             f"Final rungs {training['final_rungs']}, {training['promotions']} promotions."))  # fmt: skip
         published.append(key)
         if training.get("plot"):
@@ -116,7 +118,7 @@ def publish_artifacts(
                 image_artifact(
                     training["plot"],
                     artifact_key(recipe, "plot", section="training"),
-                    "reward, win rate and mean rung over steps; rung distribution",
+                    "reward, win rate and mean rung (all instructions) over steps; instructions per rung",
                 )
             )
     create_markdown_artifact(
@@ -209,7 +211,7 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
         console.print(f"Plot: {report['plot']}")
     training = report.get("training")
     if training:
-        columns = ("step", "reward", "win_rate", "judge_failures", "mean_rung", "promotions", "kl")
+        columns = ("step", "reward", "win_rate", "judge_failures", "mean_rung", "rungs", "promotions", "kl")
         show(
             f"Training: {training['promotions']} promotions, final rungs {training['final_rungs']}",
             [{c: s[c] for c in columns} for s in training["steps"]],

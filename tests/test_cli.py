@@ -37,12 +37,18 @@ def test_help_lists_the_commands():
 def test_config_validate_reports_each_bad_file_with_location(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        (PROJECT_ROOT / "configs" / "demo.yaml").read_text().replace("max_tokens: 96", "max_tokens: -1")
+        (PROJECT_ROOT / "configs" / "demo.yaml").read_text().replace("max_tokens: 64", "max_tokens: -1", 1)
     )
-    result = wrl("config", "validate", str(PROJECT_ROOT / "configs" / "demo.yaml"), str(bad))
+    unknown = tmp_path / "unknown-option.yaml"
+    unknown.write_text(
+        (PROJECT_ROOT / "configs" / "demo.yaml").read_text().replace("{max_sections: 2,", "{max_section: 2,")
+    )
+    result = wrl("config", "validate", str(PROJECT_ROOT / "configs" / "demo.yaml"), str(bad), str(unknown))
     assert result.returncode == 2
     assert "ok" in result.stdout and "demo.yaml" in result.stdout
     assert f"{bad}:" in result.stderr and "generators[0].decoding.max_tokens" in result.stderr
+    assert f"{unknown}:" in result.stderr
+    assert "generators[2].strategy_options.max_section: 'agentwrite' has no such option" in result.stderr
 
 
 def test_bad_config_fails_before_any_work(tmp_path):

@@ -383,8 +383,21 @@ def test_writingbench_logprob_mode_probes_a_digit_grade_on_the_official_prompt()
     assert user.endswith(WB_DIGIT_ANSWER) and user.count(WB_DIGIT_ANSWER) == 2
     assert '"score": an integer score' not in user and "```json" not in user
     # everything else is the official prompt: rules, criteria dict, query, response
-    assert "** Scoring Rules **" in user and repr(item.data["criteria"][0]) in user
+    assert "** Scoring Rules **" in user and user.count(repr(item.data["criteria"][0])) == 2
     assert official[1]["content"].startswith(user.split(WB_DIGIT_ANSWER)[0])
+    # ... with the criteria block moved after the response, so what varies comes last
+    query, response, criteria = (user.index(s) for s in ("** Query **", "** Response **", "** Criteria **"))
+    assert query < response < criteria
+    second = run(WB.score(wb_item(("A", "B")), "An answer.", probe, LOGPROB_JUDGE))
+    assert second.llm_calls == 2
+    one, two = (m[1]["content"] for m, _ in probe.probes[2:4])
+    assert one[: one.index("** Criteria **")] == two[: two.index("** Criteria **")]  # a shared prefix
+    # moved, not reworded: the same lines as the official prompt, but for the output format
+    official_lines = official[1]["content"].replace(wb.OUTPUT_FORMAT.format(), "").removesuffix("```")
+    ours = user.replace(WB_DIGIT_ANSWER, "")
+    assert sorted(filter(str.strip, ours.splitlines())) == sorted(
+        filter(str.strip, official_lines.splitlines())
+    )
 
 
 def test_writingbench_logprob_probe_failure_is_retryable_and_no_mass_is_final():

@@ -9,9 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from configs.loading import load_recipe
 from storage import DatasetRef, open_storage
 from tests.conftest import PROJECT_ROOT, write_recipe
+
+# A drill with real processes (tens of seconds): run by `make test` after the fast suite.
+pytestmark = pytest.mark.slow
 
 
 def _start(recipe, calls, until="generate", probe_delay_s=0.0):

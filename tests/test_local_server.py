@@ -1,6 +1,6 @@
 """LocalModelServer and `wrl serve`: a real `transformers serve` subprocess on the tiny model,
-called over HTTP with the openai SDK. Start-up is ~6-8 s on the 2-core CPU box, so these stay in
-the default suite.
+called over HTTP with the openai SDK. Each start-up takes 10-12 s on a 2-core CPU machine, so the
+tests that start one are slow (run by `make test` after the fast suite); the error paths stay fast.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ async def ask(base_url: str, model: str) -> openai.types.chat.ChatCompletion:
         await client.close()
 
 
+@pytest.mark.slow  # starts `transformers serve` (~10 s)
 def test_server_answers_the_openai_sdk_with_usage(tiny_model_dir, tmp_path):
     log = tmp_path / "logs" / "server.log"
     with LocalModelServer(tiny_model_dir, device="cpu", log_path=log) as server:
@@ -142,6 +143,7 @@ def test_a_port_taken_meanwhile_is_retried_on_another(tmp_path, monkeypatch):
     assert len(attempts) == 3  # three ports tried, one launch each
 
 
+@pytest.mark.slow  # starts `transformers serve` (~10 s)
 def test_wrl_serve_answers_and_stops_cleanly_on_sigterm(tiny_model_dir, tmp_path):
     port = free_port()
     process = subprocess.Popen(
@@ -191,18 +193,35 @@ def _served_recipe(tmp_path, model_dir, **serve_locally):
     })  # fmt: skip
 
 
+@pytest.mark.slow  # starts `transformers serve` (~10 s)
 def test_a_serve_locally_backend_starts_one_server_and_calls_it_over_http(tiny_model_dir, tmp_path):
     from configs.schema import Decoding
+    from tasks.llm import cpu_share
     from tasks.llm.registry import create_client
 
-    recipe = _served_recipe(tmp_path, tiny_model_dir, threads=1)
+    recipe = _served_recipe(tmp_path, tiny_model_dir, threads=1, cache_tokens=1024)
     first = create_client(recipe, "served", str(tiny_model_dir))
     second = create_client(recipe, "served", str(tiny_model_dir))
     try:
         assert first.server is second.server and first.server.running  # one server per model
         assert first.base_url == first.server.base_url.rstrip("/")
-        completion = asyncio.run(first.chat([{"role": "user", "content": "Hello"}], Decoding(max_tokens=6)))
+        # Continuous batching with a bounded KV cache (unbounded, it takes most of the free memory).
+        command = first.server.log_path.read_text().splitlines()[0]
+        assert "--continuous-batching --cb-block-size 32 --cb-num-blocks 32 " in command
+        reserved: list[int] = []
+
+        async def chat_and_watch():
+            call = asyncio.ensure_future(
+                first.chat([{"role": "user", "content": "Hello"}], Decoding(max_tokens=6))
+            )
+            while not call.done():  # while the request is in flight, the server's core is reserved
+                reserved.append(cpu_share.reserved_threads())
+                await asyncio.sleep(0.01)
+            return await call
+
+        completion = asyncio.run(chat_and_watch())
         assert completion.ok and completion.usage.output_tokens > 0
+        assert max(reserved) == 1 and cpu_share.reserved_threads() == 0
         # The cache identity names the model and server settings, never the port of this launch.
         identity = first.identity()
         assert identity == {"backend": "openai-compatible", "model": str(tiny_model_dir),

@@ -5,9 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from configs.schema import StorageConfig
 from storage import DatasetRef, open_storage
 from tests.conftest import PROJECT_ROOT
+
+# A drill with real processes (tens of seconds): run by `make test` after the fast suite.
+pytestmark = pytest.mark.slow
 
 N = 15
 

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from configs.loading import ConfigError
 from configs.schema import STRATEGIES as SCHEMA_STRATEGIES
 from configs.schema import Decoding, GeneratorConfig
 from tasks.generation import (
@@ -15,6 +16,7 @@ from tasks.generation import (
     AgentWriteStrategy,
     PlanSection,
     Strategy,
+    configured_strategy,
     count_words,
     parse_plan,
     split_think,
@@ -311,6 +313,39 @@ def test_agentwrite_falls_back_to_an_even_split_and_records_it():
     assert [p["words"] for p in meta["plan"]] == [334, 333, 333]  # ceil(1000 / 400) sections
     assert [p["main_point"].split(":")[0] for p in meta["plan"]] == ["Opening", "Development 1", "Conclusion"]
     assert count_words(result.completion.text) == 1000
+
+
+def test_strategy_options_set_agentwrite_limits_per_generator():
+    generator = GEN.model_copy(update={"strategy": "agentwrite", "strategy_options": {"max_sections": 2}})
+    strategy = configured_strategy(generator)
+    assert strategy.max_sections == 2 and STRATEGIES["agentwrite"].max_sections == 16  # a copy
+    client = FakeLLM(writer("Lighthouses are great."))  # no plan: the fallback splits 1000 words
+    result = run(strategy.generate(client, EN, generator))
+    assert [s.name for s in result.steps] == ["plan", "plan-retry", "section-1", "section-2"]
+    assert configured_strategy(GEN.model_copy(update={"strategy": "agentwrite"})) is STRATEGIES["agentwrite"]
+    no_retry = generator.model_copy(update={"strategy_options": {"max_sections": 2, "plan_retries": 0}})
+    result = run(configured_strategy(no_retry).generate(FakeLLM(writer("Not a plan.")), EN, no_retry))
+    assert [s.name for s in result.steps] == ["plan", "section-1", "section-2"]
+    assert "1 replies" in result.metadata["fallback_reason"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_section": 3}, "generators[1].strategy_options.max_section: 'agentwrite' has no such option"),
+        ({"max_sections": "3"}, "generators[1].strategy_options.max_sections: expected an integer"),
+        (
+            {"max_sections": 1},
+            "generators[1].strategy_options: min_sections (2) must be at least 1 and at most",
+        ),
+        ({"version": 9}, "generators[1].strategy_options.version: 'agentwrite' has no such option"),
+        ({"plan_retries": 2}, "generators[1].strategy_options: plan_retries must be 0 or 1, got 2"),
+    ],
+)
+def test_bad_strategy_options_are_config_errors_naming_the_field(options, message):
+    generator = GEN.model_copy(update={"strategy": "agentwrite", "strategy_options": options})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        configured_strategy(generator, where="generators[1]")
 
 
 def test_agentwrite_failed_section_names_the_step_and_stops():

@@ -7,11 +7,16 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 from configs.loading import load_recipe
 from storage import open_storage
 from tests.support.train_worker import start as _start
 from tests.support.train_worker import summary_of, weights_digest
 from tests.test_training import train_recipe
+
+# A drill with real processes (tens of seconds): run by `make test` after the fast suite.
+pytestmark = pytest.mark.slow
 
 
 def _rows(storage, sql, params=()):

@@ -19,7 +19,11 @@ All judged suites
   the expectation over the candidate tokens' renormalised probabilities:
   - WritingBench: both JSON output-format blocks of the critic prompt are replaced by "reply with
     only the grade, a single digit 0-9 (= score - 1)"; score = 1 + E[grade] on 1-10 (the scheme
-    of `tasks.judging.pointwise`, which explains why not "1".."10").
+    of `tasks.judging.pointwise`, which explains why not "1".."10"). The first criteria block
+    moves from before the query to after the response, next to the restated criteria (suite
+    version 2): the probes of one response's five criteria then share everything up to the end
+    of the response, which an in-process judge computes once (tasks.llm.shared_prefix). The words
+    are the official ones; only their order changes.
   - LongBench-Write: six probes, one per dimension; the prompt's closing paragraph (the JSON
     format) is replaced by a request for that dimension's integer 1-5; candidates "1".."5".
   - Creative Writing v3: 22 probes, one per criterion; the rubric list holds only that criterion
@@ -307,21 +311,44 @@ WB_REASK = (
     "Your reply could not be used: {error}. Reply again with only the JSON object "
     '{{"score": <an integer between 1 to 10>, "reason": "<specific justification>"}} and nothing else.'
 )
-# The critic prompt's answer format as it appears once the template is filled ("{{" -> "{").
-_WB_JSON_FORMAT = wb.OUTPUT_FORMAT.format()
+# The critic prompt's criteria block before the query; the restated one after the response stays.
+_WB_CRITERIA_BLOCK = "** Criteria **\n```{criteria}```\n\n"
+_WB_RESTATED = "Provide your evaluation based on the criteria restated below:"
+
+
+def _wb_logprob_template() -> str:
+    """The official critic template for logprob probes: both JSON output-format blocks replaced by
+    the digit request, and the first criteria block moved from before the query to after the
+    response, just above the restated criteria. Every word of the official prompt stays; what
+    varies between one response's criteria now comes last, so its probes share the prompt up to
+    the end of the response (tasks.llm.shared_prefix computes that once)."""
+    template = wb.EVALUATE_PROMPT
+    if (
+        template.count(wb.OUTPUT_FORMAT) != 2
+        or not template.endswith(wb.OUTPUT_FORMAT + "```")
+        or template.count(_WB_CRITERIA_BLOCK) != 1
+        or template.count(_WB_RESTATED) != 1
+        or template.index(_WB_CRITERIA_BLOCK) > template.index("** Query **")
+    ):
+        raise RuntimeError(
+            "the WritingBench critic prompt no longer has the layout the logprob probe expects"
+        )
+    template = template.removesuffix(wb.OUTPUT_FORMAT + "```") + WB_DIGIT_ANSWER
+    template = template.replace(wb.OUTPUT_FORMAT, WB_DIGIT_ANSWER, 1)
+    template = template.replace(_WB_CRITERIA_BLOCK, "", 1)
+    return template.replace(_WB_RESTATED, _WB_CRITERIA_BLOCK + _WB_RESTATED, 1)
+
+
+_WB_LOGPROB_TEMPLATE = _wb_logprob_template()
 
 
 def wb_logprob_messages(query: str, response: str, criterion: Mapping[str, Any]) -> list[Message]:
-    """The official critic messages with both JSON output-format blocks replaced by a request for
-    a digit grade 0-9 (the closing fence after the last block goes with it)."""
+    """The official critic messages as a digit-grade probe (`_wb_logprob_template`), filled as
+    `writingbench.critic_prompt` fills the official one."""
     messages = wb.critic_messages(query, response, criterion)
-    user = messages[1]["content"]
-    if user.count(_WB_JSON_FORMAT) < 2 or not user.endswith(_WB_JSON_FORMAT + "```"):
-        raise RuntimeError("the WritingBench critic prompt no longer has its two output-format blocks")
-    head, tail = user.rsplit(_WB_JSON_FORMAT, 1)
-    if tail != "```":
-        raise RuntimeError("the WritingBench critic prompt no longer ends with its output format")
-    user = head.replace(_WB_JSON_FORMAT, WB_DIGIT_ANSWER, 1) + WB_DIGIT_ANSWER
+    user = _WB_LOGPROB_TEMPLATE.format(
+        query=query, response=wb.strip_think(response), criteria=dict(criterion)
+    )
     return [messages[0], {"role": "user", "content": user}]
 
 
@@ -333,7 +360,7 @@ class WritingBenchSuite:
     """
 
     name = "writingbench"
-    version = 1
+    version = 2  # 2: the logprob probe puts the criterion after the response
     needs_judge = True
     truncates_input = False
 

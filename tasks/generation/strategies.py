@@ -25,9 +25,10 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
+from configs.loading import ConfigError
 from configs.schema import STRATEGIES as SCHEMA_STRATEGIES
 from configs.schema import Decoding, GeneratorConfig
 from tasks.generation import prompts
@@ -397,7 +398,8 @@ class AgentWriteStrategy:
     1. plan: the model breaks the instruction into 2..16 sections, each with a main point and a
        word budget (LongWriter's "Paragraph 1 - Main Point: ... - Word Count: 400 words" format),
        parsed by `parse_plan`. If the reply cannot be parsed, the model is re-asked once
-       ("plan-retry", with its own reply in the conversation); if that fails too, an even split
+       ("plan-retry", with its own reply in the conversation; `plan_retries: 0` skips it, for a
+       model known not to follow the format); if that fails too, an even split
        from the required length with generic main points is used, and the result's metadata says
        so (`plan_source: "fallback"`, `fallback_reason`). Small models often cannot follow the plan
        format; the fallback is how agentwrite still gets long answers out of them.
@@ -436,9 +438,19 @@ class AgentWriteStrategy:
     fallback_section_words: int = 400
     rescale_tolerance: float = 0.1
     plan_max_tokens: int = 1024
+    plan_retries: int = 1  # re-asks of an unparsable plan before the even-split fallback (0 or 1)
     tokens_per_word: tuple[tuple[str, float], ...] = (("en", 1.5), ("zh", 1.2))
     token_margin: int = 32
     context_chars: tuple[tuple[str, int], ...] = (("en", 16_000), ("zh", 6_000))
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_sections <= self.max_sections:
+            raise ValueError(
+                f"min_sections ({self.min_sections}) must be at least 1 and at most max_sections "
+                f"({self.max_sections})"
+            )
+        if self.plan_retries not in (0, 1):
+            raise ValueError(f"plan_retries must be 0 or 1, got {self.plan_retries}")
 
     def section_max_tokens(self, words: int, lang: Lang, cap: int) -> int:
         return min(cap, math.ceil(words * dict(self.tokens_per_word)[lang]) + self.token_margin)
@@ -478,7 +490,7 @@ class AgentWriteStrategy:
         )
         plan_params = _params(decoding, sample_index, self.plan_max_tokens)
         sections: list[PlanSection] | None = None
-        for attempt, step_name in enumerate(("plan", "plan-retry"), start=1):
+        for attempt, step_name in enumerate(("plan", "plan-retry")[: 1 + self.plan_retries], start=1):
             if attempt == 2:
                 plan_messages = [
                     *plan_messages,
@@ -710,3 +722,39 @@ class ThinkThenWriteStrategy:
 STRATEGIES.register("direct")(DirectStrategy())
 STRATEGIES.register("agentwrite")(AgentWriteStrategy())
 STRATEGIES.register("think-then-write")(ThinkThenWriteStrategy())
+
+_FIXED_FIELDS = frozenset({"name", "version"})
+
+
+def configured_strategy(generator: GeneratorConfig, where: str = "generator") -> Strategy:
+    """The generator's strategy with its `strategy_options` applied (a copy; the registered one is
+    the defaults). An unknown option, or a value of the wrong type, is a ConfigError naming it."""
+    strategy = STRATEGIES[generator.strategy]
+    if not generator.strategy_options:
+        return strategy
+    names = [f.name for f in fields(strategy) if f.name not in _FIXED_FIELDS]  # type: ignore[arg-type]
+    settable = sorted(n for n in names if isinstance(getattr(strategy, n), int | float | str))
+    problems = []
+    for name, value in generator.strategy_options.items():
+        default = getattr(strategy, name, None)
+        if name not in settable:
+            problems.append(
+                f"{where}.strategy_options.{name}: '{generator.strategy}' has no such option "
+                f"(options: {', '.join(settable) or 'none'})"
+            )
+        elif isinstance(default, int) and not isinstance(value, int):
+            problems.append(f"{where}.strategy_options.{name}: expected an integer, got {value!r}")
+        elif isinstance(default, float) and not isinstance(value, int | float):
+            problems.append(f"{where}.strategy_options.{name}: expected a number, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            problems.append(f"{where}.strategy_options.{name}: expected a string, got {value!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    options = {
+        k: float(v) if isinstance(getattr(strategy, k), float) else v
+        for k, v in generator.strategy_options.items()
+    }
+    try:
+        return replace(strategy, **options)  # type: ignore[type-var]
+    except ValueError as exc:  # the strategy's own cross-field checks
+        raise ConfigError(f"{where}.strategy_options: {exc}") from None

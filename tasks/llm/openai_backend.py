@@ -23,6 +23,7 @@ from typing import Any
 import openai
 
 from configs.schema import Decoding, OpenAICompatibleBackend
+from tasks.llm import cpu_share
 from tasks.llm.base import Message, TokenLogprob, Usage
 from tasks.llm.remote import PLACEHOLDER_API_KEY, BadResponseError, RemoteClient, Reply
 
@@ -130,3 +131,9 @@ class LocallyServedClient(OpenAICompatibleClient):
             "model": self.model,
             "served_locally": self.config.identity()["serve_locally"],
         }
+
+    async def _send(self, messages: Sequence[Message], params: Decoding) -> bytes:
+        if not self.server.cpu_threads:
+            return await super()._send(messages, params)
+        with cpu_share.serving(self.server, self.server.cpu_threads):  # in-process models leave it its cores
+            return await super()._send(messages, params)

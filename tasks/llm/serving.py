@@ -14,7 +14,11 @@ What this relies on in `transformers serve` (transformers 5.23, read from its so
 - `/v1/models` lists the Hugging Face hub cache, not the served folder (a 500 with no cache): the
   readiness probe is `/health`.
 - Replies carry `usage`; `logprobs`, `top_logprobs` and `n` are ignored (logged, not refused).
-- Requests are served one at a time (no continuous batching on the default path).
+- Requests are served one at a time on the default path. `--continuous-batching` (paged attention,
+  per-request max_new_tokens, temperature and top_p) lets concurrent requests share one running
+  batch; on the CPU it measured 30-31 tokens/s against 14 for 8 requests of 96-160 tokens at
+  concurrency 4 (1 thread). `serve_locally` and `wrl serve` turn it on by default, with a bounded
+  KV cache (`continuous_batching_args`).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class LocalModelServer:
         stop_timeout_s: float = 10.0,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        threads: int | None = None,
     ) -> None:
         folder = Path(model_dir).expanduser().resolve()
         if not (folder / "config.json").is_file():
@@ -87,6 +92,11 @@ class LocalModelServer:
         self.stop_timeout_s = stop_timeout_s
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
+        if threads is not None:
+            self.extra_env["OMP_NUM_THREADS"] = str(threads)
+        # The cores it computes with on this machine's CPU (0 on a GPU): in-process models leave
+        # them to it while it answers (tasks.llm.cpu_share).
+        self.cpu_threads = 0 if _on_gpu(device) else threads or len(os.sched_getaffinity(0))
         self._requested_port = port or None  # 0 means "pick one", as with bind()
         self.port: int | None = port
         self.log_path: Path | None = Path(log_path) if log_path is not None else None
@@ -278,6 +288,16 @@ class LocalModelServer:
             return b"address already in use" in handle.read().lower()
 
 
+def _on_gpu(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _url_host(host: str) -> str:
     if host in ("", "0.0.0.0"):
         return "127.0.0.1"
@@ -314,6 +334,23 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)
 
 
+CB_PAGE_TOKENS = 32  # tokens per KV cache page
+CB_MAX_BATCH_TOKENS = 512  # tokens per forward pass: long prompts are prefilled in chunks of this
+
+
+def continuous_batching_args(cache_tokens: int) -> tuple[str, ...]:
+    """`transformers serve` arguments for continuous batching with a KV cache of `cache_tokens`.
+    Left to itself it sizes the cache from free memory: on a 24 GB CPU machine it allocated 10 GB
+    and started in 37 s, where 8,192 tokens took 1.8 GB in all and 10 s (SmolLM2-135M)."""
+    pages = -(-cache_tokens // CB_PAGE_TOKENS)
+    return (
+        "--continuous-batching",
+        "--cb-block-size", str(CB_PAGE_TOKENS),
+        "--cb-num-blocks", str(pages),
+        "--cb-max-batch-tokens", str(CB_MAX_BATCH_TOKENS),
+    )  # fmt: skip
+
+
 # One server per (folder, device, dtype) per process: every client of a `serve_locally` backend
 # on that model shares it. Started on first use; stopped at interpreter exit (start() registers it).
 _SHARED: dict[tuple[str, str, str], LocalModelServer] = {}
@@ -334,7 +371,10 @@ def shared_server(model_dir: str | Path, settings: LocalServer, *, log_dir: Path
                 dtype=settings.dtype,
                 startup_timeout_s=settings.startup_timeout_s,
                 log_path=Path(log_dir) / f"serve-{Path(folder).name}-{os.getpid()}.log",
-                env={"OMP_NUM_THREADS": str(settings.threads)} if settings.threads else None,
+                threads=settings.threads,
+                extra_args=continuous_batching_args(settings.cache_tokens)
+                if settings.continuous_batching
+                else (),
             )
             server.start()
             _SHARED[key] = server

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import Decoding, TransformersBackend
+from tasks.llm import cpu_share
 from tasks.llm.base import Completion, Message, TokenLogprob
 from tasks.llm.batching import Job, MicroBatcher, first_token_id, resolve
 from tasks.llm.embedded import resolve_model_path_once
+from tasks.llm.shared_prefix import PrefixStore, probe_rows
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,12 @@ def _load_shared(model: str, model_cache: Path, device: str, dtype: str) -> Load
         with _MODELS_LOCK:
             _MODELS[key] = loaded
     return loaded
+
+
+def loaded_paths() -> set[str]:
+    """The model folders this process holds weights of."""
+    with _MODELS_LOCK:
+        return {key[0] for key in _MODELS}
 
 
 def release_models(keep: Iterable[str] = ()) -> int:
@@ -179,7 +187,13 @@ def _generate_batch(
     # The lock covers all tokenizer work too: a fast tokenizer keeps its padding settings as
     # state, and two threads sharing one (two clients on one model) corrupt each other's batches.
     with _COMPUTE_LOCK, torch.inference_mode():
+        _share_cpu(loaded)
         return _generate_locked(loaded, conversations, params)
+
+
+def _share_cpu(loaded: LoadedModel) -> None:
+    if loaded.device == "cpu":  # leave a busy local server its cores (tasks.llm.cpu_share)
+        cpu_share.apply_in_process_threads()
 
 
 def _generate_locked(
@@ -277,20 +291,26 @@ def _token_logprobs(
 
 
 def _next_token_batch(
-    loaded: LoadedModel, items: Sequence[tuple[Sequence[Message], Sequence[str]]]
+    loaded: LoadedModel,
+    items: Sequence[tuple[Sequence[Message], Sequence[str]]],
+    prefixes: PrefixStore | None = None,
 ) -> list[dict[str, float]]:
     import torch
 
     with _COMPUTE_LOCK, torch.inference_mode():
-        encoded = _encode(loaded, [messages for messages, _ in items])
-        mask = encoded["attention_mask"]
-        # A plain forward pass does not derive positions from the mask as generate() does:
-        # without this, left-padded rows would see shifted positions.
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = loaded.model(**encoded, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
+        _share_cpu(loaded)
+        tokenizer = loaded.tokenizer
+        texts = [
+            tokenizer.apply_chat_template(
+                [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+            )
+            for messages, _ in items
+        ]
+        rows = tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template holds the specials
+        logits = probe_rows(loaded.model, rows, pad_id=loaded.pad_id, device=loaded.device, store=prefixes)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         return [  # still under the lock: encoding candidates uses the shared tokenizer
-            {c: float(logprobs[row, first_token_id(loaded.tokenizer, c)]) for c in candidates}
+            {c: float(logprobs[row, first_token_id(tokenizer, c)]) for c in candidates}
             for row, (_, candidates) in enumerate(items)
         ]
 
@@ -319,6 +339,7 @@ class TransformersClient:
         self.device = _resolve_device(config.device)
         self.dtype = _resolve_dtype(config.dtype, self.device)
         self._loaded: LoadedModel | None = None
+        self._prefixes = PrefixStore(config.prefix_cache_tokens) if config.prefix_cache_tokens else None
         self._batcher = MicroBatcher(
             repr(self), max_batch=config.max_batch_size, group_of=_generate_group, execute=self._execute
         )
@@ -383,7 +404,10 @@ class TransformersClient:
                 )
             else:
                 results = await asyncio.to_thread(
-                    _next_token_batch, loaded, [(job.messages, job.candidates) for job in batch]
+                    _next_token_batch,
+                    loaded,
+                    [(job.messages, job.candidates) for job in batch],
+                    self._prefixes,
                 )
         except Exception as exc:
             logger.warning("%r: a batch of %d failed: %s: %s", self, len(batch), type(exc).__name__, exc)

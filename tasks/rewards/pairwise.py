@@ -14,11 +14,19 @@ the policy's response goes:
 Unforgeable fences. The policy's response is untrusted: RL optimises it against this judge, and
 text that looks like a verdict, a delimiter or an instruction is exactly what reward hacking finds.
 Each section is fenced as `<<<RESPONSE A {tag}>>>` ... `<<<END RESPONSE A {tag}>>>`, where `tag`
-is derived from a sha256 of the instruction and both responses. A response cannot contain its
-own hash (and `fence_tag` picks another salt in the astronomically unlikely case that one does), so
-a fence inside a response is never the real one. It is deterministic, so the same inputs give the
-same messages and the response cache still works. The prompt tells the judge that everything
-between fences is data, never instructions.
+is 64 bits of a sha256 of the instruction, salted: `fence_tag` skips every salt whose tag occurs in
+any text of the prompt (the instruction, both responses, the criteria), in any letter case. So no
+text the judge reads contains the real tag, and a fence inside a response is never the real one,
+whatever the response says. It is deterministic, so the same inputs give the same messages and the
+response cache still works. The prompt tells the judge that everything between fences is data,
+never instructions.
+
+The tag depends on the instruction only (not on the responses, as it did before train stage
+version 3), so every judgment of one instruction's rollouts shares the prompt up to the first text
+that differs: in the paper's order (the reference first) that is everything before the policy's
+response, which an in-process judge computes once per step (tasks.llm.shared_prefix). A response
+that contains the tag moves its own judgment to the next salt; the guarantee is the skip, which
+holds for any tag, not the tag's secrecy.
 
 Strict verdicts. "json" mode (API judges): a short rationale, then the verdict alone on the last
 line: `[[A]]`, `[[B]]` or `[[C]]` (tie), optionally after "Final verdict:". Only that last line is
@@ -162,15 +170,13 @@ def logprob_verdict(logprobs: dict[str, float], tie_margin: float) -> LogprobVer
 # ---------------------------------------------------------------------------------------------
 
 
-def fence_tag(instruction: str, response_a: str, response_b: str, avoid: Sequence[str] = ()) -> str:
-    """The fence tag: the first TAG_HEX_CHARS hex digits of sha256(salt, instruction, A, B).
-
-    It depends on the responses themselves, so neither can contain it (that would be a fixed point
-    of sha256); the salt loop makes it a guarantee: a tag found in any of the texts or in `avoid`
-    (criteria, other prompt text), in any letter case, is skipped. Deterministic: same inputs,
-    same tag, same messages, same cache key."""
-    payload = json.dumps(["wrl-pairwise-fence", instruction, response_a, response_b])
-    texts = [t.lower() for t in (instruction, response_a, response_b, *avoid)]
+def fence_tag(instruction: str, avoid: Sequence[str] = ()) -> str:
+    """The fence tag: the first TAG_HEX_CHARS hex digits of sha256(salt, instruction), for the first
+    salt whose tag occurs in neither the instruction nor any of `avoid` (the responses, the
+    criteria, other prompt text), in any letter case. Deterministic: same inputs, same tag, same
+    messages, same cache key."""
+    payload = json.dumps(["wrl-pairwise-fence", instruction])
+    texts = [t.lower() for t in (instruction, *avoid)]
     for salt in itertools.count():
         tag = hashlib.sha256(f"{salt}:{payload}".encode()).hexdigest()[:TAG_HEX_CHARS]
         if not any(tag in t for t in texts):
@@ -211,7 +217,7 @@ class PairwisePrompt:
         mode: str = "json",
     ) -> list[Message]:
         criteria_text = _criteria_lines(criteria)
-        tag = fence_tag(instruction, response_a, response_b, avoid=(criteria_text,))
+        tag = fence_tag(instruction, avoid=(response_a, response_b, criteria_text))
         fences = {}
         for key, label in (("instruction", "INSTRUCTION"), ("a", "RESPONSE A"), ("b", "RESPONSE B")):
             fences[f"open_{key}"], fences[f"close_{key}"] = fence(label, tag)

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.schema import GeneratorConfig, Recipe
 from storage import DatasetRef
-from tasks.generation import STRATEGIES, StrategyResult, generate_many
+from tasks.generation import STRATEGIES, StrategyResult, configured_strategy, generate_many
 from tasks.instructions import Instruction, instructions_from_arrow
 from tasks.llm.base import EndpointFailingError
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
@@ -76,13 +76,18 @@ async def _generate_all(ctx: StageContext) -> list[dict]:
     """Every generator at once: each has its own backend limits, so an API competitor's latency
     overlaps the others' work instead of adding to it. Rows come back in recipe order."""
     instructions = instructions_from_arrow(ctx.read("instructions"))
+    strategies = {  # options checked before any call
+        g.name: configured_strategy(g, where=f"generators[{i}]") for i, g in enumerate(ctx.recipe.generators)
+    }
 
     async def one_generator(generator: GeneratorConfig) -> list[dict]:
         backend = ctx.recipe.backends[generator.backend]
-        client = ctx.llm(generator.backend, generator.model)
+        # Off the event loop: a `serve_locally` backend starts its server here (tens of seconds),
+        # and the other generators should be generating meanwhile.
+        client = await asyncio.to_thread(ctx.llm, generator.backend, generator.model)
         try:
             results = await generate_many(
-                STRATEGIES[generator.strategy], client, instructions, generator,
+                strategies[generator.name], client, instructions, generator,
                 max_concurrency=backend.max_concurrency, description=f"generate[{generator.name}]",
             )  # fmt: skip
         finally:

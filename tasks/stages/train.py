@@ -28,8 +28,9 @@ from storage import DatasetRef
 from tasks.curriculum import validate_static_rung
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
-from tasks.training.checkpoints import training_run_paths
+from tasks.training.checkpoints import TRAINER_LOG, training_run_paths
 from tasks.training.data import train_dataset, training_items
+from tasks.training.report import RUNG_COUNT_PREFIX
 from tasks.training.reward import WritingRLReward
 from tasks.training.trainer import run_training, world_size
 
@@ -53,7 +54,9 @@ def _config_slice(recipe: Recipe) -> dict[str, Any]:
 
 SPEC = StageSpec(
     name="train",
-    version=2,  # 2: prompts are the policy strategy's messages; think-then-write judged on its answer
+    # 2: prompts are the policy strategy's messages; think-then-write judged on its answer.
+    # 3: the pairwise fence tag derives from the instruction only (judge prompts share a prefix).
+    version=3,
     inputs=("ladders", "instructions"),
     outputs=("train_metrics", "train_judgments", "curriculum_history"),
     description="RL on the ladders: pairwise judge reward, dynamic reference scheduling",
@@ -100,14 +103,11 @@ def compute(ctx: StageContext) -> StageOutput:
         seed=recipe.training.seed, think_format=recipe.policy.strategy == "think-then-write",
     )  # fmt: skip
 
+    max_steps = recipe.training.max_steps
+
     def record_step(step: int, judged: list, promotions: list, metrics: dict[str, float]) -> None:
         log.record_step(curriculum_id, step, [vars(j) for j in judged], metrics)
-        ctx.logger.info(
-            "train: step %d reward %.3f win %.2f failures %d mean rung %.2f promotions %d",
-            step, metrics.get("reward/mean", float("nan")), metrics.get("judge/win_rate", float("nan")),
-            int(metrics.get("judge/failures", 0)), metrics.get("curriculum/mean_rung", float("nan")),
-            len(promotions),
-        )  # fmt: skip
+        ctx.logger.info("train: %s", step_line(step, max_steps, metrics))
 
     model_id, model_dir = paths.model_id, paths.model_dir
     base_model = resolve_model_path_once(recipe.policy.model, Path(recipe.storage.model_cache))
@@ -124,6 +124,7 @@ def compute(ctx: StageContext) -> StageOutput:
             ),
             forget_after=lambda step: log.forget_after(curriculum_id, step),
             final_model_dir=model_dir,
+            trainer_log=paths.work_dir / TRAINER_LOG,
             lineage={
                 "ladders": str(ctx.inputs["ladders"]),
                 "instructions": str(ctx.inputs["instructions"]),
@@ -160,6 +161,24 @@ def compute(ctx: StageContext) -> StageOutput:
     return StageOutput(
         tables={"train_metrics": metrics, "train_judgments": judgments, "curriculum_history": history},
         summary=summary,
+    )
+
+
+def step_line(step: int, max_steps: int, metrics: dict[str, float]) -> str:
+    """The terminal's line for one step: the judge's verdicts, then where the whole curriculum stands."""
+    nan = float("nan")
+    rungs = sorted(
+        (int(name.removeprefix(RUNG_COUNT_PREFIX)), int(count))
+        for name, count in metrics.items()
+        if name.startswith(RUNG_COUNT_PREFIX)
+    )
+    return (
+        f"step {step}/{max_steps} ({metrics.get('time/step_s', nan):.0f} s): reward "
+        f"{metrics.get('reward/mean', nan):.3f}, win rate {metrics.get('judge/win_rate', nan):.2f}, "
+        f"judge failures {int(metrics.get('judge/failures', 0))}; curriculum: mean rung "
+        f"{metrics.get('curriculum/mean_rung', nan):.2f}, instructions per rung "
+        f"{' '.join(f'{rung}:{count}' for rung, count in rungs) or '-'}, promotions "
+        f"{int(metrics.get('curriculum/promotions', 0))}"
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_LOG = "trainer_log.jsonl"  # TRL's own per-step log dicts, one JSON line each, in the work dir
 
 
 @dataclass(frozen=True)

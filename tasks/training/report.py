@@ -1,8 +1,8 @@
 """The training part of the end-of-run report: per-step curves and the rung distribution.
 
 `training_report` reads the stage's `train_metrics` (long format: step, source, name, value) and
-`curriculum_history`; `plot_training_report` draws reward, win rate and mean rung over steps and
-the final rung distribution to a PNG.
+`curriculum_history`; `plot_training_report` draws reward, win rate and the mean rung over all
+instructions per step, and how many instructions sit on each rung as the steps go, to a PNG.
 """
 
 from __future__ import annotations
@@ -22,31 +22,51 @@ STEP_COLUMNS = {  # report column -> (source, metric name)
     "tie_rate": ("reward", "judge/tie_rate"),
     "loss_rate": ("reward", "judge/loss_rate"),
     "judge_failures": ("reward", "judge/failures"),
-    "mean_rung": ("reward", "curriculum/mean_rung"),
+    "mean_rung": ("reward", "curriculum/mean_rung"),  # over ALL instructions, after the step
     "promotions": ("reward", "curriculum/promotions"),
     "completion_length": ("trainer", "completions/mean_length"),
     "kl": ("trainer", "kl"),
     "loss": ("trainer", "loss"),
+    "step_s": ("reward", "time/step_s"),
 }
+RUNG_COUNT_PREFIX = "curriculum/instructions_at_rung/"  # + rung: instructions on it after the step
+
+
+def _rung_counts(values: Mapping[tuple[str, str], float]) -> dict[int, int]:
+    return dict(
+        sorted(
+            (int(name.removeprefix(RUNG_COUNT_PREFIX)), int(value))
+            for (source, name), value in values.items()
+            if source == "reward" and name.startswith(RUNG_COUNT_PREFIX)
+        )
+    )
 
 
 def training_report(metrics: pa.Table, history: pa.Table) -> dict[str, Any]:
-    values: dict[int, dict[str, float]] = defaultdict(dict)
+    values: dict[int, dict[tuple[str, str], float]] = defaultdict(dict)
     for row in metrics.select(["step", "source", "name", "value"]).to_pylist():
         values[row["step"]][(row["source"], row["name"])] = row["value"]
-    steps = [
-        {"step": step, **{col: values[step].get(key) for col, key in STEP_COLUMNS.items()}}
-        for step in sorted(values)
-    ]
-    # The final rung of each instruction: rung_after of its last history row.
-    final: dict[str, int] = {}
-    for row in sorted(
-        history.select(["step", "instruction_id", "rung_after"]).to_pylist(), key=lambda r: r["step"]
-    ):
-        final[row["instruction_id"]] = row["rung_after"]
+    steps = []
+    for step in sorted(values):
+        counts = _rung_counts(values[step])
+        steps.append(
+            {"step": step, **{col: values[step].get(key) for col, key in STEP_COLUMNS.items()},
+             "rungs": " ".join(f"{rung}:{n}" for rung, n in counts.items()) or None,
+             "rung_counts": counts}
+        )  # fmt: skip
+    # Every instruction's rung at the end (the last step's counts); a run recorded before these
+    # counts existed falls back to the instructions its history names.
+    final = steps[-1]["rung_counts"] if steps and steps[-1]["rung_counts"] else None
+    if final is None:
+        last: dict[str, int] = {}
+        for row in sorted(
+            history.select(["step", "instruction_id", "rung_after"]).to_pylist(), key=lambda r: r["step"]
+        ):
+            last[row["instruction_id"]] = row["rung_after"]
+        final = dict(sorted(Counter(last.values()).items()))
     return {
         "steps": steps,
-        "final_rungs": dict(sorted(Counter(final.values()).items())),
+        "final_rungs": final,
         "promotions": sum(1 for p in history.column("promoted").to_pylist() if p) if history.num_rows else 0,
     }
 
@@ -59,15 +79,27 @@ def plot_training_report(report: Mapping[str, Any], path: Path) -> Path | None:
         xs = [s["step"] for s in steps]
         for ax, (column, title) in zip(
             axes[:3],
-            (("reward", "reward (mean)"), ("win_rate", "win rate"), ("mean_rung", "mean rung")),
+            (
+                ("reward", "reward (mean)"),
+                ("win_rate", "win rate"),
+                ("mean_rung", "mean rung, all instructions"),
+            ),
             strict=True,
         ):
             ys = [s[column] if s[column] is not None else float("nan") for s in steps]
             ax.plot(xs, ys, marker="o", markersize=3)
             ax.set_title(title)
             ax.set_xlabel("step")
-        rungs = report.get("final_rungs") or {}
-        axes[3].bar([str(k) for k in rungs], list(rungs.values()), color="tab:green")
-        axes[3].set_title("instructions per rung (end)")
-        axes[3].set_xlabel("rung (0 = the policy's own response)")
+        top = max((max(s["rung_counts"], default=0) for s in steps), default=0)
+        if any(s["rung_counts"] for s in steps):
+            layers = [[s["rung_counts"].get(rung, 0) for s in steps] for rung in range(top + 1)]
+            axes[3].stackplot(xs, layers, labels=[f"rung {rung}" for rung in range(top + 1)])
+            axes[3].legend(loc="upper left", fontsize="small")
+            axes[3].set_title("instructions per rung")
+            axes[3].set_xlabel("step (rung 0 = the policy's own response)")
+        else:
+            rungs = report.get("final_rungs") or {}
+            axes[3].bar([str(k) for k in rungs], list(rungs.values()), color="tab:green")
+            axes[3].set_title("instructions per rung (end)")
+            axes[3].set_xlabel("rung (0 = the policy's own response)")
     return path

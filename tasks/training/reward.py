@@ -259,7 +259,9 @@ def step_metrics(results: Sequence[RolloutReward]) -> dict[str, float | None]:
         "reward/std": statistics.pstdev(rewards) if len(rewards) > 1 else (0.0 if rewards else None),
         "judge/failures": float(sum(r.judge_reward is None for r in results)),
         "judge/failure_rate": sum(r.judge_reward is None for r in results) / n,
-        "curriculum/mean_rung": statistics.fmean(r.rung for r in results),
+        # The rung these rollouts were judged against (the step's batch only; the curriculum as a
+        # whole is `curriculum/mean_rung`, added by the trainer's callback).
+        "curriculum/judged_rung": statistics.fmean(r.rung for r in results),
         "completion/mean_chars": statistics.fmean(r.completion_chars for r in results),
     }
     if judged and any(r.verdict in ("win", "tie", "loss") for r in judged):

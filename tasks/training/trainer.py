@@ -17,6 +17,9 @@ import json
 import logging
 import math
 import os
+import statistics
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any
 
 from configs.schema import TrainingConfig
 from tasks.training.checkpoints import latest_checkpoint
+from tasks.training.report import RUNG_COUNT_PREFIX
 from tasks.training.reward import WritingRLReward, step_metrics
 
 logger = logging.getLogger(__name__)
@@ -88,20 +92,39 @@ def trainer_args(
     return config_class(**kwargs)
 
 
+def curriculum_metrics(rungs: dict[str, int]) -> dict[str, float]:
+    """Where the whole curriculum stands: the mean rung over ALL instructions and how many sit on
+    each rung (a step judges only its batch's instructions; this is every instruction's rung)."""
+    if not rungs:
+        return {}
+    counts = Counter(rungs.values())
+    metrics = {"curriculum/mean_rung": statistics.fmean(rungs.values())}
+    metrics |= {f"{RUNG_COUNT_PREFIX}{rung}": float(counts.get(rung, 0)) for rung in range(max(counts) + 1)}
+    return metrics
+
+
 class CurriculumCallback:
     """Factory for the TrainerCallback (transformers is imported lazily)."""
 
     def __new__(cls, reward: WritingRLReward, record_step: Callable[[int, list, list, dict], None],
                 record_trainer_logs: Callable[[int, dict[str, float]], None],
-                lineage: dict[str, Any] | None = None):  # fmt: skip
+                lineage: dict[str, Any] | None = None, trainer_log: Path | None = None):  # fmt: skip
         from transformers import TrainerCallback
 
         class _Callback(TrainerCallback):
+            step_started = time.perf_counter()
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self.step_started = time.perf_counter()
+                return control
+
             def on_step_end(self, args, state, control, **kwargs):
                 step = state.global_step
                 judged, promotions = reward.finish_step(step)
                 metrics = {k: v for k, v in step_metrics(judged).items() if v is not None}
                 metrics["curriculum/promotions"] = float(len(promotions))
+                metrics |= curriculum_metrics(reward.current_rungs())
+                metrics["time/step_s"] = time.perf_counter() - self.step_started
                 record_step(step, judged, promotions, metrics)
                 if control.should_save:  # set by DefaultFlowCallback, which runs first
                     reward.store.snapshot(reward.curriculum_id, step)
@@ -123,9 +146,23 @@ class CurriculumCallback:
                 }
                 if numeric and state.global_step > 0:
                     record_trainer_logs(state.global_step, numeric)
+                if trainer_log is not None and logs:  # TRL's own record, off the terminal
+                    trainer_log.parent.mkdir(parents=True, exist_ok=True)
+                    with trainer_log.open("a") as handle:
+                        handle.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
                 return control
 
         return _Callback()
+
+
+def quiet(trainer: Any) -> Any:
+    """Take transformers' progress bar and printed metric dicts off the terminal: the stage prints
+    its own line per step, and the trainer's logs go to the trainer log file (CurriculumCallback)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def epoch_seeded(sampler: Any) -> Any:
@@ -192,6 +229,7 @@ def run_training(
     forget_after: Callable[[int], None],
     final_model_dir: Path,
     lineage: dict[str, Any] | None = None,
+    trainer_log: Path | None = None,
 ) -> TrainingOutcome:
     """Train (or resume) and save the final policy as a plain model folder (LoRA merged)."""
     from trl import GRPOTrainer, RLOOTrainer
@@ -223,9 +261,9 @@ def run_training(
         args=trainer_args(training, output_dir, world_size=world_size()),
         train_dataset=train_dataset,
         peft_config=peft_config,
-        callbacks=[CurriculumCallback(reward, record_step, record_trainer_logs, lineage)],
+        callbacks=[CurriculumCallback(reward, record_step, record_trainer_logs, lineage, trainer_log)],
     )
-    trainer.train(resume_from_checkpoint=str(checkpoint[0]) if checkpoint else None)
+    quiet(trainer).train(resume_from_checkpoint=str(checkpoint[0]) if checkpoint else None)
     model = trainer.model
     if peft_config is not None:
         model = model.merge_and_unload()

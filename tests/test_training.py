@@ -3,6 +3,7 @@ reward and the curriculum in storage; the trained policy is registered and loads
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,12 +51,13 @@ def _stages(summary):
 
 
 def test_training_updates_the_policy_and_records_steps_and_curriculum(
-    prefect_harness, tiny_model_dir, tmp_path
+    prefect_harness, tiny_model_dir, tmp_path, capfd, caplog
 ):
     import torch
     from transformers import AutoModelForCausalLM
 
     recipe_path = train_recipe(tmp_path, tiny_model_dir)
+    caplog.set_level("INFO")
     summary = train_policy(recipe_path=recipe_path)
     stages = _stages(summary)
     assert list(stages) == ["ingest", "generate", "score", "select", "order", "train"]
@@ -86,9 +88,28 @@ def test_training_updates_the_policy_and_records_steps_and_curriculum(
     for h in history:
         assert h["rung_after"] == h["rung_before"] + int(h["promoted"])
 
-    # Each checkpoint says what it was trained on.
-    import json
+    # The curriculum's progress per step is over ALL instructions (not the step's batch): replay
+    # the history from every instruction on rung 0 and compare the mean and the counts per rung.
+    ladders = storage.datasets.read(DatasetRef.parse(stages["order"]["outputs"]["ladders"])).to_pylist()
+    rungs = dict.fromkeys((lad["instruction_id"] for lad in ladders), 0)
+    assert len(rungs) > 2  # more instructions than the 2 prompts a step judges
+    for step in (1, 2, 3):
+        rungs |= {h["instruction_id"]: h["rung_after"] for h in history if h["step"] == step}
+        assert by_step[step][("reward", "curriculum/mean_rung")] == pytest.approx(
+            sum(rungs.values()) / len(rungs)
+        )
+        counts = {int(name.rsplit("/", 1)[1]): v for (source, name), v in by_step[step].items()
+                  if name.startswith("curriculum/instructions_at_rung/")}  # fmt: skip
+        assert counts == {r: float(list(rungs.values()).count(r)) for r in range(max(rungs.values()) + 1)}
+    # The terminal shows our line per step; TRL's metric dicts go to the trainer log file.
+    printed = "".join(capfd.readouterr())
+    assert "train: step 3/3 (" in caplog.text and "curriculum: mean rung" in caplog.text
+    assert "'grad_norm'" not in printed + caplog.text and "'loss'" not in printed + caplog.text
+    (trainer_log,) = (storage.root / "training").glob("*/trainer_log.jsonl")
+    logged = [json.loads(line) for line in trainer_log.read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3] and "grad_norm" in logged[0]
 
+    # Each checkpoint says what it was trained on.
     (checkpoint,) = (storage.root / "training").glob("*/checkpoint-2")
     lineage = json.loads((checkpoint / "wrl_lineage.json").read_text())
     assert lineage["step"] == 2 and lineage["ladders"] == stages["order"]["outputs"]["ladders"]

@@ -220,3 +220,35 @@ def test_a_multi_process_launch_fails_clearly_before_writing_anything(tiny_model
         assert con.execute("SELECT count(*) FROM curricula").fetchone() == (0,)
         assert con.execute("SELECT status FROM stage_runs").fetchall() == [("failed",)]
     assert not (storage.root / "training").exists()
+
+
+def test_the_training_report_shows_every_instructions_rung_per_step_and_at_the_end(tmp_path):
+    import pyarrow as pa
+
+    from tasks.training.report import plot_training_report, training_report
+
+    def metric(step, name, value, source="reward"):
+        return {"step": step, "source": source, "name": name, "value": value}
+
+    rows = [metric(1, "reward/mean", 0.5), metric(1, "curriculum/mean_rung", 0.25),
+            metric(1, "curriculum/instructions_at_rung/0", 3.0), metric(1, "curriculum/instructions_at_rung/1", 1.0),
+            metric(2, "reward/mean", 0.6), metric(2, "curriculum/mean_rung", 0.75),
+            metric(2, "curriculum/instructions_at_rung/0", 2.0), metric(2, "curriculum/instructions_at_rung/1", 1.0),
+            metric(2, "curriculum/instructions_at_rung/2", 1.0), metric(2, "loss", 0.1, source="trainer")]  # fmt: skip
+    history = pa.Table.from_pylist(
+        [
+            {"step": 1, "instruction_id": "a", "rung_after": 1, "promoted": True},
+            {"step": 2, "instruction_id": "a", "rung_after": 2, "promoted": True},
+        ]
+    )
+    report = training_report(pa.Table.from_pylist(rows), history)
+    assert [(s["step"], s["mean_rung"], s["rungs"]) for s in report["steps"]] == [
+        (1, 0.25, "0:3 1:1"), (2, 0.75, "0:2 1:1 2:1")
+    ]  # fmt: skip
+    # All four instructions at the end, not only the one the history names.
+    assert report["final_rungs"] == {0: 2, 1: 1, 2: 1} and report["promotions"] == 2
+    path = plot_training_report(report, tmp_path / "training.png")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+    # A run recorded before the per-rung counts: the end distribution comes from the history.
+    old = training_report(pa.Table.from_pylist(rows[:2]), history)
+    assert old["final_rungs"] == {2: 1} and old["steps"][0]["rungs"] is None

@@ -138,6 +138,10 @@ def _start_local_prefect_api():
 
     if PREFECT_API_URL.value():
         return contextlib.nullcontext
+    # Automations need a lasting server; on this short-lived one their trigger service only adds
+    # writers to its SQLite file (Prefect issue 15170: "database is locked" from periodic trigger
+    # evaluation). A locked write stalled one cold demo for 60 s (docs/benchmarks.md).
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "false")
     failed: list[BaseException] = []
 
     def start() -> None:

@@ -208,20 +208,18 @@ def test_a_serve_locally_backend_starts_one_server_and_calls_it_over_http(tiny_m
         # Continuous batching with a bounded KV cache (unbounded, it takes most of the free memory).
         command = first.server.log_path.read_text().splitlines()[0]
         assert "--continuous-batching --cb-block-size 32 --cb-num-blocks 32 " in command
-        reserved: list[int] = []
+        assert cpu_share.reserved_threads() == 1  # in-process models leave it its core while it runs
 
-        async def chat_and_watch():
-            call = asyncio.ensure_future(
-                first.chat([{"role": "user", "content": "Hello"}], Decoding(max_tokens=6))
-            )
-            while not call.done():  # while the request is in flight, the server's core is reserved
-                reserved.append(cpu_share.reserved_threads())
-                await asyncio.sleep(0.01)
-            return await call
+        async def chat_then_close_both():
+            completion = await first.chat([{"role": "user", "content": "Hello"}], Decoding(max_tokens=6))
+            await second.aclose()
+            running_with_one_client = first.server.running
+            await first.aclose()  # the last client to close stops the server and gives its core back
+            return completion, running_with_one_client
 
-        completion = asyncio.run(chat_and_watch())
+        completion, running_with_one_client = asyncio.run(chat_then_close_both())
         assert completion.ok and completion.usage.output_tokens > 0
-        assert max(reserved) == 1 and cpu_share.reserved_threads() == 0
+        assert running_with_one_client and not first.server.running and cpu_share.reserved_threads() == 0
         # The cache identity names the model and server settings, never the port of this launch.
         identity = first.identity()
         assert identity == {"backend": "openai-compatible", "model": str(tiny_model_dir),

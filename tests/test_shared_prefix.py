@@ -137,10 +137,13 @@ def test_the_client_probe_gives_the_same_values_with_and_without_sharing(tiny_mo
         assert all(abs(a[k] - b[k]) < 1e-4 for k in a), (a, b)
 
 
-def test_in_process_models_leave_a_busy_local_server_its_cores(loaded):
+def test_in_process_models_leave_a_running_local_server_its_cores(loaded):
+    from configs.schema import Decoding
+
     server = object()
     full = cpu_share.in_process_threads()
-    with cpu_share.serving(server, threads=1):
+    cpu_share.reserve(server, threads=1)
+    try:
         assert cpu_share.reserved_threads() == 1
         during = cpu_share.in_process_threads()
         seen: list[int] = []
@@ -152,6 +155,26 @@ def test_in_process_models_leave_a_busy_local_server_its_cores(loaded):
         worker = threading.Thread(target=compute)
         worker.start()
         worker.join()
+    finally:
+        cpu_share.release(server)
     assert cpu_share.reserved_threads() == 0 and cpu_share.in_process_threads() == full
     assert during == max(1, min(full, len(os.sched_getaffinity(0)) - 1))
     assert seen == [during]
+
+    # A generation that started before the server did follows it at its next decoding step.
+    steps: list[int] = []
+
+    def watch(*args, **kwargs):  # seen from inside generate(), after each step's forward pass
+        steps.append(torch.get_num_threads())
+        if len(steps) == 2:
+            cpu_share.reserve(server, threads=1)
+
+    handle = loaded.model.register_forward_hook(watch)
+    try:
+        tb._generate_batch(
+            loaded, [({"role": "user", "content": "Hi"},)], Decoding(temperature=0, max_tokens=6)
+        )
+    finally:
+        handle.remove()
+        cpu_share.release(server)
+    assert steps[0] == full and steps[-1] == during

@@ -23,9 +23,9 @@ from typing import Any
 import openai
 
 from configs.schema import Decoding, OpenAICompatibleBackend
-from tasks.llm import cpu_share
 from tasks.llm.base import Message, TokenLogprob, Usage
 from tasks.llm.remote import PLACEHOLDER_API_KEY, BadResponseError, RemoteClient, Reply
+from tasks.llm.serving import release_shared_server
 
 
 class OpenAICompatibleClient(RemoteClient):
@@ -124,6 +124,7 @@ class LocallyServedClient(OpenAICompatibleClient):
         super().__init__(backend_name, config.model_copy(update={"base_url": server.base_url}), model)
         self.request_model = server.model_name
         self.server = server
+        self._released = False
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -132,8 +133,8 @@ class LocallyServedClient(OpenAICompatibleClient):
             "served_locally": self.config.identity()["serve_locally"],
         }
 
-    async def _send(self, messages: Sequence[Message], params: Decoding) -> bytes:
-        if not self.server.cpu_threads:
-            return await super()._send(messages, params)
-        with cpu_share.serving(self.server, self.server.cpu_threads):  # in-process models leave it its cores
-            return await super()._send(messages, params)
+    async def aclose(self) -> None:
+        await super().aclose()
+        if not self._released:  # the last client of the server stops it (tasks.llm.serving)
+            self._released = True
+            release_shared_server(self.server)

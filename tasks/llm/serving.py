@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from configs.schema import LocalServer
+from tasks.llm import cpu_share
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class LocalModelServer:
             if self._requested_port is not None and not _port_free(self.host, self.port):
                 raise ServerStartError(f"port {self.port} on {self.host} is already in use")
             started = time.perf_counter()
+            cpu_share.reserve(self, self.cpu_threads)  # loading is busy too
             self._launch()
             try:
                 self._wait_until_ready()
@@ -187,6 +189,7 @@ class LocalModelServer:
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
         atexit.unregister(self.stop)
+        cpu_share.release(self)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -352,14 +355,18 @@ def continuous_batching_args(cache_tokens: int) -> tuple[str, ...]:
 
 
 # One server per (folder, device, dtype) per process: every client of a `serve_locally` backend
-# on that model shares it. Started on first use; stopped at interpreter exit (start() registers it).
+# on that model shares it. Started by its first client; stopped when its last client closes (its
+# memory and cores go back to the rest of the pipeline; a later stage starts it again, ~10 s), or
+# at interpreter exit (start() registers that).
 _SHARED: dict[tuple[str, str, str], LocalModelServer] = {}
+_USERS: dict[int, int] = {}  # id(server) -> open clients
 _SHARED_LOCK = threading.Lock()
 
 
 def shared_server(model_dir: str | Path, settings: LocalServer, *, log_dir: Path) -> LocalModelServer:
     """The running server for `model_dir` with `settings` (a recipe backend's `serve_locally`), started
-    now if this process has none (blocking until it answers; ServerStartError with its log tail)."""
+    now if this process has none (blocking until it answers; ServerStartError with its log tail).
+    The caller is one more user of it, until `release_shared_server`."""
     folder = str(Path(model_dir).expanduser().resolve())
     key = (folder, settings.device, settings.dtype)
     with _SHARED_LOCK:
@@ -378,4 +385,19 @@ def shared_server(model_dir: str | Path, settings: LocalServer, *, log_dir: Path
             )
             server.start()
             _SHARED[key] = server
+        _USERS[id(server)] = _USERS.get(id(server), 0) + 1
         return server
+
+
+def release_shared_server(server: LocalModelServer) -> None:
+    """One user of a shared server is done with it; the last one stops it."""
+    with _SHARED_LOCK:
+        users = _USERS.get(id(server), 0) - 1
+        if users > 0:
+            _USERS[id(server)] = users
+            return
+        _USERS.pop(id(server), None)
+        for key, shared in list(_SHARED.items()):
+            if shared is server:
+                del _SHARED[key]
+    server.stop()

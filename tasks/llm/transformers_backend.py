@@ -192,8 +192,21 @@ def _generate_batch(
 
 
 def _share_cpu(loaded: LoadedModel) -> None:
-    if loaded.device == "cpu":  # leave a busy local server its cores (tasks.llm.cpu_share)
+    if loaded.device == "cpu":  # leave a running local server its cores (tasks.llm.cpu_share)
         cpu_share.apply_in_process_threads()
+
+
+def _follow_cpu_share() -> Any:
+    """A stopping criterion that never stops: it re-applies the CPU share at every decoding step."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class FollowCpuShare(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            cpu_share.apply_in_process_threads()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([FollowCpuShare()])
 
 
 def _generate_locked(
@@ -216,6 +229,8 @@ def _generate_locked(
         kwargs |= {"stop_strings": list(params.stop), "tokenizer": loaded.tokenizer}
     if params.logprobs is not None:
         kwargs |= {"return_dict_in_generate": True, "output_logits": True}
+    if loaded.device == "cpu":  # a local server may start or stop while this batch decodes
+        kwargs["stopping_criteria"] = _follow_cpu_share()
     if params.seed is not None:
         # One seed for the whole batch, taken from its first request: the rows of a batch draw
         # from one RNG stream, so per-request seeds within a batch are not independent, and a

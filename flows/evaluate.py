@@ -20,7 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from configs.loading import ConfigError, load_recipe, stable_hash
-from flows.pipeline import tag_flow_run_with_datasets
+from flows.pipeline import run_tags, tag_flow_run, tag_flow_run_with_datasets
 from flows.reporting import artifact_key, image_artifact
 from storage import DatasetRef, Storage, code_version, open_storage
 from tasks.evaluation.candidates import Candidate, resolve_candidates
@@ -74,14 +74,11 @@ def run_evaluation(
     )  # fmt: skip
     pairs: list[tuple[Candidate, StageResult]] = []
     try:
+        tag_flow_run(run_tags(recipe, [evaluate_stage.evaluation_judge(recipe, b) for b in chosen]))
         for candidate in resolved:
             for benchmark in chosen:
-                judge = evaluate_stage.evaluation_judge(recipe, benchmark)
                 stage_task = evaluate_stage.evaluate.with_options(
-                    task_run_name=f"evaluate[{candidate.name}/{benchmark}]",
-                    # Few, stable tags: Prefect checks tag concurrency limits per task run and tag.
-                    tags={f"recipe:{recipe.name}"}
-                    | ({f"judge:{judge.model}"} if judge is not None else set()),
+                    task_run_name=f"evaluate[{candidate.name}/{benchmark}]"
                 )
                 pairs.append(
                     (candidate, stage_task(recipe, candidate, benchmark, run_id=run_id, refresh=refresh))

@@ -44,7 +44,13 @@ def test_ladders_and_a_checkpoint_walk_back_to_the_judge_and_the_generations(bui
     )["prefect_flow_run_id"]
     with get_client(sync_client=True) as client:
         tags = set(client.read_flow_run(flow_run_id).tags)
+        task_runs = client.read_task_runs()
     assert {"ladders@0", "judgments@0", "generations@0"} <= tags
+    # ... and with the recipe and its judge; the task runs carry no tags (each tag costs a task run
+    # a concurrency lease, and its renewal thread up to 2 s when the task ends).
+    assert {"recipe:test", f"judge:{tiny_model_dir}"} <= tags, tags
+    mine = [t for t in task_runs if str(t.flow_run_id) == flow_run_id]
+    assert len(mine) == 5 and all(not t.tags for t in mine), [(t.name, t.tags) for t in mine]
 
     found = resolve_target(storage, "ladders@0")
     stages = [hop["stage"] for hop in found["chain"]]

@@ -39,11 +39,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The fast suite, then the end-to-end tests on the real embedded model. pytest exits 5 when a
-# selection collects nothing; that is not a failure here.
+# The fast suite, then the slow one (drills with real processes and servers, the end-to-end tests
+# on the real embedded model). pytest exits 5 when a selection collects nothing; that is not a
+# failure here. --durations: the slowest tests, so a CI log shows where the time went.
 test: lint
-	$(BIN)/pytest -q || [ $$? -eq 5 ]
-	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]
+	$(BIN)/pytest -q --durations=10 || [ $$? -eq 5 ]
+	$(BIN)/pytest -q -m slow --durations=15 || [ $$? -eq 5 ]
 
 test-fast: install
 	$(BIN)/pytest -q -x

@@ -1,8 +1,8 @@
 """`wrl demo` as a user runs it: a real subprocess, the real embedded model, a run recorded on a
 real local Prefect server (`wrl up`), whose UI a headless Chromium then checks.
 
-Slow (three generators, a judge, 10 GRPO steps and the evaluation of two policies on four benchmark
-slices take about 15 minutes on the CPU): run by `make test` after the fast suite, and so by CI.
+Slow (three generators, a judge, 6 GRPO steps and the evaluation of two policies on four benchmark
+slices: 4-6 minutes on a 2-core CPU): run by `make test` after the fast suite, and so by CI.
 """
 
 from __future__ import annotations
@@ -21,13 +21,22 @@ from tests.conftest import PROJECT_ROOT
 from tests.support.browser import browser_page
 from tests.support.services import local_prefect
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the cold demo alone is ~15 minutes
+# Twice the slowest measurement or target: the cold demo's subprocess may take 1,200 s (2x its 600 s
+# target on the slowest 2-core machine; measured 250-340 s, docs/benchmarks.md), and the first
+# test's limit covers that, `wrl up` (300 s) and the test itself.
+DEMO_TIMEOUT_S = 1200
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
 def _wrl(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1500
+        [sys.executable, "-m", "flows", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
     )
 
 
@@ -129,10 +138,28 @@ def test_the_prefect_ui_shows_the_run_and_walks_back_from_training_to_the_judge(
     with browser_page() as page:
         page.goto(f"{url}/runs/flow-run/{flow_run_id}")
         page.get_by_text("Completed").first.wait_for()
-        header = page.inner_text("body")
-        assert "train" in header and "ladders@0" in header and "train_metrics@0" in header
+        # The header fills in as its requests return: the flow's name, then the run's first tags
+        # (the rest behind "+N"), and the Logs tab with the training's step lines.
+        page.get_by_text("train", exact=True).first.wait_for()
+        page.get_by_text("ladders@0", exact=True).first.wait_for()
+        steps = demo["recipe"].training.max_steps
+        page.get_by_text(f"train: step {steps}/{steps}").first.wait_for()
         page.wait_for_timeout(1500)  # the run graph (a canvas) draws after the data arrives
         page.screenshot(path=str(shots / "flow-run.png"))
+
+        # Details lists every tag: the recipe, the judges, each dataset version the run wrote.
+        page.get_by_text("Details", exact=True).click()
+        page.get_by_text("Flow Run ID", exact=True).wait_for()
+        details = page.inner_text("body")
+        judge = demo["recipe"].judge
+        for tag in (
+            "recipe:demo",
+            f"judge:{judge.model}",
+            "ladders@0",
+            "train_metrics@0",
+            "curriculum_history@0",
+        ):
+            assert tag in details, details[-1500:]
 
         page.get_by_text("Task Runs", exact=True).click()
         page.get_by_text(f"({len(STAGE_ORDER)} Completed)").wait_for()
@@ -155,7 +182,6 @@ def test_the_prefect_ui_shows_the_run_and_walks_back_from_training_to_the_judge(
         _open_stage_artifact(page, url, _link(page, "order · stage run"), "order")
         _open_stage_artifact(page, url, _link(page, "score · stage run"), "score")
         scored = page.inner_text("body")
-        judge = demo["recipe"].judge
         assert f"/{judge.model} ({judge.mode}, prompt v" in scored, scored[:2000]
         assert "generations@0" in scored and _link(page, "generate · stage run").startswith("/runs/task-run/")
         page.screenshot(path=str(shots / "stage-score.png"), full_page=True)

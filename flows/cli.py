@@ -5,11 +5,9 @@ Heavy imports (torch, prefect) happen inside commands so `wrl --help` stays fast
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from flows.local_api import LocalAPIError, start_local_api
 
 app = typer.Typer(
     name="wrl",
@@ -90,7 +90,7 @@ def _user_errors():
     from storage import DatasetNotFoundError, StorageBusyError
     from tasks.instructions import InstructionDataError
 
-    return (ConfigError, InstructionDataError, StorageBusyError, DatasetNotFoundError)
+    return (ConfigError, InstructionDataError, StorageBusyError, DatasetNotFoundError, LocalAPIError)
 
 
 # -- pipeline ------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def _user_errors():
 def _run_flow(
     flow_name: str, config: Path, sets: list[str] | None, refresh: list[str], until: str | None = None
 ) -> dict:
-    api_ready = _start_local_prefect_api()  # first: it starts while we load and check
+    api_ready = start_local_api()  # first: it starts while we load and check
     recipe, overrides = _load(config, sets)
     if flow_name == "evaluate":
         _check_evaluation(recipe, config)
@@ -108,62 +108,23 @@ def _run_flow(
         if flow_name == "evaluate":
             from flows.evaluate import evaluate_candidates
 
-            with api_ready():
+            with api_ready:
                 return evaluate_candidates(
                     recipe_path=str(config), overrides=overrides or None, refresh=bool(refresh)
                 )
         if flow_name == "train":
             from flows.train import train_policy
 
-            with api_ready():
+            with api_ready:
                 return train_policy(recipe_path=str(config), overrides=overrides or None, refresh=refresh)
         from flows.build_dataset import build_dataset
 
-        with api_ready():
+        with api_ready:
             return build_dataset(
                 recipe_path=str(config), overrides=overrides or None, refresh=refresh, until=until
             )
     except _user_errors() as exc:
         raise _UserFacingError(str(exc)) from None
-
-
-def _start_local_prefect_api():
-    """Without PREFECT_API_URL, Prefect starts a local API server (a subprocess) on a flow's first
-    call, and the call waits: ~3 s importing Prefect's server code, then ~4 s (warm) to ~11 s (new
-    database) until it answers (measured, 2 cores). Starting it now, in a thread, overlaps that with
-    loading the recipe, checking the model and importing the flow. Returns a context manager to run
-    the flow in: it waits for the server, and turns flow-run heartbeats off, which only a real
-    server's crash detection reads (each flow spent ~0.7 s joining the heartbeat thread)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    if PREFECT_API_URL.value():
-        return contextlib.nullcontext
-    # Automations need a lasting server; on this short-lived one their trigger service only adds
-    # writers to its SQLite file (Prefect issue 15170: "database is locked" from periodic trigger
-    # evaluation). A locked write stalled one cold demo for 60 s (docs/benchmarks.md).
-    os.environ.setdefault("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "false")
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            from prefect.server.api.server import SubprocessASGIServer
-
-            SubprocessASGIServer().start()  # the instance the flow's client will find running
-        except BaseException as exc:  # the flow's own start then tries again, and reports
-            failed.append(exc)
-
-    thread = threading.Thread(target=start, name="prefect-local-api", daemon=True)
-    thread.start()
-
-    @contextlib.contextmanager
-    def ready():
-        thread.join()
-        if failed:
-            logging.getLogger(__name__).warning("starting Prefect's local API early failed: %s", failed[0])
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-
-    return ready
 
 
 FLOWS = ("build-dataset", "train", "evaluate")
@@ -175,6 +136,7 @@ def demo(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
     (curation, then RL training when the recipe has a `training:` block, then the evaluation of
     the base and trained policies when it has an `evaluation:` block)."""
     started = time.perf_counter()
+    start_local_api()  # before anything else: the server starts while the recipe loads
     recipe, _ = _load(config, sets)
     for name, bench in recipe.evaluation.benchmarks.items() if recipe.evaluation else ():
         if not bench.path.exists():  # say so now, not after the training
@@ -203,7 +165,7 @@ def evaluate(
 ) -> None:
     """Evaluate the recipe's candidates on its benchmarks and print the comparison table.
     Pairs evaluated before (same model, benchmark slice and judge) are cache hits."""
-    api_ready = _start_local_prefect_api()
+    api_ready = start_local_api()
     recipe, overrides = _load(config, sets)
     _check_evaluation(recipe, config)
     _provision_embedded_models(recipe)
@@ -211,7 +173,7 @@ def evaluate(
     from flows.evaluate import evaluate_candidates
 
     try:
-        with api_ready():
+        with api_ready:
             summary = evaluate_candidates(
                 recipe_path=str(config), overrides=overrides or None, candidates=candidate or None,
                 benchmarks=benchmark or None, refresh=refresh,

@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 
 from configs.loading import ConfigError, load_recipe, stable_hash
 from flows.pipeline import run_tags, tag_flow_run, tag_flow_run_with_datasets
-from flows.reporting import artifact_key, image_artifact
+from flows.reporting import artifact_key, figures_drawn_before, image_artifact
 from storage import DatasetRef, Storage, code_version, open_storage
 from tasks.evaluation.candidates import Candidate, resolve_candidates
 from tasks.evaluation.report import (
@@ -139,7 +139,7 @@ def _report(storage: Storage, run_id: str, rows: list[dict[str, Any]]) -> dict[s
     for train_run_id in sorted({r["train_run_id"] for r in rows if r["train_run_id"]}):
         series = score_over_steps(storage.evaluations.results(train_run_id=train_run_id), train_run_id)
         path = storage.root / "reports" / run_id / f"scores-over-steps-{train_run_id}.png"
-        if plot_score_over_steps(series, train_run_id, path) is not None:
+        if plot_score_over_steps(series, train_run_id, path, figures_drawn_before(storage)) is not None:
             plots[train_run_id] = {"path": str(path), "series": series}
     return {"table": table, "markdown": comparison_markdown(table, rows), "plots": plots}
 

@@ -39,6 +39,11 @@ REPORTED_DATASETS = (
 )
 
 
+def figures_drawn_before(storage: Storage) -> Path:
+    """Where report figures are kept by what they show, so a warm run copies instead of drawing."""
+    return storage.root / "reports" / ".figures"
+
+
 def build_report(storage: Storage, run_id: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
     """Read the run's outputs back, compute the report and draw its plot (path in `plot`)."""
     tables = {}
@@ -47,11 +52,12 @@ def build_report(storage: Storage, run_id: str, stages: list[dict[str, Any]]) ->
             if name in REPORTED_DATASETS:
                 tables[name] = storage.datasets.read(DatasetRef.parse(ref))
     report = curation_report(stages, tables)
-    plot = plot_curation_report(report, storage.root / "reports" / run_id / "curation.png")
+    folder, figures = storage.root / "reports" / run_id, figures_drawn_before(storage)
+    plot = plot_curation_report(report, folder / "curation.png", figures)
     report["plot"] = str(plot) if plot is not None else None
     if "train_metrics" in tables:
         report["training"] = training_report(tables["train_metrics"], tables["curriculum_history"])
-        plot = plot_training_report(report["training"], storage.root / "reports" / run_id / "training.png")
+        plot = plot_training_report(report["training"], folder / "training.png", figures)
         report["training"]["plot"] = str(plot) if plot is not None else None
     return report
 

@@ -3,6 +3,8 @@
 It records runs, stage runs and their lineage (config hash, code version, Prefect ids, the dataset
 versions read and written), the dataset-version registry and the stage cache. Every access opens
 a connection inside the storage lock and closes it at the end: see storage/locking.py for why.
+Opening costs ~20 ms (measured, DuckDB 1.x/2.0, 2 cores, even for `:memory:`), so a `session`
+lets several accesses in a row share one connection.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,24 +34,43 @@ class CachedStage:
     outputs: dict[str, DatasetRef]
 
 
+# Catalog files this process has migrated, by identity: each stage opens the storage anew, and the
+# migration check is a connection of its own. A file deleted and created again is a new identity.
+_MIGRATED: set[tuple[str, int, int, int]] = set()
+
+
+def _identity(path: Path, migrations: tuple[Migration, ...]) -> tuple[str, int, int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (str(path), stat.st_dev, stat.st_ino, len(migrations))
+
+
 class Catalog:
     def __init__(self, path: Path, lock: StorageLock, migrations: tuple[Migration, ...] = MIGRATIONS):
         self.path = path
         self.lock = lock
         self._migrations = migrations
-        self._migrated = False
+        self._migrated = _identity(path, migrations) in _MIGRATED
+        self._session = threading.local()
 
     # -- connection ------------------------------------------------------------------------------
 
     @contextmanager
     def connect(self, purpose: str = "catalog access") -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection inside the storage lock and one transaction; committed on success."""
+        """A connection inside the storage lock and one transaction; committed on success. Inside
+        this thread's `session`, the session's connection and transaction."""
+        shared = getattr(self._session, "con", None)
+        if shared is not None:
+            yield shared
+            return
         with self.lock.hold(purpose):
             con = duckdb.connect(str(self.path))
             try:
                 if not self._migrated:
                     migrate(con, self._migrations)
-                    self._migrated = True
+                    self._mark_migrated()
                 con.execute("BEGIN TRANSACTION")
                 try:
                     yield con
@@ -59,15 +81,34 @@ class Catalog:
             finally:
                 con.close()
 
+    @contextmanager
+    def session(self, purpose: str) -> Iterator[None]:
+        """Every catalog access of this thread in the block shares one connection, lock hold and
+        transaction (all or nothing). Keep it short: other processes wait for the lock."""
+        with self.connect(purpose) as con:
+            self._session.con = con
+            try:
+                yield
+            finally:
+                self._session.con = None
+
     def migrate(self) -> list[str]:
+        """Bring the schema up to date; a no-op (no connection) once this process has done it."""
+        if self._migrated:
+            return []
         with self.lock.hold("migration"):
             con = duckdb.connect(str(self.path))
             try:
                 applied = migrate(con, self._migrations)
             finally:
                 con.close()
-        self._migrated = True
+        self._mark_migrated()
         return applied
+
+    def _mark_migrated(self) -> None:
+        self._migrated = True
+        if (identity := _identity(self.path, self._migrations)) is not None:
+            _MIGRATED.add(identity)
 
     def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
         with self.connect("query") as con:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.plotting import png_figure
+from tasks.plotting import drawn_before, png_figure
 
 MAX_LISTED_FAILURES = 50  # the report lists this many; the counts cover all of them
 
@@ -151,13 +151,17 @@ def curation_report(
     return report
 
 
-def plot_curation_report(report: Mapping[str, Any], path: Path) -> Path | None:
+def plot_curation_report(report: Mapping[str, Any], path: Path, figures: Path | None = None) -> Path | None:
     """Two panels: p per instruction (selected vs dropped), and the score gap at each ladder level.
-    Returns the PNG path, or None when there is nothing to plot (no selection stage ran)."""
+    Returns the PNG path, or None when there is nothing to plot (no selection stage ran).
+    `figures`: a folder of figures drawn before (tasks/plotting.py)."""
     margins, ladders = report.get("margins"), report.get("ladders")
     if margins is None:
         return None
-    with png_figure(path, 2, (11, 4.2)) as (left, right):
+    before = drawn_before(figures, plot_curation_report, margins, ladders)
+    if before is not None and before.copy_to(path):
+        return path
+    with png_figure(path, 2, (11, 4.2), before) as (left, right):
         values = [v for v in margins["values"] if v["p"] is not None]
         values.sort(key=lambda v: v["p"], reverse=True)
         colors = ["tab:blue" if v["selected"] else "tab:gray" for v in values]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import BENCHMARKS
-from tasks.plotting import png_figure
+from tasks.plotting import drawn_before, png_figure
 
 TITLES = {
     "writingbench": "WritingBench",
@@ -102,12 +102,16 @@ def score_over_steps(
 
 
 def plot_score_over_steps(
-    series: Mapping[str, list[tuple[int, float]]], train_run_id: str, path: Path
+    series: Mapping[str, list[tuple[int, float]]], train_run_id: str, path: Path, figures: Path | None = None
 ) -> Path | None:
-    """One line per benchmark, score (0-100) against training step; None when there is nothing."""
+    """One line per benchmark, score (0-100) against training step; None when there is nothing.
+    `figures`: a folder of figures drawn before (tasks/plotting.py)."""
     if not series:
         return None
-    with png_figure(path, 1, (7, 4)) as ax:
+    before = drawn_before(figures, plot_score_over_steps, series, train_run_id)
+    if before is not None and before.copy_to(path):
+        return path
+    with png_figure(path, 1, (7, 4), before) as ax:
         for benchmark, points in series.items():
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", label=TITLES[benchmark])

@@ -23,9 +23,14 @@ MATERIALIZED_BY = "writing-rl"
 
 
 def publish_stage_run(
-    result: StageResult, inputs: Mapping[str, DatasetRef], config: Any, storage: Storage
+    result: StageResult,
+    inputs: Mapping[str, DatasetRef],
+    config: Any,
+    storage: Storage,
+    producers: Mapping[DatasetRef, dict[str, Any]] | None = None,
 ) -> None:
-    """Nothing outside a Prefect run (the CLI's single stage, unit tests)."""
+    """Nothing outside a Prefect run (the CLI's single stage, unit tests). `producers`: the
+    catalog's `producers` of the inputs (and of a cache hit's outputs), if the caller has them."""
     from prefect.context import get_run_context
 
     try:
@@ -35,7 +40,7 @@ def publish_stage_run(
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
-        markdown=stage_markdown(result, inputs, config, storage),
+        markdown=stage_markdown(result, inputs, config, storage, producers),
         key=f"stage-{result.stage}",
         description=f"{result.stage}: inputs, outputs and lineage",
     )
@@ -44,7 +49,11 @@ def publish_stage_run(
 
 
 def stage_markdown(
-    result: StageResult, inputs: Mapping[str, DatasetRef], config: Any, storage: Storage
+    result: StageResult,
+    inputs: Mapping[str, DatasetRef],
+    config: Any,
+    storage: Storage,
+    producers: Mapping[DatasetRef, dict[str, Any]] | None = None,
 ) -> str:
     how = "cache hit" if result.cached else f"computed in {result.elapsed_s:.1f} s"
     lines = [
@@ -56,7 +65,8 @@ def stage_markdown(
     judge = describe_judge(config)
     if judge:
         lines += ["", f"judge: `{judge}`"]
-    links = producer_links(storage, [*inputs.values(), *(result.outputs.values() if result.cached else ())])
+    refs = [*inputs.values(), *(result.outputs.values() if result.cached else ())]
+    links = producer_links(storage, refs, producers)
     lines += ["", "| | dataset | written by |", "|---|---|---|"]
     for role, ref in inputs.items():
         lines.append(f"| input ({_cell(role)}) | `{ref}` | {links[ref]} |")
@@ -109,11 +119,17 @@ def _asset_resource(storage: Storage, ref: DatasetRef) -> dict[str, str]:
     return {"prefect.resource.id": asset_key(storage, ref), "prefect.resource.name": ref.name}
 
 
-def producer_links(storage: Storage, refs: Iterable[DatasetRef]) -> dict[DatasetRef, str]:
+def producer_links(
+    storage: Storage,
+    refs: Iterable[DatasetRef],
+    producers: Mapping[DatasetRef, dict[str, Any]] | None = None,
+) -> dict[DatasetRef, str]:
     """Markdown per ref: the stage run that wrote it, linked to its Prefect task run (or flow run).
-    One catalog query for all of them."""
+    One catalog query for all of them, unless `producers` has them already."""
     refs = list(refs)
-    producers, ui = storage.catalog.producers(refs), _ui_base()
+    ui = _ui_base()
+    if producers is None:
+        producers = storage.catalog.producers(refs)
     links = {}
     for ref in refs:
         producer = producers.get(ref)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.plotting import png_figure
+from tasks.plotting import drawn_before, png_figure
 
 STEP_COLUMNS = {  # report column -> (source, metric name)
     "reward": ("reward", "reward/mean"),
@@ -71,11 +71,14 @@ def training_report(metrics: pa.Table, history: pa.Table) -> dict[str, Any]:
     }
 
 
-def plot_training_report(report: Mapping[str, Any], path: Path) -> Path | None:
+def plot_training_report(report: Mapping[str, Any], path: Path, figures: Path | None = None) -> Path | None:
     steps = report.get("steps") or []
     if not steps:
         return None
-    with png_figure(path, 4, (16, 3.8)) as axes:
+    before = drawn_before(figures, plot_training_report, steps, report.get("final_rungs"))
+    if before is not None and before.copy_to(path):
+        return path
+    with png_figure(path, 4, (16, 3.8), before) as axes:
         xs = [s["step"] for s in steps]
         for ax, (column, title) in zip(
             axes[:3],

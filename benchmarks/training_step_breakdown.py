@@ -13,13 +13,14 @@ TRL's GRPOTrainer methods, one row per optimisation step:
 The timers are class-level wrappers on TRL 1.16's methods (the script stops if one is missing), so
 they measure the trainer as `wrl` runs it. The first step is reported apart (warm-up).
 
-    .venv/bin/python benchmarks/training_step_breakdown.py                     # demo recipe, 10 steps
+    .venv/bin/python benchmarks/training_step_breakdown.py                     # demo recipe, its 6 steps
     .venv/bin/python benchmarks/training_step_breakdown.py --store /tmp/curated --set training.seed=1
 
 `--store` reuses a store whose curation is done (the curation stages are cache hits); the train
-stage must still compute there (a different `--steps` than before gives it a new cache key). Change
-`training.seed` too: with the seed of an earlier training on that store, the first steps sample
-the same rollouts and their judge calls are response-cache hits (judging then measures ~0 s).
+stage must still compute there, and with other rollouts than before: change `training.seed`. With
+the seed of an earlier training on that store (even with another --steps, a new cache key), the
+first steps sample the same rollouts and their judge calls are response-cache hits (judging then
+measures ~0 s).
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def install(clock: StepClock) -> None:
 
 def main(
     config: Annotated[Path, typer.Option(help="Recipe.")] = PROJECT_ROOT / "configs" / "demo.yaml",
-    steps: Annotated[int, typer.Option(help="Optimisation steps (training.max_steps).")] = 10,
+    steps: Annotated[
+        int | None, typer.Option(help="Optimisation steps (default: the recipe's training.max_steps).")
+    ] = None,
     store: Annotated[Path | None, typer.Option(help="Store to use (default: a fresh temp dir).")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="Recipe override KEY=VALUE.")] = None,
 ) -> None:
@@ -135,7 +138,8 @@ def main(
         base = load_recipe(config)
         model_cache = (PROJECT_ROOT / base.storage.model_cache).resolve()
         overrides = {"storage.root": str(root), "storage.model_cache": str(model_cache),
-                     "training.max_steps": steps, **dict(parse_set_option(s) for s in sets or [])}  # fmt: skip
+                     **({"training.max_steps": steps} if steps else {}),
+                     **dict(parse_set_option(s) for s in sets or [])}  # fmt: skip
         recipe = load_recipe(config, overrides)
         if recipe.training is None or recipe.training.algorithm != "grpo":
             raise SystemExit(f"{config}: needs a `training:` block with algorithm grpo")

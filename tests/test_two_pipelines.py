@@ -1,5 +1,5 @@
 """Two whole pipelines started at once on one storage root, as two users would start them
-(`python -m flows run build-dataset`, each on its own ephemeral Prefect API in one PREFECT_HOME):
+(`python -m flows run build-dataset`, each on its own local Prefect API in one PREFECT_HOME):
 both finish, each stage is computed once and the other run waits for it and reuses it, and every
 dataset version the catalog lists reads back whole."""
 

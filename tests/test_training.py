@@ -165,7 +165,7 @@ def test_a_recipe_without_training_cannot_run_the_train_stage(prefect_harness, t
 
 @pytest.mark.parametrize("recipe", ["paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml", "demo.yaml"])
 def test_the_shipped_training_blocks_pass_trls_own_checks(recipe):
-    from tasks.training.trainer import trainer_args, validate_training
+    from tasks.training.trainer import policy_dtype, trainer_args, validate_training
     from tests.conftest import PROJECT_ROOT
 
     training = load_recipe(PROJECT_ROOT / "configs" / recipe).training
@@ -178,6 +178,12 @@ def test_the_shipped_training_blocks_pass_trls_own_checks(recipe):
     )
     if recipe.startswith("paper"):  # the GPU recipe: vLLM rollouts, bf16
         assert args.use_vllm and args.vllm_mode == training.vllm_mode and training.bf16
+        # vLLM's context is the prompt budget plus the response budget, not the model's whole context
+        assert args.vllm_max_model_length == training.max_prompt_tokens + training.max_response_tokens
+        # On the GPU (transformers refuses bf16 here) the policy loads in bf16, not TRL's float32
+        assert policy_dtype(training, on_cpu=False) == "bfloat16"
+    else:
+        assert args.model_init_kwargs == {"dtype": "float32"}
 
 
 def test_a_batch_that_cannot_be_split_over_the_devices_is_refused():

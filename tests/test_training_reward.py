@@ -213,3 +213,29 @@ def test_the_training_prompts_are_the_policy_strategys_messages():
     )
     with pytest.raises(ValueError, match=r"agentwrite.*cannot be the policy"):
         train_dataset(items, direct.model_copy(update={"strategy": "agentwrite"}))
+
+
+def test_prompts_over_the_budget_are_cut_on_the_left_inside_the_instruction(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from configs.schema import GeneratorConfig
+    from tasks.training.data import prompt_tokens, train_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    policy = GeneratorConfig(name="policy", role="policy", backend="b", model="m", system_prompt="Be vivid.")
+    long_prompt = " ".join(f"word{i}" for i in range(400)) + " Now write the ending."
+    items = {**_items(), "long": TrainingItem("long", long_prompt, (), None, _items()["i1"].rungs)}
+    full = train_dataset(items, policy).to_list()
+    budget = 120
+    assert prompt_tokens(full[2]["prompt"], tokenizer) > budget
+    rows = {
+        r["instruction_id"]: r["prompt"] for r in train_dataset(items, policy, tokenizer, budget).to_list()
+    }
+    assert rows["i1"] == full[0]["prompt"]  # within the budget: untouched
+    (system, user) = rows["long"]
+    assert prompt_tokens(rows["long"], tokenizer) <= budget
+    assert prompt_tokens(rows["long"], tokenizer) >= budget - 2  # cut to the budget, not beyond
+    assert system == {"role": "system", "content": "Be vivid."}  # the template and system prompt stay
+    assert user["content"].endswith("Now write the ending.") and "word0 " not in user["content"]
+    with pytest.raises(ValueError, match=r"max_prompt_tokens: 8 leaves no room for instruction 'i1'"):
+        train_dataset(items, policy, tokenizer, 8)

@@ -111,11 +111,18 @@ def compute(ctx: StageContext) -> StageOutput:
 
     model_id, model_dir = paths.model_id, paths.model_dir
     base_model = resolve_model_path_once(recipe.policy.model, Path(recipe.storage.model_cache))
+    from transformers import AutoTokenizer
+
     try:
         outcome = run_training(
             model_path=base_model,
             training=recipe.training,
-            train_dataset=train_dataset(items, recipe.policy),
+            train_dataset=train_dataset(
+                items,
+                recipe.policy,
+                AutoTokenizer.from_pretrained(base_model),
+                recipe.training.max_prompt_tokens,
+            ),
             reward=reward,
             output_dir=paths.work_dir,
             record_step=record_step,

@@ -400,6 +400,8 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
 
             sizes = (1,) if recipe.training.device == "cpu" else (1, 2, 4, 8)
             problems += validate_training(recipe.training, world_sizes=sizes)
+            if recipe.training.device != "cpu":  # memory on the GPUs the recipe declares
+                problems += _memory_plan(recipe).problems()
         if problems:
             err_console.print(f"Invalid recipe {path}:", highlight=False, markup=False)
             for problem in problems:
@@ -409,9 +411,48 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
         what = f"{len(recipe.generators)} generators" + (
             ", training checked for 1-8 devices" if recipe.training else ""
         )
+        if recipe.training is not None and recipe.training.device != "cpu":
+            what += f", its memory on {recipe.training.gpus} x {recipe.training.gpu_memory_gib:g} GiB"
         console.print(f"[green]ok[/] {path} ({recipe.name}: {what})")
     if bad:
         raise typer.Exit(2)
+
+
+def _memory_plan(recipe, gpus: int | None = None, gpu_memory_gib: float | None = None):
+    from tasks.training.memory_plan import architecture_of, plan_training
+
+    training = recipe.training
+    try:
+        arch = architecture_of(recipe.policy.model)
+    except ValueError as exc:
+        raise _UserFacingError(f"{recipe.name}: generators[policy].model: {exc}") from None
+    return plan_training(training, arch, gpus or training.gpus, gpu_memory_gib or training.gpu_memory_gib)
+
+
+@config_app.command("plan")
+def config_plan(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    sets: SetOpt = None,
+    gpus: Annotated[int | None, typer.Option(min=1, help="GPUs (default: training.gpus).")] = None,
+    gpu_memory_gib: Annotated[
+        float | None, typer.Option(min=1, help="Memory per GPU, GiB (default: training.gpu_memory_gib).")
+    ] = None,
+) -> None:
+    """Estimate the training's memory per GPU, term by term with its arithmetic; exit 1 when it does
+    not fit, naming the largest term and what to change (tasks/training/memory_plan.py)."""
+    recipe, _ = _load(config, sets)
+    if recipe.training is None:
+        raise _UserFacingError(f"{config}: no `training:` block to plan")
+    plan = _memory_plan(recipe, gpus, gpu_memory_gib)
+    t = recipe.training
+    console.print(
+        f"{recipe.name}: policy {recipe.policy.model}, {t.distributed}"
+        f"{' + CPU offload' if t.cpu_offload else ''}, bf16 {t.bf16}, LoRA {t.lora is not None}, kl_coef {t.kl_coef}",
+        highlight=False, markup=False,
+    )  # fmt: skip
+    console.print(plan.render(), highlight=False, markup=False, soft_wrap=True)
+    if not plan.fits:
+        raise typer.Exit(1)
 
 
 @config_app.command("show")

@@ -1,0 +1,84 @@
+"""The per-GPU memory estimate (`wrl config plan`): the paper recipes fit on 8 x 80 GB and are
+refused on 1 x 80 GB, with the arithmetic shown and the largest term named."""
+
+from __future__ import annotations
+
+import pytest
+
+from configs.loading import load_recipe
+from configs.schema import LoraConfig
+from tasks.training.memory_plan import GIB, KNOWN_ARCHITECTURES, architecture_of, plan_training
+from tests.conftest import PROJECT_ROOT
+from tests.test_cli import wrl
+
+PAPER = ["paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml"]
+
+
+def _recipe(name: str):
+    return load_recipe(PROJECT_ROOT / "configs" / name)
+
+
+def test_the_parameter_count_is_the_models():
+    # Published sizes: Qwen2.5-7B 7.62B, Llama-3.1-8B 8.03B parameters.
+    assert round(KNOWN_ARCHITECTURES["Qwen/Qwen2.5-7B-Instruct"].params / 1e9, 2) == 7.62
+    assert round(KNOWN_ARCHITECTURES["meta-llama/Llama-3.1-8B-Instruct"].params / 1e9, 2) == 8.03
+
+
+def test_a_local_models_config_gives_its_exact_parameter_count(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert architecture_of(str(tiny_model_dir)).params == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="no architecture known for 'org/unknown'"):
+        architecture_of("org/unknown")
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_the_paper_recipes_fit_on_8_gpus_and_not_on_1(name):
+    recipe = _recipe(name)
+    arch = architecture_of(recipe.policy.model)
+    eight = plan_training(recipe.training, arch, gpus=8, gpu_memory_gib=80)
+    assert eight.fits and eight.problems() == []
+    assert eight.training_total <= 80 * GIB * (1 - recipe.training.vllm_gpu_memory_utilization)
+    one = plan_training(recipe.training, arch, gpus=1, gpu_memory_gib=80)
+    assert not one.fits
+    (problem,) = one.problems()
+    assert "the largest term is optimizer state" in problem and "zero3 or fsdp2" in problem
+    # Sharding divides the model states by the GPUs; the activations and logits do not change.
+    terms = {t.name: t.bytes for t in eight.terms}
+    assert terms["weights"] == pytest.approx(arch.params * 2 / 8)
+    assert terms["optimizer state"] == pytest.approx(arch.params * 12 / 8)
+
+
+def test_the_batch_term_and_its_remedy():
+    training = _recipe(PAPER[0]).training.model_copy(update={"gradient_accumulation_steps": 1})
+    plan = plan_training(training, architecture_of("Qwen/Qwen2.5-7B-Instruct"), gpus=8, gpu_memory_gib=80)
+    (problem,) = plan.problems()
+    assert "largest term is logits" in problem and "raise gradient_accumulation_steps" in problem
+    assert "16 sequence(s) of 14096 tokens per GPU" in problem
+
+
+def test_lora_no_reference_and_offload_shrink_the_estimate():
+    base = _recipe(PAPER[0]).training.model_copy(update={"gpus": 1})
+    arch = architecture_of("Qwen/Qwen2.5-7B-Instruct")
+    full = {t.name: t.bytes for t in plan_training(base, arch, 1, 80).terms}
+    lora = LoraConfig(r=16, alpha=32, target_modules=("q_proj", "v_proj"))
+    lean = base.model_copy(update={"kl_coef": 0.0, "cpu_offload": True, "lora": lora})
+    small = {t.name: t.bytes for t in plan_training(lean, arch, 1, 80).terms}
+    assert "reference model" in full and "reference model" not in small
+    assert small["optimizer state"] == 0 and small["gradients"] < full["gradients"] / 100
+
+
+def test_the_command_prints_the_arithmetic_and_fails_when_it_does_not_fit():
+    config = str(PROJECT_ROOT / "configs" / PAPER[0])
+    fits = wrl("config", "plan", "--config", config)
+    assert fits.returncode == 0, fits.stderr
+    assert "7.62B params x 2 B / 8 GPU(s) (zero3)" in fits.stdout and fits.stdout.rstrip().endswith("fits")
+    refused = wrl("config", "plan", "--config", config, "--gpus", "1")
+    assert (
+        refused.returncode == 1 and "DOES NOT FIT" in refused.stdout and "optimizer state" in refused.stdout
+    )
+    demo = wrl("config", "plan", "--config", str(PROJECT_ROOT / "configs" / "demo.yaml"))
+    assert (
+        demo.returncode == 2 and "no architecture known for 'embedded:smollm2-135m-instruct'" in demo.stderr
+    )

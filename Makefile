@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -q
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo up down test test-fast test-slow lint clean
+.PHONY: install demo up down test test-fast test-slow lint clean gpu-lock gpu-lock-check
 
 install: $(STAMP)
 
@@ -42,7 +42,22 @@ lint: install
 # The fast suite, then the slow one (drills with real processes and servers, the end-to-end tests
 # on the real embedded model). pytest exits 5 when a selection collects nothing; that is not a
 # failure here. --durations: the slowest tests, so a CI log shows where the time went.
-test: lint
+# The GPU stack (CUDA torch, vLLM, Prefect) for Linux x86_64, Python 3.11, resolved by uv from the
+# packages' metadata: nothing is downloaded. `make gpu-lock` rewrites the lock after a pin changes;
+# `make gpu-lock-check` (part of `make test`, so CI) fails when pyproject no longer resolves within
+# it, so a pin cannot silently break the GPU install again (issue 16).
+GPU_LOCK := locks/gpu-linux-x86_64-py311.txt
+UV_GPU   := $(BIN)/uv pip compile pyproject.toml --extra vllm --extra dev --python-platform x86_64-manylinux_2_28 \
+	--python-version 3.11 --quiet
+
+gpu-lock: install
+	$(UV_GPU) --custom-compile-command 'make gpu-lock' -o $(GPU_LOCK)
+
+gpu-lock-check: install
+	$(UV_GPU) --constraint $(GPU_LOCK) > /dev/null
+	@echo "the GPU lock ($(GPU_LOCK)) resolves from pyproject.toml"
+
+test: lint gpu-lock-check
 	$(BIN)/pytest -q --durations=10 || [ $$? -eq 5 ]
 	$(BIN)/pytest -q -m slow --durations=15 || [ $$? -eq 5 ]
 

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 # Prefect's SubprocessASGIServer: no UI, and the app treats itself as the ephemeral server.
 SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+# Defaults a user's environment overrides. Automations need a lasting server; on this short-lived
+# one their trigger service only adds writers to its SQLite file (Prefect issue 15170: "database
+# is locked" from periodic trigger evaluation; a locked write stalled one cold demo for 62 s).
+SERVER_DEFAULTS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
 # uvicorn's exit code when it could not start: the port was taken between our check and its bind
 # (try another, as Prefect does), or the app failed (the same again: give up after a few).
 STARTUP_FAILURE_EXIT_CODE = 3
@@ -90,7 +94,7 @@ class LocalPrefectAPI:
             )
             sink.flush()
             self.process = subprocess.Popen(
-                command, env={**os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL, stdout=sink,
+                command, env={**SERVER_DEFAULTS, **os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL, stdout=sink,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
 

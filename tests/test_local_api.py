@@ -63,6 +63,8 @@ def test_flows_run_on_the_local_api_and_it_stops_with_the_command(fresh):
     with local_api.start_local_api():  # a second flow of the same command: the same server
         assert local_api._current is api and hello() == "hi"
     pid = api.process.pid
+    with open(f"/proc/{pid}/environ", "rb") as environ:  # no trigger service on a short-lived server
+        assert b"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED=false" in environ.read().split(b"\0")
     local_api.stop_local_api()
     assert not _alive(pid)
     assert (fresh / "prefect" / "local-api.log").is_file()

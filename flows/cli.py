@@ -99,10 +99,12 @@ def _user_errors():
 def _run_flow(
     flow_name: str, config: Path, sets: list[str] | None, refresh: list[str], until: str | None = None
 ) -> dict:
-    api_ready = start_local_api()  # first: it starts while we load and check
     recipe, overrides = _load(config, sets)
     if flow_name == "evaluate":
         _check_evaluation(recipe, config)
+    # Once the input is known to be good (a refused recipe starts and writes nothing), and before
+    # the model checks and the flow's imports, which its start overlaps.
+    api_ready = start_local_api()
     _provision_embedded_models(recipe)
     try:
         if flow_name == "evaluate":
@@ -136,7 +138,6 @@ def demo(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
     (curation, then RL training when the recipe has a `training:` block, then the evaluation of
     the base and trained policies when it has an `evaluation:` block)."""
     started = time.perf_counter()
-    start_local_api()  # before anything else: the server starts while the recipe loads
     recipe, _ = _load(config, sets)
     for name, bench in recipe.evaluation.benchmarks.items() if recipe.evaluation else ():
         if not bench.path.exists():  # say so now, not after the training
@@ -165,9 +166,9 @@ def evaluate(
 ) -> None:
     """Evaluate the recipe's candidates on its benchmarks and print the comparison table.
     Pairs evaluated before (same model, benchmark slice and judge) are cache hits."""
-    api_ready = start_local_api()
     recipe, overrides = _load(config, sets)
     _check_evaluation(recipe, config)
+    api_ready = start_local_api()  # see _run_flow
     _provision_embedded_models(recipe)
     started = time.perf_counter()
     from flows.evaluate import evaluate_candidates
@@ -401,7 +402,13 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
             sizes = (1,) if recipe.training.device == "cpu" else (1, 2, 4, 8)
             problems += validate_training(recipe.training, world_sizes=sizes)
             if recipe.training.device != "cpu":  # memory on the GPUs the recipe declares
-                problems += _memory_plan(recipe).problems()
+                try:
+                    plan = _memory_plan(recipe)
+                except ValueError as exc:  # an architecture we cannot read is not a recipe error
+                    memory = f", memory not estimated ({exc})"
+                else:
+                    problems += plan.problems()
+                    memory = f", its memory on {plan.gpus} x {plan.gpu_memory_gib:g} GiB"
         if problems:
             err_console.print(f"Invalid recipe {path}:", highlight=False, markup=False)
             for problem in problems:
@@ -412,20 +419,21 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
             ", training checked for 1-8 devices" if recipe.training else ""
         )
         if recipe.training is not None and recipe.training.device != "cpu":
-            what += f", its memory on {recipe.training.gpus} x {recipe.training.gpu_memory_gib:g} GiB"
+            what += memory
         console.print(f"[green]ok[/] {path} ({recipe.name}: {what})")
     if bad:
         raise typer.Exit(2)
 
 
 def _memory_plan(recipe, gpus: int | None = None, gpu_memory_gib: float | None = None):
+    """The recipe's memory plan; ValueError naming the policy's field when its architecture is unknown."""
     from tasks.training.memory_plan import architecture_of, plan_training
 
     training = recipe.training
     try:
         arch = architecture_of(recipe.policy.model)
     except ValueError as exc:
-        raise _UserFacingError(f"{recipe.name}: generators[policy].model: {exc}") from None
+        raise ValueError(f"generators[{recipe.generators.index(recipe.policy)}].model: {exc}") from None
     return plan_training(training, arch, gpus or training.gpus, gpu_memory_gib or training.gpu_memory_gib)
 
 
@@ -443,7 +451,10 @@ def config_plan(
     recipe, _ = _load(config, sets)
     if recipe.training is None:
         raise _UserFacingError(f"{config}: no `training:` block to plan")
-    plan = _memory_plan(recipe, gpus, gpu_memory_gib)
+    try:
+        plan = _memory_plan(recipe, gpus, gpu_memory_gib)
+    except ValueError as exc:
+        raise _UserFacingError(f"{config}: {exc}") from None
     t = recipe.training
     console.print(
         f"{recipe.name}: policy {recipe.policy.model}, {t.distributed}"

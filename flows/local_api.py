@@ -114,9 +114,16 @@ class LocalPrefectAPI:
                     self._launch()
                 elif code is not None:
                     self.process = None
+                    tail = self._log_tail()
+                    hint = (
+                        f"\nIts database in {self.log_path.parent} was written by a newer Prefect (the "
+                        "project moved from 3.8 to 3.7.7, docs/operations.md): it holds only this local "
+                        "run history; move it aside, or set PREFECT_HOME to another folder."
+                        if "Can't locate revision" in tail else ""
+                    )  # fmt: skip
                     raise LocalAPIError(
                         f"Prefect's local API exited with code {code} (started {self.launches} times):\n"
-                        f"{self._log_tail()}"
+                        f"{tail}{hint}"
                     )
                 elif time.monotonic() > deadline:
                     self.stop()

@@ -82,3 +82,18 @@ def test_the_command_prints_the_arithmetic_and_fails_when_it_does_not_fit():
     assert (
         demo.returncode == 2 and "no architecture known for 'embedded:smollm2-135m-instruct'" in demo.stderr
     )
+    assert "demo.yaml: generators[0].model:" in " ".join(demo.stderr.split())
+
+
+def test_validate_checks_memory_and_says_when_it_cannot(tmp_path):
+    paper = PROJECT_ROOT / "configs" / PAPER[0]
+    own = tmp_path / "own-model.yaml"  # a GPU recipe whose policy's architecture nobody can read here
+    own.write_text(paper.read_text().replace("model: Qwen/Qwen2.5-7B-Instruct", "model: org/own-7b", 1))
+    one_gpu = tmp_path / "one-gpu.yaml"
+    one_gpu.write_text(paper.read_text().replace("  gpus: 8\n", "  gpus: 1\n"))
+    result = wrl("config", "validate", str(paper), str(own), str(one_gpu))
+    assert result.returncode == 2, result.stdout + result.stderr  # one invalid file, the others checked
+    out = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
+    assert "its memory on 8 x 80 GiB" in out
+    assert "memory not estimated (generators[0].model: no architecture known for 'org/own-7b'" in out
+    assert "one-gpu.yaml" in out and "the largest term is optimizer state" in out

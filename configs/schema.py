@@ -358,15 +358,25 @@ class TrainingConfig(StrictModel):
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate mode: vLLM's share.")
     gradient_checkpointing: bool = False
     bf16: bool = False
-    # What the recipe is sized for: `wrl config plan` and `wrl config validate` estimate the per-GPU
-    # memory on these (tasks/training/memory_plan.py). Multi-GPU launching is issue 16's next part.
-    gpus: int = Field(1, ge=1, description="GPUs the trainer is sized for.")
+    # The trainer's process tree (tasks/training/launch.py) and what `wrl config plan` / `wrl config
+    # validate` size it for (tasks/training/memory_plan.py).
+    gpus: int = Field(1, ge=1, description="GPUs the trainer runs on: one rank each (device cuda/auto).")
+    processes: int | None = Field(
+        None,
+        ge=1,
+        description="Trainer ranks to launch; default `gpus` on a GPU, 1 on the CPU (several CPU ranks "
+        "run DDP over gloo).",
+    )
     gpu_memory_gib: float = Field(80.0, gt=0, description="Memory of each of those GPUs.")
     distributed: Literal["ddp", "fsdp2", "zero3"] = Field(
         "ddp",
         description="ddp replicates weights, gradients and optimizer state; fsdp2 and zero3 shard them.",
     )
-    cpu_offload: bool = Field(False, description="Keep the optimizer state on the CPU (fsdp2 / zero3).")
+    cpu_offload: bool = Field(
+        False,
+        description="zero3: the optimizer state on the CPU; fsdp2: FSDP's CPU offload (parameters, gradients "
+        "and optimizer state).",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -396,11 +396,18 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
             except ConfigError as exc:
                 problems.append(str(exc))
         if recipe.training is not None:
-            # TRL's own config checks, on 1-8 devices, without needing the hardware here.
-            from tasks.training.trainer import validate_training
+            # TRL's own config checks, on 1-8 devices and the ranks the recipe launches, without
+            # needing the hardware here; then the accelerate configuration the stage would write.
+            from tasks.training.args import validate_training
+            from tasks.training.launch import accelerate_config, processes
 
+            ranks = processes(recipe.training)
             sizes = (1,) if recipe.training.device == "cpu" else (1, 2, 4, 8)
-            problems += validate_training(recipe.training, world_sizes=sizes)
+            problems += validate_training(recipe.training, world_sizes=tuple(sorted({*sizes, ranks})))
+            try:
+                accelerate_config(recipe.training, port=0)
+            except ValueError as exc:
+                problems.append(str(exc))
             if recipe.training.device != "cpu":  # memory on the GPUs the recipe declares
                 try:
                     plan = _memory_plan(recipe)

@@ -206,3 +206,31 @@ def test_the_demo_reruns_from_cache(demo):
         [(s, "completed") for s in STAGE_ORDER] + [("evaluate", "completed")] * pairs
         + [(s, "cached") for s in STAGE_ORDER] + [("evaluate", "cached")] * pairs
     )  # fmt: skip
+
+
+def test_two_cpu_ranks_train_the_demo_policy_on_one_curriculum(demo):
+    """SmolLM2 on two CPU ranks (DDP over gloo), after the demo (curation: cache hits). The rank
+    count is not part of the run's identity, so a new seed makes the train stage compute."""
+    assert demo["first"].returncode == 0
+    storage = demo["storage"]
+    sets = [*demo["sets"], "--set", "training.processes=2", "--set", "training.seed=1",
+            "--set", "training.max_steps=2"]  # fmt: skip
+    run = _wrl("run", "train", "--config", str(CONFIG), *sets, cwd=demo["root"], env=demo["env"])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert "launching 2 rank(s)" in log and "train: step 2/2" in log
+    with storage.catalog.connect() as con:
+        (curriculum_id,) = con.execute(
+            "SELECT train_run_id FROM models ORDER BY created_at DESC LIMIT 1"
+        ).fetchone()
+        history = con.execute(
+            "SELECT step, wins + ties + losses + failures FROM curriculum_history WHERE curriculum_id = ? "
+            "ORDER BY step", [curriculum_id],
+        ).fetchall()  # fmt: skip
+        samples = con.execute(
+            "SELECT step, count(DISTINCT sample_index), count(*) FROM train_judgments WHERE train_run_id = ? "
+            "GROUP BY step ORDER BY step", [curriculum_id],
+        ).fetchall()  # fmt: skip
+    # 1 prompt x 4 rollouts per step, 2 on each rank: one history row per step counting all 4.
+    assert history == [(1, 4), (2, 4)]
+    assert samples == [(1, 4, 4), (2, 4, 4)]

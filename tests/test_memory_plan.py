@@ -97,3 +97,22 @@ def test_validate_checks_memory_and_says_when_it_cannot(tmp_path):
     assert "its memory on 8 x 80 GiB" in out
     assert "memory not estimated (generators[0].model: no architecture known for 'org/own-7b'" in out
     assert "one-gpu.yaml" in out and "the largest term is optimizer state" in out
+
+
+def test_the_gpu_check_runs_its_training_path_on_the_cpu_at_a_toy_size(tmp_path):
+    """benchmarks/gpu_check.py is for a GPU that may be lent for minutes: its whole path (the random
+    model at the recipe's shape, the word-level tokenizer, TRL's GRPO, the report) runs here first."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--smoke", "--steps", "2", "--out", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["steps"] == 2 and len(report["step_s"]) == 2
+    assert report["completion_mean_length"] == [8.0, 8.0]  # generated to max_response_tokens
+    assert set(report["planned_terms_gib"]) >= {"weights", "optimizer state", "activations", "logits"}

@@ -11,12 +11,22 @@ import pytest
 from configs.loading import load_recipe
 from flows.train import train_policy
 from storage import DatasetRef, open_storage
+from tests.conftest import PROJECT_ROOT
 
 
 # The expected logprob reward is continuous, so a group's rollouts never all tie and every step
 # has a gradient: the weight-change assertions below cannot pass or fail by luck.
 def train_recipe(
-    tmp_path, model, *, training_extra="", curriculum="schedule: dynamic, promotion: any-win", max_steps=3
+    tmp_path,
+    model,
+    *,
+    training_extra="",
+    curriculum="schedule: dynamic, promotion: any-win",
+    max_steps=3,
+    batch_size=2,
+    num_generations=2,
+    backends_extra="",
+    reward="{kind: pairwise, position: position-disadvantage, logprob_reward: expected}",
 ) -> str:
     path = tmp_path / "train.yaml"
     path.write_text(f"""\
@@ -25,18 +35,18 @@ storage: {{root: {tmp_path / "store"}, model_cache: {tmp_path / "models"}}}
 data: {{format: builtin, limit: 3}}
 backends:
   local: {{kind: transformers, device: cpu, dtype: float32, max_batch_size: 8}}
-generators:
+{backends_extra}generators:
   - {{name: policy, role: policy, backend: local, model: {model}, decoding: {{temperature: 0.0, max_tokens: 8}}}}
   - {{name: rival, backend: local, model: {model}, decoding: {{temperature: 0.7, max_tokens: 16}}}}
   - {{name: rival2, backend: local, model: {model}, decoding: {{temperature: 1.0, max_tokens: 12}}}}
 judge: {{backend: local, model: {model}, mode: logprob}}
 selection: {{strategy: full}}
-reward: {{kind: pairwise, position: position-disadvantage, logprob_reward: expected}}
+reward: {reward}
 curriculum: {{{curriculum}}}
 training:
   learning_rate: 1.0e-3
-  batch_size: 2
-  num_generations: 2
+  batch_size: {batch_size}
+  num_generations: {num_generations}
   max_response_tokens: 8
   max_steps: {max_steps}
   save_steps: 2
@@ -165,7 +175,7 @@ def test_a_recipe_without_training_cannot_run_the_train_stage(prefect_harness, t
 
 @pytest.mark.parametrize("recipe", ["paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml", "demo.yaml"])
 def test_the_shipped_training_blocks_pass_trls_own_checks(recipe):
-    from tasks.training.trainer import policy_dtype, trainer_args, validate_training
+    from tasks.training.args import policy_dtype, trainer_args, validate_training
     from tests.conftest import PROJECT_ROOT
 
     training = load_recipe(PROJECT_ROOT / "configs" / recipe).training
@@ -188,7 +198,7 @@ def test_the_shipped_training_blocks_pass_trls_own_checks(recipe):
 
 def test_a_batch_that_cannot_be_split_over_the_devices_is_refused():
     from configs.schema import TrainingConfig
-    from tasks.training.trainer import validate_training
+    from tasks.training.args import validate_training
 
     bad = TrainingConfig(batch_size=3, num_generations=4, gradient_accumulation_steps=5)
     problems = validate_training(bad, world_sizes=(1, 2))
@@ -209,16 +219,18 @@ def test_rloo_full_fine_tuning_trains_too(prefect_harness, tiny_model_dir, tmp_p
     assert any("mlp" in n and not torch.equal(p, base[n]) for n, p in trained.named_parameters())
 
 
-def test_a_multi_process_launch_fails_clearly_before_writing_anything(tiny_model_dir, tmp_path, monkeypatch):
-    """torchrun / accelerate launch run the whole flow per rank, and the stage claim would let one
-    rank train while the others wait on it: a deadlock. The stage refuses instead."""
+def test_a_flow_launched_per_rank_fails_clearly_before_writing_anything(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """`accelerate launch wrl ...` would run the whole flow per rank, each rank's train stage waiting
+    on the others' claim (the stage launches its ranks itself). The stage refuses instead."""
     from configs.loading import ConfigError
     from tasks.stages import train
     from tasks.stages.runner import run_stage
 
     recipe = load_recipe(train_recipe(tmp_path, tiny_model_dir))
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"WORLD_SIZE=2\); multi-process training is not supported"):
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE=2\); run `wrl` as one process"):
         run_stage(train.SPEC, train.compute, recipe,
                   {"ladders": DatasetRef("ladders", 0), "instructions": DatasetRef("instructions", 0)})  # fmt: skip
     storage = open_storage(recipe.storage)
@@ -258,3 +270,54 @@ def test_the_training_report_shows_every_instructions_rung_per_step_and_at_the_e
     # A run recorded before the per-rung counts: the end distribution comes from the history.
     old = training_report(pa.Table.from_pylist(rows[:2]), history)
     assert old["final_rungs"] == {2: 1} and old["steps"][0]["rungs"] is None
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ({}, {"distributed_type": "DEEPSPEED", "num_processes": 8, "mixed_precision": "bf16",
+              "deepspeed_config.zero_stage": 3, "deepspeed_config.offload_optimizer_device": "none",
+              "deepspeed_config.zero3_save_16bit_model": True}),
+        ({"cpu_offload": True}, {"deepspeed_config.offload_optimizer_device": "cpu"}),
+        ({"distributed": "fsdp2", "cpu_offload": True},
+         {"distributed_type": "FSDP", "fsdp_config.fsdp_version": 2, "fsdp_config.fsdp_offload_params": True,
+          "fsdp_config.fsdp_state_dict_type": "FULL_STATE_DICT"}),
+        ({"distributed": "ddp", "gpus": 4}, {"distributed_type": "MULTI_GPU", "num_processes": 4}),
+        ({"gpus": 1}, {"distributed_type": "NO", "num_processes": 1, "use_cpu": False}),
+        # CPU ranks: accelerate's torchrun launcher; each rank's TrainingArguments picks gloo.
+        ({"device": "cpu", "bf16": False, "distributed": "ddp", "processes": 2},
+         {"distributed_type": "MULTI_GPU", "num_processes": 2, "mixed_precision": "no", "use_cpu": False}),
+        ({"device": "cpu", "bf16": False}, {"distributed_type": "NO", "num_processes": 1, "use_cpu": True}),
+    ],
+)  # fmt: skip
+def test_the_accelerate_configuration_follows_the_recipe_and_accelerate_reads_it(
+    override, expected, tmp_path
+):
+    import yaml
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from tasks.training.launch import accelerate_config
+
+    training = load_recipe(PROJECT_ROOT / "configs" / "paper-qwen2.5-7b.yaml").training.model_copy(
+        update=override
+    )
+    config = accelerate_config(training, port=29511)
+    for dotted, value in expected.items():
+        node = config
+        for key in dotted.split("."):
+            node = node[key]
+        assert node == value, dotted
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    parsed = load_config_from_file(str(path))  # accelerate's own reader refuses unknown keys
+    assert parsed.num_processes == config["num_processes"] and parsed.main_process_port == 29511
+
+
+def test_sharded_strategies_on_cpu_ranks_are_refused():
+    from tasks.training.launch import accelerate_config
+
+    training = load_recipe(PROJECT_ROOT / "configs" / "paper-qwen2.5-7b.yaml").training.model_copy(
+        update={"device": "cpu", "bf16": False, "processes": 2}
+    )
+    with pytest.raises(ValueError, match="zero3 needs GPUs; on the CPU the ranks run DDP over gloo"):
+        accelerate_config(training, port=0)

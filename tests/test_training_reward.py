@@ -11,6 +11,8 @@ from configs.schema import CurriculumConfig, Decoding, JudgeConfig, RewardConfig
 from storage import open_storage
 from tasks.llm.base import Completion, Usage
 from tasks.training.data import Rung, TrainingItem
+from tasks.training.rank_reward import RankReward
+from tasks.training.ranks import Ranks
 from tasks.training.reward import Rollout, WritingRLReward
 
 
@@ -117,7 +119,7 @@ def test_the_trl_adapter_labels_the_step_being_trained_and_returns_none_for_fail
 
     reward, _, _ = _reward(tmp_path)
     logged = {}
-    fn = reward.as_trl_reward()
+    fn = RankReward(Ranks(), reward).as_trl_reward()  # one process: rank 0 of 1
     out = asyncio.run(fn(prompts=[[], []], completions=[[{"role": "assistant", "content": "GOODX"}],
                                                       [{"role": "assistant", "content": "FAILX"}]],
                          instruction_id=["i1", "i2"], trainer_state=State(), log_metric=logged.__setitem__))  # fmt: skip

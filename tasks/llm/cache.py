@@ -61,6 +61,14 @@ class UsageMeter:
             counts.input_tokens += completion.usage.input_tokens
             counts.output_tokens += completion.usage.output_tokens
 
+    def absorb(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Add another meter's `rows` (the trainer's rank 0 meters its judge in its own process)."""
+        with self._lock:
+            for row in rows:
+                counts = self._counts[(row["backend"], row["model"])]
+                for name in asdict(counts):
+                    setattr(counts, name, getattr(counts, name) + int(row.get(name, 0)))
+
     def cost_usd(self, model: str, counts: UsageCounts) -> float | None:
         price = self.prices.get(model)
         if price is None:
@@ -201,6 +209,12 @@ class CachingClient:
         if self.meter is not None:
             self.meter.record(self.backend_name, self.model, Completion(text="", latency_s=latency))
         return logprobs
+
+    def forget_prefixes(self) -> None:
+        """The inner client's, when it keeps prompt prefixes across calls (transformers)."""
+        forget = getattr(self.inner, "forget_prefixes", None)
+        if forget is not None:
+            forget()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

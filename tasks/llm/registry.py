@@ -99,3 +99,17 @@ def _vllm(recipe: Recipe, backend_name: str, config: Any, model: str) -> LLMClie
     from tasks.llm.vllm_backend import VLLMClient
 
     return VLLMClient(backend_name, config, model, Path(recipe.storage.model_cache))
+
+
+def release_local_engines() -> int:
+    """Drop this process's in-process models (transformers) and engines (vLLM), so that a process
+    started next (the trainer) gets the memory they held. Backends not imported are not touched.
+    Returns how many were released; a later client loads its model again."""
+    import sys
+
+    released = 0
+    if "tasks.llm.transformers_backend" in sys.modules:
+        released += sys.modules["tasks.llm.transformers_backend"].release_models()
+    if "tasks.llm.vllm_backend" in sys.modules:
+        released += sys.modules["tasks.llm.vllm_backend"].release_engines()
+    return released

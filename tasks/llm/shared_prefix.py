@@ -6,7 +6,7 @@ response in the score stage, the rollouts of one training step judged against th
 Up to where they differ the tokens are the same, and so are their keys and values. `probe_rows`
 runs that shared prefix once (batch 1), then runs only each row's own remaining tokens on top of
 it; a small LRU (`PrefixStore`, a token budget per loaded model) keeps recent prefixes, so probes
-that a micro-batch split apart, or the next training step against the same reference, reuse them.
+that a micro-batch split apart reuse them (the training reward empties it each step: see its score()).
 
 What makes the values the same as a plain padded batch: every token sees the same tokens at the
 same positions. The suffixes of a group are left-padded after the prefix, and the pads are masked
@@ -72,6 +72,10 @@ class PrefixStore:
             self._entries.move_to_end(prefix.tokens)
             while sum(len(key) for key in self._entries) > self.max_tokens:
                 self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -362,6 +362,11 @@ class TransformersClient:
     def identity(self) -> dict[str, Any]:
         return {"backend": "transformers", "model": self.model, "dtype": self.dtype}
 
+    def forget_prefixes(self) -> None:
+        """Empty the prefix store: later probes depend on their own batch alone (see the reward)."""
+        if self._prefixes is not None:
+            self._prefixes.clear()
+
     def __repr__(self) -> str:
         return f"TransformersClient({self.backend_name!r}, {self.model!r}, {self.device}/{self.dtype})"
 

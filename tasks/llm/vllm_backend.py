@@ -126,6 +126,37 @@ def _load_shared(model: str, model_cache: Path, config: VLLMBackend) -> Engine:
     return engine
 
 
+def release_engines() -> int:
+    """Shut down and forget every engine of this process: the trainer started next owns the GPUs.
+    vLLM's V1 engine core runs in a process of its own (shut down here); the weights and KV cache
+    in this process go with the last reference. Not run on a GPU yet (no vLLM on the CPU stack)."""
+    import gc
+
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        shutdown = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
+        if shutdown is not None and hasattr(shutdown, "shutdown"):
+            try:
+                shutdown.shutdown()
+            except Exception as exc:  # a half-dead engine must not stop the release of the others
+                logger.warning("vllm: shutting down %s's engine: %s", engine.key.path, exc)
+    released = len(engines)
+    del engines
+    gc.collect()
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    except ImportError:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return released
+
+
 def _load(key: EngineKey) -> Engine:
     vllm = _import_vllm()
     started = time.perf_counter()

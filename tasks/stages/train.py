@@ -5,15 +5,17 @@ Reads the `ladders` (and `instructions`, for required lengths) versions; writes 
 `<root>/training/<cache key>/`, and the final policy as a plain model folder under
 `<root>/models/<model id>/`, registered in the catalog's `models` table (`wrl serve` takes it).
 
-Resumable: the work folder and the curriculum are keyed on the stage's cache key (same config,
-same ladders -> same key). A killed run's next attempt finds the newest checkpoint, restores the
+The trainer runs as its own process tree (tasks/training/launch.py: `accelerate launch`, one rank
+per GPU or CPU process); this stage keeps the claim, the stage run, its lineage and outputs, waits
+for the trainer and logs each step rank 0 reports. Resumable: the work folder and the curriculum
+are keyed on the stage's cache key (same config, same ladders -> same key; the rank count is not
+part of it). A killed run's next attempt finds the newest checkpoint, restores the
 curriculum to that checkpoint's snapshot and continues; the judge's calls come back from the
 response cache.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from pathlib import Path
@@ -27,23 +29,33 @@ from configs.schema import JudgeConfig, Recipe
 from storage import DatasetRef
 from tasks.curriculum import validate_static_rung
 from tasks.llm.embedded import resolve_model_path_once
+from tasks.llm.registry import release_local_engines
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
-from tasks.training.checkpoints import TRAINER_LOG, training_run_paths
-from tasks.training.data import train_dataset, training_items
+from tasks.training.args import world_size
+from tasks.training.checkpoints import training_run_paths
+from tasks.training.data import training_items
+from tasks.training.launch import LaunchSpec, TrainerFailedError, run_trainer
 from tasks.training.report import RUNG_COUNT_PREFIX
-from tasks.training.reward import WritingRLReward
-from tasks.training.trainer import run_training, world_size
 
 
 def _reward_judge(recipe: Recipe) -> JudgeConfig | None:
     return recipe.reward.judge or recipe.judge  # the reward's own judge, else the curation judge
 
 
+# How many ranks train is not part of a run's identity: a run killed on 8 GPUs resumes on 4 (or a
+# CPU run on 1 rank on 2), its curriculum exactly as checkpointed. The engine (`distributed`,
+# `cpu_offload`) is: its checkpoints are not each other's.
+LAYOUT_FIELDS = {"gpus", "processes", "gpu_memory_gib"}
+
+
 def _config_slice(recipe: Recipe) -> dict[str, Any]:
     judge = _reward_judge(recipe)
     policy = recipe.policy
+    training = (
+        None if recipe.training is None else recipe.training.model_dump(mode="json", exclude=LAYOUT_FIELDS)
+    )
     return {
-        "training": None if recipe.training is None else recipe.training.model_dump(mode="json"),
+        "training": training,
         "reward": recipe.reward.model_dump(mode="json"),
         "judge": None if judge is None else {**judge.model_dump(mode="json"),
                                              "backend": recipe.backend_identity(judge.backend)},
@@ -66,16 +78,12 @@ SPEC = StageSpec(
 
 def compute(ctx: StageContext) -> StageOutput:
     recipe = ctx.recipe
-    processes = world_size()
-    if processes > 1:
-        # Every rank runs the whole flow, and the train stage's claim lets one rank in at a time:
-        # the first waits in the process group for ranks that wait on its claim (measured with
-        # torchrun on 2 CPU processes). Fail before anything is written.
+    if world_size() > 1:
+        # The stage launches its own ranks; a flow launched per rank would have every rank run the
+        # stage, each waiting on the others' stage claim. Fail before anything is written.
         raise ConfigError(
-            f"train: launched as {processes} processes (WORLD_SIZE={processes}); multi-process "
-            "training is not supported yet (the ranks would deadlock on the stage's claim). Run it as "
-            "one process: one GPU, with TRL's vLLM server mode (`training.vllm_mode: server`) for "
-            "generation on others"
+            f"train: this process is one of {world_size()} (WORLD_SIZE={world_size()}); run `wrl` as one "
+            "process: the train stage launches the trainer's ranks itself (training.gpus / training.processes)"
         )
     if recipe.training is None:
         raise ConfigError(f"recipe '{recipe.name}' has no `training:` block")
@@ -96,56 +104,38 @@ def compute(ctx: StageContext) -> StageOutput:
         config_json=json.dumps(recipe.curriculum.model_dump(mode="json"), sort_keys=True),
         ladders_ref=str(ctx.inputs["ladders"]),
     )
-    client = ctx.llm(judge.backend, judge.model)
-    reward = WritingRLReward(
-        client=client, judge=judge, reward=recipe.reward,
-        curriculum=recipe.curriculum, items=items, store=store, curriculum_id=curriculum_id,
-        seed=recipe.training.seed, think_format=recipe.policy.strategy == "think-then-write",
-    )  # fmt: skip
-
-    max_steps = recipe.training.max_steps
-
-    def record_step(step: int, judged: list, promotions: list, metrics: dict[str, float]) -> None:
-        log.record_step(curriculum_id, step, [vars(j) for j in judged], metrics)
-        ctx.logger.info("train: %s", step_line(step, max_steps, metrics))
-
     model_id, model_dir = paths.model_id, paths.model_dir
-    base_model = resolve_model_path_once(recipe.policy.model, Path(recipe.storage.model_cache))
-    from transformers import AutoTokenizer
+    spec = LaunchSpec(
+        recipe=recipe, judge=judge, items=items,
+        base_model=resolve_model_path_once(recipe.policy.model, Path(recipe.storage.model_cache)),
+        work_dir=paths.work_dir, model_dir=model_dir, curriculum_id=curriculum_id, stage_run_id=ctx.stage_run_id,
+        lineage={"ladders": str(ctx.inputs["ladders"]), "instructions": str(ctx.inputs["instructions"]),
+                 "cache_key": ctx.cache_key, "stage_run_id": ctx.stage_run_id, "base_model": recipe.policy.model},
+    )  # fmt: skip
+    # The trainer's process tree owns the devices: curation's engines go first.
+    release_local_engines()
+    max_steps, events = recipe.training.max_steps, {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        events[event["event"]] = event
+        if event["event"] == "step":
+            ctx.logger.info("train: %s", step_line(event["step"], max_steps, event["metrics"]))
 
     try:
-        outcome = run_training(
-            model_path=base_model,
-            training=recipe.training,
-            train_dataset=train_dataset(
-                items,
-                recipe.policy,
-                AutoTokenizer.from_pretrained(base_model),
-                recipe.training.max_prompt_tokens,
-            ),
-            reward=reward,
-            output_dir=paths.work_dir,
-            record_step=record_step,
-            record_trainer_logs=lambda step, logs: log.record_metrics(
-                curriculum_id, step, logs, source="trainer"
-            ),
-            forget_after=lambda step: log.forget_after(curriculum_id, step),
-            final_model_dir=model_dir,
-            trainer_log=paths.work_dir / TRAINER_LOG,
-            lineage={
-                "ladders": str(ctx.inputs["ladders"]),
-                "instructions": str(ctx.inputs["instructions"]),
-                "cache_key": ctx.cache_key,
-                "stage_run_id": ctx.stage_run_id,
-                "base_model": recipe.policy.model,
-            },
-        )
+        run_trainer(spec, on_event=on_event)
+    except TrainerFailedError as exc:
+        failed = events.get("failed")
+        raise TrainerFailedError(f"train: {failed['error']}\n{exc}" if failed else f"train: {exc}") from None
     finally:
-        asyncio.run(client.aclose())  # the judge's batching worker ran on TRL's reward loop
+        usage = paths.work_dir / f"usage-{ctx.stage_run_id}.json"
+        if usage.is_file():  # the judge's calls, metered on rank 0
+            ctx.usage.absorb(json.loads(usage.read_text()))
+            usage.unlink()
+    done = events["done"]
     log.register_model(
         {"model_id": model_id, "path": str(model_dir), "base_model": recipe.policy.model,
          "train_run_id": curriculum_id, "stage_run_id": ctx.stage_run_id,
-         "ladders_ref": str(ctx.inputs["ladders"]), "config_hash": ctx.cache_key, "step": outcome.final_step}
+         "ladders_ref": str(ctx.inputs["ladders"]), "config_hash": ctx.cache_key, "step": done["final_step"]}
     )  # fmt: skip
 
     metrics = log.metrics(curriculum_id)
@@ -155,8 +145,8 @@ def compute(ctx: StageContext) -> StageOutput:
     rewards = [r for r in judgments["reward"].to_pylist() if r is not None]
     failures = sum(1 for r in judgments["judge_reward"].to_pylist() if r is None)
     summary = {
-        "steps": outcome.final_step,
-        "resumed_from": outcome.resumed_from,
+        "steps": done["final_step"],
+        "resumed_from": done["resumed_from"],
         "model_id": model_id,
         "model_path": str(model_dir),
         "judgments": judgments.num_rows,

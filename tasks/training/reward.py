@@ -1,8 +1,9 @@
 """The Writing-RL reward for one training step, and the curriculum update that follows it.
 
 Independent of TRL: `WritingRLReward.score(step, rollouts)` judges a step's rollouts and
-`finish_step(step)` applies that step's promotions; the TRL adapter (`as_trl_reward`) and the
-callback in tasks/training/trainer.py call them, and a verl `compute_score` adapter can too.
+`finish_step(step)` applies that step's promotions. In a training job only rank 0 holds one:
+tasks/training/rank_reward.py adapts it to TRL's calling convention across ranks, and a verl
+`compute_score` adapter can call it too.
 
 Keeping the reward in step with the curriculum (TRL builds its dataloader once, so the reference
 cannot travel in the dataset):
@@ -104,6 +105,13 @@ class WritingRLReward:
         state = self.current_rungs({r.instruction_id for r in rollouts})
         with self._lock:  # several reward calls in one step (gradient accumulation): number on
             base = len(self._pending[step])
+        forget = getattr(self.client, "forget_prefixes", None)
+        if base == 0 and forget is not None:
+            # An in-process judge's probe on a prefix stored by an earlier step sums its floats in
+            # another order than one computed afresh (~1e-7): a resumed process, whose store starts
+            # empty, would judge the redone steps a hair differently and end with other weights
+            # (the 2-rank kill drill found it). Each step's values depend on its own batch alone.
+            forget()
         rollouts = [Rollout(r.instruction_id, base + i, r.text) for i, r in enumerate(rollouts)]
         results = await asyncio.gather(*(self._score_one(step, r, state) for r in rollouts))
         with self._lock:
@@ -206,29 +214,6 @@ class WritingRLReward:
                 self._pending.pop(stale)
         return judged, promotions
 
-    # -- TRL ------------------------------------------------------------------------------------
-
-    def as_trl_reward(self):
-        """An async reward function with TRL's calling convention (one call per generation batch)."""
-        reward = self
-
-        async def writing_rl(prompts, completions, instruction_id, trainer_state=None, log_metric=None, **_):
-            step = (
-                trainer_state.global_step if trainer_state is not None else 0
-            ) + 1  # the step being trained
-            texts = [_completion_text(c) for c in completions]
-            rollouts = [
-                Rollout(iid, i, t) for i, (iid, t) in enumerate(zip(instruction_id, texts, strict=True))
-            ]
-            results = await reward.score(step, rollouts)
-            if log_metric is not None:
-                for name, value in step_metrics(results).items():
-                    if value is not None:
-                        log_metric(name, value)
-            return [r.reward for r in results]
-
-        return writing_rl
-
 
 def _probabilities(judgment: Any) -> str | None:
     """A logprob verdict's record: the A/B/C probabilities of each order, policy position named."""
@@ -239,12 +224,6 @@ def _probabilities(judgment: Any) -> str | None:
         if o.probabilities
     ]
     return "; ".join(parts) or None
-
-
-def _completion_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    return "".join(m.get("content", "") for m in completion if m.get("role") == "assistant")
 
 
 def step_metrics(results: Sequence[RolloutReward]) -> dict[str, float | None]:

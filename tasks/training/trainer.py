@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from collections import Counter
@@ -26,81 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import TrainingConfig
+from tasks.training.args import policy_dtype, trainer_args, world_size
 from tasks.training.checkpoints import latest_checkpoint
+from tasks.training.rank_reward import JudgeUnavailableError, RankReward
+from tasks.training.ranks import Ranks
 from tasks.training.report import RUNG_COUNT_PREFIX
-from tasks.training.reward import WritingRLReward, step_metrics
+from tasks.training.reward import step_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def world_size() -> int:
-    """Processes in this run (accelerate / torchrun set WORLD_SIZE; 1 when launched plainly)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def policy_dtype(training: TrainingConfig, *, on_cpu: bool) -> str:
-    """What the policy, and the reference model when beta > 0, load in: TRL loads a model path in
-    float32 unless `model_init_kwargs` says otherwise (a 7B policy, its gradients, Adam state and a
-    reference: ~152 GB). The recipe's bf16 on a GPU; float32 on the CPU, where bf16 is ~6x slower."""
-    return "bfloat16" if training.bf16 and not on_cpu else "float32"
-
-
-def trainer_args(
-    training: TrainingConfig, output_dir: Path, *, world_size: int = 1, hardware_checks: bool = True
-):
-    """GRPOConfig / RLOOConfig from the recipe. `batch_size` counts prompts per optimisation
-    step; TRL counts completions per device, so the per-device batch is
-    batch_size * num_generations / (world_size * gradient_accumulation_steps).
-
-    `hardware_checks=False` builds the same config with bf16 off and the CPU allowed: what
-    `validate_training` uses to check a GPU recipe on a machine without a GPU (transformers
-    refuses bf16 without one), every other check TRL makes still applies."""
-    from trl import GRPOConfig, RLOOConfig
-
-    completions = training.batch_size * training.num_generations
-    per_step = world_size * training.gradient_accumulation_steps
-    if completions % per_step:
-        raise ValueError(
-            f"training: batch_size x num_generations = {completions} completions per step must divide "
-            f"evenly over {world_size} device(s) x {training.gradient_accumulation_steps} accumulation steps"
-        )
-    cpu = training.device == "cpu" or not hardware_checks
-    kwargs: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        learning_rate=training.learning_rate,
-        beta=training.kl_coef,
-        per_device_train_batch_size=completions // per_step,
-        # One generation batch per optimisation step, across all processes: the step's prompts
-        # x their groups (explicit, so a single-process validation checks the multi-GPU layout).
-        generation_batch_size=completions,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        num_generations=training.num_generations,
-        max_completion_length=training.max_response_tokens,
-        temperature=training.temperature,
-        max_steps=training.max_steps,
-        save_steps=training.save_steps,
-        save_total_limit=training.save_total_limit,
-        logging_steps=1,
-        seed=training.seed,
-        report_to="none",
-        # CPU: bf16 and gradient checkpointing make a step ~6x slower (ENVIRONMENT.md).
-        use_cpu=cpu,
-        bf16=training.bf16 and not cpu,
-        gradient_checkpointing=training.gradient_checkpointing and not cpu,
-        use_vllm=training.use_vllm,
-        model_init_kwargs={"dtype": policy_dtype(training, on_cpu=cpu)},
-    )
-    if training.use_vllm:
-        # Without it vLLM sizes its KV cache for the model's whole context (131,072 tokens for Llama
-        # 3.1); prompts are cut to max_prompt_tokens (tasks/training/data.py).
-        kwargs["vllm_max_model_length"] = training.max_prompt_tokens + training.max_response_tokens
-        kwargs["vllm_mode"] = training.vllm_mode
-        if training.vllm_mode == "server" and training.vllm_server_base_url:
-            kwargs["vllm_server_base_url"] = training.vllm_server_base_url
-        if training.vllm_mode == "colocate":
-            kwargs["vllm_gpu_memory_utilization"] = training.vllm_gpu_memory_utilization
-    config_class = GRPOConfig if training.algorithm == "grpo" else RLOOConfig
-    return config_class(**kwargs)
 
 
 def curriculum_metrics(rungs: dict[str, int]) -> dict[str, float]:
@@ -115,12 +47,15 @@ def curriculum_metrics(rungs: dict[str, int]) -> dict[str, float]:
 
 
 class CurriculumCallback:
-    """Factory for the TrainerCallback (transformers is imported lazily)."""
+    """Factory for the TrainerCallback (transformers is imported lazily). Every rank runs it (the
+    step's curriculum update is a collective); only rank 0 records and writes."""
 
-    def __new__(cls, reward: WritingRLReward, record_step: Callable[[int, list, list, dict], None],
+    def __new__(cls, reward: RankReward, record_step: Callable[[int, list, list, dict], None],
                 record_trainer_logs: Callable[[int, dict[str, float]], None],
                 lineage: dict[str, Any] | None = None, trainer_log: Path | None = None):  # fmt: skip
         from transformers import TrainerCallback
+
+        main = reward.ranks.is_main
 
         class _Callback(TrainerCallback):
             step_started = time.perf_counter()
@@ -132,24 +67,24 @@ class CurriculumCallback:
             def on_step_end(self, args, state, control, **kwargs):
                 step = state.global_step
                 judged, promotions = reward.finish_step(step)
-                metrics = {k: v for k, v in step_metrics(judged).items() if v is not None}
-                metrics["curriculum/promotions"] = float(len(promotions))
-                metrics |= curriculum_metrics(reward.current_rungs())
-                metrics["time/step_s"] = time.perf_counter() - self.step_started
-                record_step(step, judged, promotions, metrics)
                 if control.should_save:  # set by DefaultFlowCallback, which runs first
-                    reward.store.snapshot(reward.curriculum_id, step)
+                    reward.snapshot(step)  # before the checkpoint is written
+                if main:
+                    metrics = {k: v for k, v in step_metrics(judged).items() if v is not None}
+                    metrics["curriculum/promotions"] = float(len(promotions))
+                    metrics |= curriculum_metrics(reward.current_rungs())
+                    metrics["time/step_s"] = time.perf_counter() - self.step_started
+                    record_step(step, judged, promotions, metrics)
                 return control
 
             def on_save(self, args, state, control, **kwargs):
-                # Each checkpoint says what it was trained on (ladders version, config, step).
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if lineage is not None and folder.is_dir():
-                    record = {**lineage, "step": state.global_step, "curriculum_id": reward.curriculum_id}
-                    (folder / "wrl_lineage.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+                if main:
+                    write_checkpoint_lineage(Path(args.output_dir), state.global_step, lineage, reward)
                 return control
 
             def on_log(self, args, state, control, logs=None, **kwargs):
+                if not main:
+                    return control
                 numeric = {
                     k: float(v)
                     for k, v in (logs or {}).items()
@@ -164,6 +99,16 @@ class CurriculumCallback:
                 return control
 
         return _Callback()
+
+
+def write_checkpoint_lineage(
+    output_dir: Path, step: int, lineage: dict[str, Any] | None, reward: RankReward
+) -> None:
+    """Each checkpoint says what it was trained on (ladders version, config, step)."""
+    folder = output_dir / f"checkpoint-{step}"
+    if lineage is not None and folder.is_dir() and reward.owner is not None:
+        record = {**lineage, "step": step, "curriculum_id": reward.owner.curriculum_id}
+        (folder / "wrl_lineage.json").write_text(json.dumps(record, indent=2, sort_keys=True))
 
 
 def quiet(trainer: Any) -> Any:
@@ -208,18 +153,6 @@ def resumable(trainer_class: type) -> type:
     return Resumable
 
 
-def validate_training(training: TrainingConfig, world_sizes: tuple[int, ...] = (1,)) -> list[str]:
-    """Problems that would stop this training block at launch, for each world size (empty: none).
-    Builds TRL's own config, so TRL's checks (group size vs batch, vLLM settings) run here too."""
-    problems = []
-    for size in world_sizes:
-        try:
-            trainer_args(training, Path("unused"), world_size=size, hardware_checks=False)
-        except ValueError as exc:
-            problems.append(f"training on {size} device(s): {exc}")
-    return problems
-
-
 @dataclass(frozen=True)
 class TrainingOutcome:
     output_dir: Path
@@ -233,7 +166,7 @@ def run_training(
     model_path: str,
     training: TrainingConfig,
     train_dataset: Any,
-    reward: WritingRLReward,
+    reward: RankReward,
     output_dir: Path,
     record_step: Callable[[int, list, list, dict], None],
     record_trainer_logs: Callable[[int, dict[str, float]], None],
@@ -241,22 +174,18 @@ def run_training(
     final_model_dir: Path,
     lineage: dict[str, Any] | None = None,
     trainer_log: Path | None = None,
+    args: Any = None,
 ) -> TrainingOutcome:
-    """Train (or resume) and save the final policy as a plain model folder (LoRA merged)."""
+    """Train (or resume) on this rank and save the final policy as a plain model folder (LoRA
+    merged). Every rank of the job calls it; `args` is the trainer's config when the caller built
+    it already (building it sets up the process group)."""
     from trl import GRPOTrainer, RLOOTrainer
 
     checkpoint = latest_checkpoint(output_dir)
-    resumed_from = None
-    if checkpoint is not None:
-        path, step = checkpoint
-        reward.restore(step)
-        forget_after(step)
-        resumed_from = step
-        logger.info("train: resuming from %s (curriculum restored to step %d)", path, step)
-    elif reward.store.last_step(reward.curriculum_id) is not None:
-        # Killed before its first checkpoint: start over from the initial curriculum (snapshot 0).
-        reward.restore(0)
-        forget_after(0)
+    resumed_from = None if checkpoint is None else checkpoint[1]
+    reward.start(resumed_from, forget_after)
+    if checkpoint is not None and reward.ranks.is_main:
+        logger.info("train: resuming from %s (curriculum restored to step %d)", *checkpoint)
     peft_config = None
     if training.lora is not None:
         from peft import LoraConfig
@@ -269,16 +198,65 @@ def run_training(
     trainer = trainer_class(
         model=model_path,
         reward_funcs=[reward.as_trl_reward()],
-        args=trainer_args(training, output_dir, world_size=world_size()),
+        args=args if args is not None else trainer_args(training, output_dir, world_size=world_size()),
         train_dataset=train_dataset,
         peft_config=peft_config,
         callbacks=[CurriculumCallback(reward, record_step, record_trainer_logs, lineage, trainer_log)],
     )
-    quiet(trainer).train(resume_from_checkpoint=str(checkpoint[0]) if checkpoint else None)
-    model = trainer.model
-    if peft_config is not None:
-        model = model.merge_and_unload()
-    final_model_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(final_model_dir))
-    trainer.processing_class.save_pretrained(str(final_model_dir))
+    try:
+        quiet(trainer).train(resume_from_checkpoint=str(checkpoint[0]) if checkpoint else None)
+    except JudgeUnavailableError:
+        checkpoint_last_finished_step(trainer, output_dir, reward, lineage)
+        raise
+    save_final_model(trainer, training, model_path, final_model_dir, reward.ranks)
     return TrainingOutcome(output_dir, trainer.state.global_step, resumed_from, peft_config is not None)
+
+
+def checkpoint_last_finished_step(
+    trainer: Any, output_dir: Path, reward: RankReward, lineage: dict | None
+) -> None:
+    """The judge failed step s: checkpoint step s - 1 (with its curriculum snapshot) unless it is on
+    disk already, so the resumed run loses no finished step. The failure came from step s's reward,
+    before any of step s's updates, so the model, optimizer and scheduler are step s - 1's (only
+    the RNG has moved on, by step s's generation)."""
+    step = trainer.state.global_step
+    found = latest_checkpoint(output_dir)
+    if step == 0 or (found is not None and found[1] == step):
+        return
+    reward.snapshot(step)
+    trainer._save_checkpoint(trainer.model, trial=None)  # what the Trainer calls at a save step
+    if reward.ranks.is_main:
+        write_checkpoint_lineage(output_dir, step, lineage, reward)
+        logger.warning("train: the judge failed step %d; checkpointed step %d to resume from", step + 1, step)
+
+
+def save_final_model(
+    trainer: Any, training: TrainingConfig, base_model: str, final_model_dir: Path, ranks: Ranks
+) -> None:
+    """The final policy as a plain model folder, written aside and renamed into place. The
+    Trainer's `save_model` gathers sharded weights (ZeRO-3, FSDP) and writes on the main process;
+    a LoRA adapter is then merged there into the base model, loaded in the policy's dtype (bf16
+    when it trained in bf16)."""
+    import shutil
+
+    final_model_dir = Path(final_model_dir)
+    partial = final_model_dir.with_name(f".{final_model_dir.name}.partial")
+    if ranks.is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+    ranks.barrier()
+    saved = partial.with_name(partial.name + "-adapter") if training.lora is not None else partial
+    trainer.save_model(str(saved))
+    if ranks.is_main:
+        if training.lora is not None:
+            import torch
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            dtype = getattr(torch, policy_dtype(training, on_cpu=trainer.args.use_cpu))
+            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+            PeftModel.from_pretrained(base, str(saved)).merge_and_unload().save_pretrained(str(partial))
+            shutil.rmtree(saved)
+        trainer.processing_class.save_pretrained(str(partial))
+        shutil.rmtree(final_model_dir, ignore_errors=True)
+        partial.rename(final_model_dir)
+    ranks.barrier()

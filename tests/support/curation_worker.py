@@ -24,9 +24,10 @@ def _log(calls_file: str, kind: str, messages) -> None:
         fh.write(f"{kind} " + messages[-1]["content"][:40].replace("\n", " ") + "\n")
 
 
-def log_calls(calls_file: str, probe_delay_s: float = 0.0) -> None:
-    """From now on, every client the stages create logs each call that reaches the backend."""
-    real = runner.create_client
+def log_calls(calls_file: str, probe_delay_s: float = 0.0, module=runner) -> None:
+    """From now on, every client the stages (or, with `module=tasks.llm.registry`, the trainer's
+    rank 0) create logs each call that reaches the backend."""
+    real = module.create_client
     # Serialised only when held (the training reward judges on loops of its own).
     one_probe_at_a_time = asyncio.Semaphore(1) if probe_delay_s else contextlib.nullcontext()
 
@@ -50,7 +51,7 @@ def log_calls(calls_file: str, probe_delay_s: float = 0.0) -> None:
             client.next_token_logprobs = probe
         return client
 
-    runner.create_client = logged
+    module.create_client = logged
 
 
 def main(recipe_path: str, calls_file: str, until: str = "generate", probe_delay_s: str = "0") -> None:

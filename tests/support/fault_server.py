@@ -167,6 +167,11 @@ class FaultServer:
         with self._lock:
             self._state.script.extend(as_fault(f) for f in faults)
 
+    def clear_faults(self) -> None:
+        """Drop what is left of the script: from now on, canned replies."""
+        with self._lock:
+            self._state.script.clear()
+
     @property
     def pending_faults(self) -> list[Fault]:
         with self._lock:

@@ -4,7 +4,8 @@ usage: python -m tests.support.train_worker RECIPE [STEP_DELAY_S] [CALLS_FILE]
 Used by the training kill-and-resume test and the training kill drill (benchmarks/kill_drill.py),
 which start it with `start`. STEP_DELAY_S holds each step after its curriculum update, so that a
 kill lands between two checkpoints. CALLS_FILE gets one line per judge call of the train stage that
-reached the backend (`chat <prompt head>` or `probe <prompt head>`). Prints the train stage's
+reached the backend (`chat <prompt head>` or `probe <prompt head>`). Both work inside the trainer's
+ranks, through tests/support/trainer_plugin.py. Prints the train stage's
 summary as JSON.
 """
 
@@ -15,15 +16,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import tasks.stages.runner as runner
-import tasks.training.reward as reward_module
 from configs.loading import load_recipe
 from configs.schema import Recipe
 from tasks.stages import generate, ingest, order, score, select, train
-from tests.support.curation_worker import log_calls
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,20 +65,13 @@ def run_train(recipe: Recipe, outputs: dict) -> runner.StageResult:
 
 
 def main(recipe_path: str, step_delay_s: str = "0", calls_file: str = "") -> None:
-    delay = float(step_delay_s)
-    if delay:
-        finish_step = reward_module.WritingRLReward.finish_step
-
-        def slow_finish_step(self, step):
-            result = finish_step(self, step)
-            time.sleep(delay)
-            return result
-
-        reward_module.WritingRLReward.finish_step = slow_finish_step
+    # The trainer runs in processes of its own: instrument them (tests/support/trainer_plugin.py).
+    os.environ["WRL_TRAINER_PLUGINS"] = "tests.support.trainer_plugin"
+    os.environ["WRL_TEST_STEP_DELAY_S"] = step_delay_s
+    if calls_file:
+        os.environ["WRL_TEST_CALLS_FILE"] = calls_file  # only the train stage's calls
     recipe = load_recipe(recipe_path)
     outputs = run_curation(recipe)
-    if calls_file:
-        log_calls(calls_file)  # only the train stage's calls
     print(json.dumps(run_train(recipe, outputs).summary))
 
 

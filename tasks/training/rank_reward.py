@@ -1,0 +1,115 @@
+"""The Writing-RL reward and curriculum as one rank of the trainer sees them.
+
+Rank 0 holds the `WritingRLReward` (the judge client, the curriculum store) and judges the whole
+step: each reward call gathers every rank's rollouts, rank 0 judges them all (one client, so the
+judge's rate and token limits are the job's, and sample indices are numbered across ranks), and
+sends each rank its rewards. So the promotion rule at the step's end sees every rollout of an
+instruction, whichever rank generated it, and after every step (and every restore) rank 0
+broadcasts the rungs: all ranks hold the same curriculum.
+
+A judge that stops answering (the endpoint's breaker, `EndpointFailingError`) or a reward that
+raises on rank 0 raises `JudgeUnavailableError` on every rank, so no rank waits forever in a
+collective; the trainer then checkpoints the last finished step (tasks/training/trainer.py).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from tasks.llm.base import EndpointFailingError
+from tasks.training.ranks import Ranks
+from tasks.training.reward import Rollout, RolloutReward, WritingRLReward, step_metrics
+
+
+class JudgeUnavailableError(RuntimeError):
+    """The judge failed the step on rank 0 (raised on every rank with rank 0's message)."""
+
+
+class RankReward:
+    def __init__(self, ranks: Ranks, owner: WritingRLReward | None) -> None:
+        if (owner is not None) != ranks.is_main:
+            raise ValueError("rank 0, and only rank 0, holds the WritingRLReward")
+        self.ranks, self.owner = ranks, owner
+        self._rungs: dict[str, int] = {}
+
+    # -- the curriculum, identical on every rank ------------------------------------------------
+
+    def _sync_rungs(self) -> None:
+        self._rungs = self.ranks.broadcast(self.owner.current_rungs() if self.owner else None)
+
+    def current_rungs(self) -> dict[str, int]:
+        return dict(self._rungs)
+
+    def start(self, checkpoint_step: int | None, forget_after: Callable[[int], None]) -> None:
+        """Put the curriculum where the run starts: at `checkpoint_step`'s snapshot when resuming;
+        at the initial state (snapshot 0) when a killed run left steps but no checkpoint."""
+        if self.owner is not None:
+            store, curriculum_id = self.owner.store, self.owner.curriculum_id
+            if checkpoint_step is not None:
+                self.owner.restore(checkpoint_step)
+                forget_after(checkpoint_step)
+            elif store.last_step(curriculum_id) is not None:
+                self.owner.restore(0)
+                forget_after(0)
+        self._sync_rungs()
+
+    def finish_step(self, step: int) -> tuple[list[RolloutReward], list[Any]]:
+        """Apply `step`'s promotions (rank 0) and hand every rank the new rungs; returns the step's
+        judgments and promotions on rank 0, nothing elsewhere."""
+        judged, promotions = self.owner.finish_step(step) if self.owner else ([], [])
+        self._sync_rungs()
+        return judged, promotions
+
+    def snapshot(self, step: int) -> None:
+        if self.owner is not None:
+            self.owner.store.snapshot(self.owner.curriculum_id, step)
+
+    # -- TRL ------------------------------------------------------------------------------------
+
+    def as_trl_reward(self):
+        """An async reward function with TRL's calling convention (one call per generation batch,
+        on every rank at once)."""
+        ranks, owner = self.ranks, self.owner
+
+        async def writing_rl(prompts, completions, instruction_id, trainer_state=None, log_metric=None, **_):
+            step = (
+                trainer_state.global_step if trainer_state is not None else 0
+            ) + 1  # the step being trained
+            mine = list(zip(instruction_id, (_completion_text(c) for c in completions), strict=True))
+            everyone = ranks.gather(mine)
+            payload: tuple[str, Any, Any] | None = None
+            if owner is not None:
+                rollouts = [
+                    Rollout(iid, i, text)
+                    for i, (iid, text) in enumerate(r for rank in everyone for r in rank)
+                ]
+                try:
+                    results = await owner.score(step, rollouts)
+                except EndpointFailingError as exc:
+                    payload = ("failed", f"the judge stopped answering: {exc}", None)
+                except Exception:  # every rank must hear of it, or they wait in the broadcast forever
+                    payload = ("failed", f"rank 0's reward raised:\n{traceback.format_exc()}", None)
+                else:
+                    rewards, start = [], 0
+                    for rank in everyone:
+                        rewards.append([r.reward for r in results[start : start + len(rank)]])
+                        start += len(rank)
+                    payload = ("ok", rewards, step_metrics(results))
+            status, rewards, metrics = ranks.broadcast(payload)
+            if status != "ok":
+                raise JudgeUnavailableError(rewards)
+            if log_metric is not None:  # the whole step's, the same on every rank
+                for name, value in metrics.items():
+                    if value is not None:
+                        log_metric(name, value)
+            return rewards[ranks.rank]
+
+        return writing_rl
+
+
+def _completion_text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content", "") for m in completion if m.get("role") == "assistant")

@@ -1,0 +1,111 @@
+"""One rank of the trainer: `python -m tasks.training.worker SPEC`, started by `accelerate launch`
+(tasks/training/launch.py writes SPEC and the accelerate configuration).
+
+Every rank builds the trainer and trains its share; rank 0 alone opens the storage (the curriculum
+store, the step logs, the response cache behind its judge client), judges every rank's rollouts,
+and reports each step to the train stage as an event line on stdout. No rank runs Prefect or takes
+a stage claim: the stage that launched the job holds its claim and records its run.
+
+Exit codes: 0 trained and saved; 3 the judge failed (a checkpoint of the last finished step was
+written first); anything else an error, with its traceback in the trainer's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+JUDGE_FAILED_EXIT = 3
+
+
+def _die_with_launcher() -> None:
+    """The elastic agent starts ranks in sessions of their own: a rank whose launcher is gone
+    (SIGKILLed with the stage) must not train on alone."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the launcher died before the line above
+        sys.exit(1)
+
+
+def main(spec_path: str) -> int:
+    _die_with_launcher()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for plugin in filter(None, os.environ.get("WRL_TRAINER_PLUGINS", "").split(",")):
+        importlib.import_module(plugin)
+
+    from storage import open_storage
+    from tasks.llm.cache import CachingClient, UsageMeter
+    from tasks.llm.registry import create_client
+    from tasks.training.args import trainer_args, world_size
+    from tasks.training.checkpoints import TRAINER_LOG
+    from tasks.training.data import train_dataset
+    from tasks.training.launch import LaunchSpec, emit
+    from tasks.training.rank_reward import JudgeUnavailableError, RankReward
+    from tasks.training.ranks import Ranks
+    from tasks.training.reward import WritingRLReward
+    from tasks.training.trainer import run_training
+
+    spec = LaunchSpec.read(Path(spec_path))
+    recipe, training, judge = spec.recipe, spec.recipe.training, spec.judge
+    args = trainer_args(training, spec.work_dir, world_size=world_size())
+    _ = args.device  # sets up accelerate's state, and with it the process group
+    ranks = Ranks.current()
+
+    owner, client, meter, log = None, None, UsageMeter(), None
+    if ranks.is_main:
+        storage = open_storage(recipe.storage)
+        log = storage.training
+        client = CachingClient(
+            create_client(recipe, judge.backend, judge.model), storage.responses,
+            stage_run_id=spec.stage_run_id, meter=meter,
+        )  # fmt: skip
+        owner = WritingRLReward(
+            client=client, judge=judge, reward=recipe.reward, curriculum=recipe.curriculum, items=spec.items,
+            store=storage.curriculum, curriculum_id=spec.curriculum_id, seed=training.seed,
+            think_format=recipe.policy.strategy == "think-then-write",
+        )  # fmt: skip
+    curriculum_id = spec.curriculum_id
+
+    def record_step(step: int, judged: list, promotions: list, metrics: dict[str, float]) -> None:
+        log.record_step(curriculum_id, step, [vars(j) for j in judged], metrics)
+        emit("step", step=step, metrics=metrics)
+
+    from transformers import AutoTokenizer
+
+    dataset = train_dataset(
+        spec.items, recipe.policy, AutoTokenizer.from_pretrained(spec.base_model), training.max_prompt_tokens
+    )
+    code = 0
+    try:
+        outcome = run_training(
+            model_path=spec.base_model, training=training, train_dataset=dataset,
+            reward=RankReward(ranks, owner), output_dir=spec.work_dir, args=args,
+            record_step=record_step,
+            record_trainer_logs=lambda step, logs: log.record_metrics(curriculum_id, step, logs, source="trainer"),
+            forget_after=lambda step: log.forget_after(curriculum_id, step),
+            final_model_dir=spec.model_dir, trainer_log=spec.work_dir / TRAINER_LOG, lineage=spec.lineage,
+        )  # fmt: skip
+        if ranks.is_main:
+            emit("done", final_step=outcome.final_step, resumed_from=outcome.resumed_from)
+    except JudgeUnavailableError as exc:
+        if ranks.is_main:
+            emit("failed", error=str(exc))
+        code = JUDGE_FAILED_EXIT
+    finally:
+        if client is not None:
+            asyncio.run(client.aclose())  # the judge's batching worker ran on TRL's reward loop
+            usage = spec.work_dir / f"usage-{spec.stage_run_id}.json"
+            usage.write_text(json.dumps(meter.rows(spec.stage_run_id)))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

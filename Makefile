@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -q
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo up down test test-fast test-slow test-gpu-transformers lint clean gpu gpu-lock gpu-lock-check
+.PHONY: install demo up down test test-fast test-slow test-gpu-transformers lint clean gpu gpu-lock gpu-lock-check cpu-lock cpu-lock-check
 
 install: $(STAMP)
 
@@ -62,7 +62,22 @@ gpu-lock-check: install
 	$(UV_GPU) --constraint $(GPU_LOCK) > /dev/null
 	@echo "the GPU lock ($(GPU_LOCK)) resolves from pyproject.toml"
 
-test: lint gpu-lock-check
+# The CPU stack's lock, for the same platform: PyPI's Linux torch depends on CUDA runtime wheels,
+# which the CPU build (`make install` installs it first) does not need; they are left out. `make
+# install` resolves afresh; `pip install -e '.[dev]' -c $(CPU_LOCK)` reproduces the locked set.
+CPU_LOCK := locks/cpu-linux-x86_64-py311.txt
+UV_CPU   := $(BIN)/uv pip compile pyproject.toml --extra dev --python-platform x86_64-manylinux_2_28 \
+	--python-version 3.11 --quiet
+CUDA_WHEELS = $(shell $(UV_CPU) 2>/dev/null | grep -oiE '^(nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|triton)==' | tr -d '=')
+
+cpu-lock: install
+	$(UV_CPU) $(foreach p,$(CUDA_WHEELS),--no-emit-package $(p)) --custom-compile-command 'make cpu-lock' -o $(CPU_LOCK)
+
+cpu-lock-check: install
+	$(UV_CPU) --constraint $(CPU_LOCK) > /dev/null
+	@echo "the CPU lock ($(CPU_LOCK)) resolves from pyproject.toml"
+
+test: lint gpu-lock-check cpu-lock-check
 	$(BIN)/pytest -q --durations=10 || [ $$? -eq 5 ]
 	$(BIN)/pytest -q -m slow --durations=15 || [ $$? -eq 5 ]
 	$(MAKE) --no-print-directory test-gpu-transformers

@@ -505,3 +505,25 @@ def test_gpu_next_token_logprobs_are_finite(gpu_client):
     assert set(verdict) == {"A", "B"} and set(score) == {"1", "5", "10"}
     assert all(math.isfinite(v) and v <= 0 for v in [*verdict.values(), *score.values()])
     assert score["1"] == score["10"]
+
+
+def test_curation_engines_are_shut_down_and_forgotten_before_training(fake_vllm, tmp_path):
+    """The train stage calls `release_local_engines()` before it launches the trainer, which then
+    owns the GPUs: every engine's core is shut down and the process keeps no reference to it."""
+    from tasks.llm.registry import release_local_engines
+
+    client = make_client(tmp_path)
+
+    async def go():
+        try:
+            return await chat_many(client, [ChatRequest(user("hi"), Decoding(max_tokens=4, seed=0))])
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    (engine,) = fake_vllm.engines
+    shut_down = []
+    engine.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=lambda: shut_down.append(True)))
+    assert release_local_engines() >= 1
+    assert shut_down == [True] and vb._ENGINES == {}
+    assert release_local_engines() == 0  # nothing left to release

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -q
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo up down test test-fast test-slow test-gpu-transformers lint clean gpu gpu-lock gpu-lock-check cpu-lock cpu-lock-check
+.PHONY: install demo up down test test-fast test-slow lint clean gpu gpu-lock gpu-lock-check cpu-lock cpu-lock-check
 
 install: $(STAMP)
 
@@ -80,18 +80,6 @@ cpu-lock-check: install
 test: lint gpu-lock-check cpu-lock-check
 	$(BIN)/pytest -q --durations=10 || [ $$? -eq 5 ]
 	$(BIN)/pytest -q -m slow --durations=15 || [ $$? -eq 5 ]
-	$(MAKE) --no-print-directory test-gpu-transformers
-
-# The GPU stack runs an older transformers than the CPU install (vLLM caps it; the lock has the
-# version): the fast suite again with that release laid over the venv. PYTHONPATH puts it first,
-# and the trainer's ranks and local model servers inherit it.
-GPU_TRANSFORMERS = $(shell grep -i '^transformers==' $(GPU_LOCK))
-OVERLAY := $(VENV)/gpu-transformers
-test-gpu-transformers: install
-	rm -rf $(OVERLAY)
-	$(PIP) --no-deps --target $(OVERLAY) '$(GPU_TRANSFORMERS)'
-	PYTHONPATH=$(CURDIR)/$(OVERLAY) $(BIN)/python -c 'import transformers; print("fast suite on transformers", transformers.__version__)'
-	PYTHONPATH=$(CURDIR)/$(OVERLAY) $(BIN)/pytest -q --durations=5 || [ $$? -eq 5 ]
 
 test-fast: install
 	$(BIN)/pytest -q -x

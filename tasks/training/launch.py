@@ -49,7 +49,9 @@ ACCELERATE_FILE = "accelerate_config.yaml"
 OUTPUT_LOG = "trainer_output.log"
 PLUGINS_ENV = "WRL_TRAINER_PLUGINS"  # modules each rank imports first (drills instrument ranks with it)
 _PR_SET_PDEATHSIG = 1
-STOP_GRACE_S = 30.0
+# Prefect's runner cancels a flow run with SIGTERM and SIGKILLs it 30 s later: stop the trainer
+# within that window (were it cut short, the ranks still die with their launcher: see above).
+STOP_GRACE_S = 20.0
 
 
 class TrainerFailedError(RuntimeError):

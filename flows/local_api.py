@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import importlib.util
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tasks.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ SERVER_DEFAULTS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
 # (try another, as Prefect does), or the app failed (the same again: give up after a few).
 STARTUP_FAILURE_EXIT_CODE = 3
 MAX_LAUNCHES = 3
-_PR_SET_PDEATHSIG = 1
 
 
 class LocalAPIError(RuntimeError):
@@ -59,10 +58,6 @@ def _free_port() -> int:
 def _site_packages_of(package: str) -> str:
     """The folder holding `package`, found without importing it (Prefect's import takes ~1 s)."""
     return str(Path(importlib.util.find_spec(package).origin).parents[1])
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LocalPrefectAPI:
@@ -95,7 +90,7 @@ class LocalPrefectAPI:
             sink.flush()
             self.process = subprocess.Popen(
                 command, env={**SERVER_DEFAULTS, **os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL, stdout=sink,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
 
     def wait_until_healthy(self) -> None:

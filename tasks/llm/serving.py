@@ -24,10 +24,8 @@ What this relies on in `transformers serve` (transformers 5.23, read from its so
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +40,7 @@ from typing import IO, Literal
 
 from configs.schema import LocalServer
 from tasks.llm import cpu_share
+from tasks.processes import stop_group
 
 logger = logging.getLogger(__name__)
 
@@ -179,15 +178,8 @@ class LocalModelServer:
         if process is None:
             return None
         if process.poll() is None:
-            _signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning(
-                    "serve: pid %d ignored SIGTERM for %.0f s; killing it", process.pid, self.stop_timeout_s
-                )
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
+            stop_group(process, self.stop_timeout_s, what="serve")
+            process.wait()
         atexit.unregister(self.stop)
         cpu_share.release(self)
         if self._log is not None:
@@ -328,13 +320,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    # The server leads its own process group (start_new_session): signal the group, so anything
-    # it spawned goes too.
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(process.pid, sig)
 
 
 CB_PAGE_TOKENS = 32  # tokens per KV cache page

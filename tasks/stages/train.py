@@ -127,10 +127,9 @@ def compute(ctx: StageContext) -> StageOutput:
         failed = events.get("failed")
         raise TrainerFailedError(f"train: {failed['error']}\n{exc}" if failed else f"train: {exc}") from None
     finally:
-        usage = paths.work_dir / f"usage-{ctx.stage_run_id}.json"
-        if usage.is_file():  # the judge's calls, metered on rank 0
-            ctx.usage.absorb(json.loads(usage.read_text()))
-            usage.unlink()
+        if spec.usage_file.is_file():  # the judge's calls, metered on rank 0
+            ctx.usage.absorb(json.loads(spec.usage_file.read_text()))
+            spec.usage_file.unlink()
     done = events["done"]
     log.register_model(
         {"model_id": model_id, "path": str(model_dir), "base_model": recipe.policy.model,

@@ -62,6 +62,20 @@ def is_adapter(checkpoint: Path) -> bool:
     return (Path(checkpoint) / "adapter_config.json").is_file()
 
 
+def merge_adapter(adapter: Path, base_model: str, out: Path, dtype: str = "float32") -> None:
+    """The LoRA adapter in `adapter` merged into `base_model` (loaded in `dtype`), saved with the
+    adapter's tokenizer (the base model's when the adapter has none) as a plain model in `out`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = Path(adapter)
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
+    PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(out))
+    tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_model
+    AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(str(out))
+
+
 def checkpoint_model(checkpoint: Path, base_model_path: str, cache_dir: Path) -> Path:
     """A plain model folder for `checkpoint`: itself for a full fine-tune, else the LoRA adapter
     merged into the base model once, under `cache_dir/<name>` (written aside and renamed into
@@ -72,17 +86,9 @@ def checkpoint_model(checkpoint: Path, base_model_path: str, cache_dir: Path) ->
     target = Path(cache_dir) / f"{checkpoint.parent.name}-{checkpoint.name}"
     if (target / "config.json").is_file():
         return target
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    base = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(checkpoint)).merge_and_unload()
-    merged.save_pretrained(str(partial))
-    tokenizer_source = checkpoint if (checkpoint / "tokenizer_config.json").is_file() else base_model_path
-    AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(str(partial))
+    merge_adapter(checkpoint, base_model_path, partial)
     lineage = checkpoint / "wrl_lineage.json"
     if lineage.is_file():
         record = json.loads(lineage.read_text())

@@ -20,7 +20,6 @@ processes, precision and offload written over them.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from typing import Any
 import yaml
 
 from configs.schema import JudgeConfig, Recipe, TrainingConfig
+from tasks.processes import die_with_parent, stop_group
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ SPEC_FILE = "launch_spec.pkl"
 ACCELERATE_FILE = "accelerate_config.yaml"
 OUTPUT_LOG = "trainer_output.log"
 PLUGINS_ENV = "WRL_TRAINER_PLUGINS"  # modules each rank imports first (drills instrument ranks with it)
-_PR_SET_PDEATHSIG = 1
 # Prefect's runner cancels a flow run with SIGTERM and SIGKILLs it 30 s later: stop the trainer
 # within that window (were it cut short, the ranks still die with their launcher: see above).
 STOP_GRACE_S = 20.0
@@ -72,6 +71,11 @@ class LaunchSpec:
     curriculum_id: str
     stage_run_id: str
     lineage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def usage_file(self) -> Path:
+        """Where rank 0 leaves its judge's usage rows for the stage run's meter."""
+        return Path(self.work_dir) / f"usage-{self.stage_run_id}.json"
 
     def write(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,12 +143,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """In the launcher, before exec: SIGTERM when the orchestrating process dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
     """SIGTERM (a cancel) raises SystemExit here so the `finally` below stops the trainer. Only in
@@ -163,28 +161,14 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def stop_process_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the launcher's group (the elastic agent stops its ranks), SIGKILL after `grace_s`."""
-    if process.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_trainer(
     spec: LaunchSpec,
     *,
     on_event: Callable[[dict[str, Any]], None],
     env: dict[str, str] | None = None,
-) -> int:
-    """Launch the trainer for `spec` and wait for it; returns its exit code (0: trained and saved).
-    Rank 0's events go to `on_event` as they arrive; every other line of output goes to
+) -> None:
+    """Launch the trainer for `spec` and wait until it has trained and saved (TrainerFailedError
+    otherwise). Rank 0's events go to `on_event` as they arrive; every other line of output goes to
     `<work_dir>/trainer_output.log`, whose tail a failure's message carries."""
     training = spec.recipe.training
     assert training is not None
@@ -202,7 +186,7 @@ def run_trainer(
     with _sigterm_raises(), (work_dir / OUTPUT_LOG).open("a") as output:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-            env=child_env, start_new_session=True, preexec_fn=_die_with_parent,
+            env=child_env, start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         try:
             assert process.stdout is not None
@@ -215,13 +199,12 @@ def run_trainer(
                     tail.append(line.rstrip("\n"))
             code = process.wait()
         finally:
-            stop_process_group(process)
+            stop_group(process, STOP_GRACE_S, what="the trainer")  # the elastic agent stops its ranks
     if code != 0:
         raise TrainerFailedError(
             f"the trainer exited with code {code}; the last lines of {work_dir / OUTPUT_LOG}:\n"
             + "\n".join(tail)
         )
-    return code
 
 
 def emit(event: str, **fields: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from configs.schema import TrainingConfig
 from tasks.training.args import policy_dtype, trainer_args, world_size
-from tasks.training.checkpoints import latest_checkpoint
+from tasks.training.checkpoints import latest_checkpoint, merge_adapter
 from tasks.training.rank_reward import JudgeUnavailableError, RankReward
 from tasks.training.ranks import Ranks
 from tasks.training.report import RUNG_COUNT_PREFIX
@@ -241,22 +241,18 @@ def save_final_model(
 
     final_model_dir = Path(final_model_dir)
     partial = final_model_dir.with_name(f".{final_model_dir.name}.partial")
-    if ranks.is_main:
-        shutil.rmtree(partial, ignore_errors=True)
-    ranks.barrier()
     saved = partial.with_name(partial.name + "-adapter") if training.lora is not None else partial
-    trainer.save_model(str(saved))
+    if ranks.is_main:  # a killed run's leftovers
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(saved, ignore_errors=True)
+    ranks.barrier()
+    trainer.save_model(str(saved))  # the weights (gathered) and the tokenizer, on the main process
     if ranks.is_main:
         if training.lora is not None:
-            import torch
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
-
-            dtype = getattr(torch, policy_dtype(training, on_cpu=trainer.args.use_cpu))
-            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
-            PeftModel.from_pretrained(base, str(saved)).merge_and_unload().save_pretrained(str(partial))
+            merge_adapter(
+                saved, base_model, partial, dtype=policy_dtype(training, on_cpu=trainer.args.use_cpu)
+            )
             shutil.rmtree(saved)
-        trainer.processing_class.save_pretrained(str(partial))
         shutil.rmtree(final_model_dir, ignore_errors=True)
         partial.rename(final_model_dir)
     ranks.barrier()

@@ -13,8 +13,6 @@ written first); anything else an error, with its traceback in the trainer's log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import importlib
 import json
 import logging
@@ -23,14 +21,15 @@ import signal
 import sys
 from pathlib import Path
 
+from tasks.processes import die_with_parent
+
 JUDGE_FAILED_EXIT = 3
 
 
 def _die_with_launcher() -> None:
     """The elastic agent starts ranks in sessions of their own: a rank whose launcher is gone
     (SIGKILLed with the stage) must not train on alone."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent(signal.SIGKILL)
     if os.getppid() == 1:  # the launcher died before the line above
         sys.exit(1)
 
@@ -38,7 +37,9 @@ def _die_with_launcher() -> None:
 def main(spec_path: str) -> int:
     _die_with_launcher()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for plugin in filter(None, os.environ.get("WRL_TRAINER_PLUGINS", "").split(",")):
+    from tasks.training.launch import PLUGINS_ENV
+
+    for plugin in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
         importlib.import_module(plugin)
 
     from storage import open_storage
@@ -102,8 +103,7 @@ def main(spec_path: str) -> int:
     finally:
         if client is not None:
             asyncio.run(client.aclose())  # the judge's batching worker ran on TRL's reward loop
-            usage = spec.work_dir / f"usage-{spec.stage_run_id}.json"
-            usage.write_text(json.dumps(meter.rows(spec.stage_run_id)))
+            spec.usage_file.write_text(json.dumps(meter.rows(spec.stage_run_id)))
     return code
 
 

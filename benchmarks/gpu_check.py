@@ -3,11 +3,13 @@ with the peak memory compared with `wrl config plan`'s estimate for the same sha
 
 The model is the recipe's policy architecture (Qwen2.5-7B: hidden 3584, 28 heads, 4 KV heads,
 intermediate 18944, vocabulary 152064) with only `--layers` decoder layers, randomly initialised,
-so that it fits one GPU with full fine-tuning, Adam and the KL reference model. The tokenizer is a
+so that it fits one GPU with full fine-tuning and Adam (and a KL reference model when the recipe's
+`kl_coef` is above 0; the paper recipes, as the official run, have none). The tokenizer is a
 word-level one over the model's whole vocabulary ("t0" ... "t152063"), so any generated id decodes.
 Prompts are `max_prompt_tokens` long and generation runs to `max_response_tokens` (a random model
 rarely stops early): the recipe's longest sequences. One prompt x `num_generations` rollouts per
-step, accumulated one sequence at a time (the paper recipe's micro-batch on each of its 8 GPUs).
+step, accumulated one sequence at a time (the paper recipe's micro-batch on each of its 8 GPUs), in
+one optimizer update per step, so each timed step is one generation and one update.
 The reward is a stand-in (distinct words, plus a hash so that rollouts always differ and every step
 has a gradient): this checks memory and the training path, not a judge.
 
@@ -84,6 +86,7 @@ def main(
     training = loaded.training.model_copy(update={
         "batch_size": 1, "gradient_accumulation_steps": generations, "max_steps": steps, "save_steps": 10_000,
         "use_vllm": False, "gpus": 1, "distributed": "ddp", "lora": None, "device": "cuda",
+        "updates_per_step": 1, "eval_steps": None,
     })  # fmt: skip
     if smoke:
         training = training.model_copy(update={"device": "cpu", "bf16": False, "gradient_checkpointing": False,

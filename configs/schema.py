@@ -279,6 +279,18 @@ class SelectionConfig(StrictModel):
     )
     top_k: int | None = Field(None, ge=1)
     top_fraction: float | None = Field(None, gt=0, le=1)
+    per_source: bool = Field(
+        False,
+        description="Apply top_k / top_fraction within each data source (the instructions' `source`: the "
+        "loader and file) instead of over the whole pool, as the paper takes its top 1.5k from each of "
+        "LongWriter and WritingBench (section 4.1).",
+    )
+    tie_break: Literal["shuffle", "instruction_id"] = Field(
+        "shuffle",
+        description="Order of equal margins (or equal policy scores under difficulty) at the cut: a "
+        "permutation seeded by `seed` (recorded per instruction), or instruction id ascending, which is "
+        "lexicographic and biased for ids like wb-<index>. Integer judge scores make large tie blocks.",
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -287,6 +299,8 @@ class SelectionConfig(StrictModel):
             raise ValueError("selection: set top_k or top_fraction, not both")
         if self.strategy != "full" and self.top_k is None and self.top_fraction is None:
             raise ValueError(f"selection: strategy '{self.strategy}' needs top_k or top_fraction")
+        if self.per_source and self.strategy == "full":
+            raise ValueError("selection.per_source: strategy 'full' keeps every instruction; there is no cut")
         return self
 
 
@@ -299,7 +313,23 @@ class OrderingConfig(StrictModel):
         "teaches nothing). Off by default: the paper keeps every reference, ascending.",
     )
     min_rungs: int = Field(
-        2, ge=1, description="Drop an instruction whose ladder would have fewer rungs (rung 0 included)."
+        2,
+        ge=1,
+        description="Drop an instruction whose ladder would have fewer rungs (the policy's included).",
+    )
+    validation_size: int = Field(
+        0,
+        ge=0,
+        description="Hold this many ladders out of training, drawn with `seed`: the validation split the "
+        "trainer evaluates every `training.eval_steps` and the verl export's test.parquet. 0: none.",
+    )
+    seed: int = Field(0, description="Seeds the draw of the validation split.")
+    policy_rung: Literal["by-score", "first"] = Field(
+        "by-score",
+        description="by-score (the paper): the policy's own response is sorted among the references by "
+        "score, so every ladder ascends and training starts on its weakest response. first: the policy's "
+        "response is always rung 0 and the references ascend above it, so the first comparison is always "
+        "against itself, even when a reference scored lower (docs/curation.md).",
     )
 
 
@@ -321,10 +351,47 @@ class RewardConfig(StrictModel):
 
 
 class CurriculumConfig(StrictModel):
-    schedule: Literal["dynamic", "static", "random"] = "dynamic"
+    schedule: Literal["dynamic", "static", "staged", "random"] = Field(
+        "dynamic",
+        description="dynamic: each instruction moves up a rung when the policy beats it (the paper's method). "
+        "static: one fixed reference (`static_rung` or `static_generator`). staged: every instruction moves "
+        "up one rung at each of `stage_steps` (the paper's static-curriculum ablation, section 6.4). "
+        "random: a reference drawn per rollout.",
+    )
     promotion: Literal["any-win", "majority", "mean-threshold"] = "any-win"
     threshold: float = Field(0.5, ge=0, le=1, description="mean-threshold: promote when mean reward >= this.")
-    static_rung: Literal["self", "best"] | int = "self"
+    static_rung: Literal["self", "best"] | int = Field(
+        "self",
+        description="static: 'self' (the policy's own response, wherever it sits in the ladder), 'best' "
+        "(the top rung) or a rung index counted from the bottom (0 = the lowest).",
+    )
+    static_generator: str | None = Field(
+        None,
+        description="static: the reference written by this generator, in every ladder (the paper's "
+        "single-LLM static references, section 6.3); overrides `static_rung`. Every ladder must hold it.",
+    )
+    stage_steps: tuple[int, ...] = Field(
+        (),
+        description="staged: the training steps at which every instruction moves up one rung (ascending). "
+        "Before the first boundary all are on rung 0; after k boundaries on rung k, or their top rung.",
+    )
+
+    @model_validator(mode="after")
+    def _schedule_settings(self) -> CurriculumConfig:
+        steps = self.stage_steps
+        if self.schedule == "staged" and not steps:
+            raise ValueError("curriculum.stage_steps: the staged schedule needs at least one boundary step")
+        if self.schedule != "staged" and steps:
+            raise ValueError(f"curriculum.stage_steps: only used by schedule 'staged', not '{self.schedule}'")
+        if any(s < 1 for s in steps) or list(steps) != sorted(set(steps)):
+            raise ValueError(
+                f"curriculum.stage_steps: must be strictly ascending steps >= 1, got {list(steps)}"
+            )
+        if self.static_generator is not None and self.schedule != "static":
+            raise ValueError(
+                f"curriculum.static_generator: only used by schedule 'static', not '{self.schedule}'"
+            )
+        return self
 
 
 class LoraConfig(StrictModel):
@@ -335,19 +402,80 @@ class LoraConfig(StrictModel):
 
 
 class TrainingConfig(StrictModel):
+    """The trainer's settings. Steps are RL steps: one batch of `batch_size` prompts rolled out
+    (`num_generations` each), judged once, the curriculum updated once; it is trained in
+    `updates_per_step` optimizer updates (TRL's optimizer steps are RL steps x updates_per_step,
+    tasks/training/args.py). docs/training.md compares each setting with the official run's."""
+
     algorithm: Literal["grpo", "rloo"] = "grpo"
     learning_rate: float = Field(1e-6, gt=0)
-    kl_coef: float = Field(0.001, ge=0, description="KL penalty coefficient (TRL's beta).")
-    batch_size: int = Field(32, ge=1, description="Prompts per optimisation step.")
+    lr_scheduler: Literal["linear", "constant", "constant_with_warmup", "cosine"] = Field(
+        "linear",
+        description="The learning rate over the optimizer updates (transformers' lr_scheduler_type): linear "
+        "decays to 0 at the last update; constant_with_warmup is the official run's (verl's constant "
+        "warmup_style).",
+    )
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the run's updates over which the learning rate rises linearly from 0 (verl's "
+        "lr_warmup_steps_ratio; 0.4 in the official run). Not with lr_scheduler constant.",
+    )
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="AdamW's weight decay (verl's actor default 0.01); biases and norms are exempt.",
+    )
+    kl_coef: float = Field(
+        0.0,
+        ge=0,
+        description="KL penalty coefficient (TRL's beta); 0, as the official run (verl's use_kl_loss and "
+        "use_kl_in_reward are off), builds no reference model.",
+    )
+    entropy_coef: float = Field(
+        0.0,
+        ge=0,
+        description="grpo: entropy bonus on the mean per-token entropy (TRL's entropy_coef; verl's actor "
+        "entropy_coeff, 0.001 in the official run).",
+    )
+    clip_ratio_c: float | None = Field(
+        None,
+        description="grpo: dual-clip PPO, the policy ratio capped at this for negative advantages (TRL's "
+        "delta; verl's clip_ratio_c, 3.0 in the official run). None: plain clipping.",
+    )
+    batch_size: int = Field(32, ge=1, description="Prompts per RL step (verl's train_batch_size).")
     num_generations: int = Field(4, ge=2, description="Rollouts per prompt (GRPO group size).")
+    updates_per_step: int = Field(
+        1,
+        ge=1,
+        description="Optimizer updates per RL step: its rollouts are split into this many mini-batches, "
+        "each one update (verl's train_batch_size / ppo_mini_batch_size; 2 in the official run).",
+    )
     max_prompt_tokens: int = Field(2048, ge=16)
     max_response_tokens: int = Field(10_000, ge=1)
-    max_steps: int = Field(405, ge=1)
-    save_steps: int = Field(50, ge=1)
+    max_steps: int = Field(405, ge=1, description="RL steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many RL steps (and at the last).")
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Validate every this many RL steps (the official run: 50) on the ladders held out by "
+        "`ordering.validation_size`: one rollout per held-out instruction, judged against every rung of "
+        "its ladder, logged as eval metrics. Never reads or writes the curriculum. None: no validation.",
+    )
+    eval_batch_size: int = Field(
+        8, ge=1, description="Validation prompts generated together on each rank (verl's val_batch_size: 8)."
+    )
     save_total_limit: int | None = Field(
         3, ge=1, description="Checkpoints kept (the newest); None keeps all."
     )
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches each rank cuts one RL step's rollouts into (a micro-batch is batch_size x "
+        "num_generations / (ranks x this) sequences); a multiple of updates_per_step, each update "
+        "accumulating this / updates_per_step of them.",
+    )
     temperature: float = Field(1.0, gt=0, le=2)
     seed: int = 0
     lora: LoraConfig | None = None
@@ -377,6 +505,111 @@ class TrainingConfig(StrictModel):
         description="zero3: the optimizer state on the CPU; fsdp2: FSDP's CPU offload (parameters, gradients "
         "and optimizer state).",
     )
+
+    @model_validator(mode="after")
+    def _optimisation_settings(self) -> TrainingConfig:
+        if self.gradient_accumulation_steps % self.updates_per_step:
+            raise ValueError(
+                f"training.gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a multiple "
+                f"of updates_per_step ({self.updates_per_step}): each update takes an equal share of the "
+                "step's micro-batches"
+            )
+        if self.lr_scheduler == "constant" and self.warmup_ratio > 0:
+            raise ValueError("training.warmup_ratio: lr_scheduler 'constant' has no warmup; use "
+                             "'constant_with_warmup'")  # fmt: skip
+        if self.algorithm != "grpo":
+            for name in ("entropy_coef", "clip_ratio_c"):
+                if getattr(self, name) not in (None, 0.0):
+                    raise ValueError(f"training.{name}: TRL's {self.algorithm} trainer has no such setting "
+                                     "(grpo only)")  # fmt: skip
+        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1.2:
+            raise ValueError(
+                f"training.clip_ratio_c ({self.clip_ratio_c}) must exceed 1 + the clip range (TRL's epsilon, "
+                "0.2), as dual-clip PPO's bound does"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervised fine-tuning: the SFT starting point and the Reference-SFT baseline (docs/training.md)
+# ---------------------------------------------------------------------------------------------
+
+SFT_DATA_FORMATS = ("jsonl", "parquet", "hf")
+
+
+class SFTDataConfig(StrictModel):
+    """(prompt, response) pairs in a generic table: one JSON object a line, Parquet, or a `datasets`
+    folder (save_to_disk)."""
+
+    format: Literal[SFT_DATA_FORMATS] = Field("jsonl", description="How the pairs are stored.")  # type: ignore[valid-type]
+    path: Path = Field(
+        description="A file, or a folder of *.jsonl / *.parquet files; hf: a save_to_disk folder."
+    )
+    prompt_field: str = Field("prompt", description="The column holding the instruction.")
+    response_field: str = Field("response", description="The column holding the response to learn.")
+    split: str = Field("train", description="hf: which split of a DatasetDict to read.")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N pairs.")
+
+
+class SFTWriterConfig(StrictModel):
+    """Mode 1: fine-tune the policy generator's model on `data`. The result replaces it: it writes the
+    policy's generations (rung 0, s_policy) and RL training starts from it."""
+
+    data: SFTDataConfig
+
+
+class SFTReferenceConfig(StrictModel):
+    """Mode 2, the Reference-SFT baseline: the starting policy (the SFT writer when configured, else the
+    policy generator's model) fine-tuned on the top rung of every training-split ladder whose top rung
+    is not the policy's own response. Registered as a model; an evaluation candidate with
+    `from_sft: reference`."""
+
+    enabled: bool = True
+
+
+class SFTConfig(StrictModel):
+    """The `sft` stages' trainer (TRL's SFTTrainer, loss on the response only), shared by both modes."""
+
+    writer: SFTWriterConfig | None = None
+    reference: SFTReferenceConfig | None = None
+    learning_rate: float = Field(1e-5, gt=0)
+    lr_scheduler: Literal["linear", "constant", "constant_with_warmup", "cosine"] = "linear"
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Share of the updates the learning rate warms up over."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the pairs (unless `max_steps` is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer updates; overrides `epochs`.")
+    batch_size: int = Field(8, ge=1, description="Pairs per device per forward pass.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer update.")
+    max_seq_tokens: int = Field(
+        4096,
+        ge=16,
+        description="Prompt + response tokens per pair (chat template included); longer pairs are "
+        "cut at the end.",
+    )
+    lora: LoraConfig | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = Field(False, description="bf16 weights and autocast on a GPU; always float32 on the CPU.")
+    gradient_checkpointing: bool = Field(False, description="On a GPU only (on the CPU it only costs time).")
+    seed: int = 0
+    save_steps: int = Field(
+        100, ge=1, description="Checkpoint every this many updates (a killed run resumes there)."
+    )
+    save_total_limit: int | None = Field(
+        2, ge=1, description="Checkpoints kept (the newest); None keeps all."
+    )
+
+    @model_validator(mode="after")
+    def _a_mode(self) -> SFTConfig:
+        if self.writer is None and (self.reference is None or not self.reference.enabled):
+            raise ValueError("sft: set `writer` (fine-tune the policy's model) and/or `reference: {enabled: true}` "
+                             "(the Reference-SFT baseline); neither does nothing")  # fmt: skip
+        if self.lr_scheduler == "constant" and self.warmup_ratio > 0:
+            raise ValueError(
+                "sft.warmup_ratio: lr_scheduler 'constant' has no warmup; use 'constant_with_warmup'"
+            )
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,8 +659,14 @@ class CandidateConfig(StrictModel):
     )
     from_training: Literal["base", "final", "latest", "all"] | None = Field(
         None,
-        description="This recipe's training run: base = the policy before training (step 0), final = "
-        "the registered trained model, latest = the newest checkpoint, all = every checkpoint kept.",
+        description="This recipe's training run: base = the policy before training (step 0; with "
+        "`sft.writer`, the SFT model it starts from), final = the registered trained model, latest = the "
+        "newest checkpoint, all = every checkpoint kept.",
+    )
+    from_sft: Literal["writer", "reference"] | None = Field(
+        None,
+        description="This recipe's SFT models: writer = the policy's SFT starting point (`sft.writer`), "
+        "reference = the Reference-SFT baseline (`sft.reference`); the newest run of that stage.",
     )
     strategy: Literal[STRATEGIES] = Field(
         "direct", description="How the candidate writes (writing benchmarks)."
@@ -441,8 +680,11 @@ class CandidateConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> CandidateConfig:
-        if (self.model is None) == (self.from_training is None):
-            raise ValueError(f"candidate '{self.name}': set exactly one of `model` or `from_training`")
+        sources = [s for s in (self.model, self.from_training, self.from_sft) if s is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                f"candidate '{self.name}': set exactly one of `model`, `from_training` or `from_sft`"
+            )
         return self
 
 
@@ -535,6 +777,10 @@ class Recipe(StrictModel):
     reward: RewardConfig = RewardConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     training: TrainingConfig | None = None
+    sft: SFTConfig | None = Field(
+        None,
+        description="Supervised fine-tuning: the policy's SFT starting point and/or the Reference-SFT baseline.",
+    )
     evaluation: EvaluationConfig | None = None
     prices: dict[str, Price] = Field(default_factory=dict, description="Per-model token prices, for cost.")
 
@@ -562,10 +808,38 @@ class Recipe(StrictModel):
         if len(policies) != 1:
             problems.append(
                 f"generators: exactly one generator must have role 'policy' (found {len(policies)}); "
-                "the policy's own response is rung 0 of every reference ladder"
+                "the policy's own response is a rung of every reference ladder"
             )
         for i, g in enumerate(self.generators):
             check_backend(f"generators[{i}].backend", g.backend)
+        writer = self.sft.writer if self.sft is not None else None
+        if writer is not None and len(policies) == 1:  # the SFT model is a local folder
+            policy = self.generators[policies[0]]
+            kind = self.backends.get(policy.backend)
+            local = kind is not None and (
+                kind.kind in ("transformers", "vllm")
+                or (kind.kind == "openai-compatible" and kind.serve_locally is not None)
+            )
+            if kind is not None and not local:
+                problems.append(
+                    f"sft.writer: the policy '{policy.name}' runs on backend '{policy.backend}' ({kind.kind}), "
+                    "which cannot load the SFT model's folder; use a transformers or vllm backend, or "
+                    "openai-compatible with serve_locally"
+                )
+        if (
+            self.training is not None
+            and self.training.eval_steps is not None
+            and self.ordering.validation_size == 0
+        ):
+            problems.append(
+                "training.eval_steps: validation needs held-out ladders; set ordering.validation_size"
+            )
+        static_generator = self.curriculum.static_generator
+        if static_generator is not None and static_generator not in names:
+            problems.append(
+                f"curriculum.static_generator: '{static_generator}' is not a generator; defined: "
+                f"{', '.join(names)}"
+            )
         if self.judge is not None:
             check_backend("judge.backend", self.judge.backend)
         if self.reward.judge is not None:

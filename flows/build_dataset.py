@@ -1,4 +1,5 @@
-"""The `build-dataset` flow: ingest -> generate -> score -> select -> order (flows/pipeline.py runs it)."""
+"""The `build-dataset` flow: ingest -> (sft_writer, when the recipe has `sft.writer`) -> generate ->
+score -> select -> order (flows/pipeline.py runs it)."""
 
 from __future__ import annotations
 

@@ -244,7 +244,9 @@ def run_flow(
 
 @app.command("stage")
 def run_one_stage(
-    name: Annotated[str, typer.Argument(help="Stage to run: ingest, generate.")],
+    name: Annotated[
+        str, typer.Argument(help="Stage to run: ingest, sft_writer, generate, ..., sft_reference, train.")
+    ],
     config: ConfigOpt = DEFAULT_CONFIG,
     sets: SetOpt = None,
     refresh: Annotated[bool, typer.Option(help="Recompute even when the cache is valid.")] = False,

@@ -5,7 +5,7 @@
 | `pipeline/<recipe>` | the whole DAG: build-dataset, train, evaluate (subflows) |
 | `build-dataset/<recipe>` | ingest .. order |
 | `train/<recipe>` | curation (cached) + training, when the recipe has `training:` |
-| `stage/<recipe>-<stage>` | one stage (generate, score, select, order, train, evaluate) |
+| `stage/<recipe>-<stage>` | one stage (generate, score, select, order, train, evaluate; sft_writer and sft_reference when the recipe has `sft:`) |
 | `evaluate/<recipe>` | every candidate on every benchmark, when the recipe has `evaluation:` |
 | `evaluate/<recipe>-nightly` | the same on `evaluation.nightly.cron`, for `evaluation.nightly.candidates` |
 
@@ -26,8 +26,9 @@ from flows.evaluate import evaluate_candidates
 from flows.full_pipeline import full_pipeline
 from flows.stage import run_one_stage
 from flows.train import train_policy
+from tasks.stages.sft import reference_enabled, writer_enabled
 
-SINGLE_STAGES = ("generate", "score", "select", "order", "train", "evaluate")
+SINGLE_STAGES = ("sft_writer", "generate", "score", "select", "order", "sft_reference", "train", "evaluate")
 
 
 def deployment_specs(recipe_path: str, recipe: Recipe) -> list[dict[str, Any]]:
@@ -41,8 +42,11 @@ def deployment_specs(recipe_path: str, recipe: Recipe) -> list[dict[str, Any]]:
     if recipe.training is not None:
         specs.append({"flow": train_policy, "name": recipe.name, "parameters": base})
     for stage in SINGLE_STAGES:
-        if (stage == "train" and recipe.training is None) or (
-            stage == "evaluate" and recipe.evaluation is None
+        if (
+            (stage == "train" and recipe.training is None)
+            or (stage == "evaluate" and recipe.evaluation is None)
+            or (stage == "sft_writer" and not writer_enabled(recipe))
+            or (stage == "sft_reference" and not reference_enabled(recipe))
         ):
             continue
         specs.append(

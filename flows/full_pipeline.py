@@ -1,6 +1,7 @@
 """The `pipeline` flow: the whole DAG of a recipe as subflows (the UI's run graph shows each):
-build-dataset and training (`train`, when the recipe has `training:`), then the evaluation (when
-it has `evaluation:`). Every stage is a cache hit when its inputs and config are unchanged."""
+build-dataset and training (`train`, when the recipe has `training:`; the SFT stages when it has
+`sft:`), then the evaluation (when it has `evaluation:`). Every stage is a cache hit when its inputs
+and config are unchanged."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flows.build_dataset import build_dataset
 from flows.evaluate import evaluate_candidates
 from flows.pipeline import StageName
 from flows.train import train_policy
+from tasks.stages.sft import reference_enabled
 
 
 @flow(name="pipeline")
@@ -26,9 +28,12 @@ def full_pipeline(
     recipe = load_recipe(recipe_path, overrides)
     if recipe.training is not None:
         result = {"train": train_policy(recipe_path=recipe_path, overrides=overrides, refresh=refresh)}
-    else:
+    else:  # the Reference-SFT baseline, when configured, is the last stage without training
+        until = "sft_reference" if reference_enabled(recipe) else None
         result = {
-            "build-dataset": build_dataset(recipe_path=recipe_path, overrides=overrides, refresh=refresh)
+            "build-dataset": build_dataset(
+                recipe_path=recipe_path, overrides=overrides, refresh=refresh, until=until
+            )
         }
     if recipe.evaluation is not None:
         result["evaluate"] = evaluate_candidates(recipe_path=recipe_path, overrides=overrides)

@@ -77,4 +77,8 @@ def describe_config(stage: str, config: Any) -> str:
     if stage == "train" and isinstance(config.get("training"), dict):
         t = config["training"]
         parts.append(f"{t.get('algorithm')} lr={t.get('learning_rate')} steps={t.get('max_steps')}")
+    if stage in ("sft_writer", "sft_reference") and isinstance(config.get("sft"), dict):
+        t = config["sft"]
+        parts.append(f"sft from {config.get('policy', {}).get('model')} lr={t.get('learning_rate')} "
+                     f"epochs={t.get('epochs')} max_steps={t.get('max_steps')} lora={t.get('lora') is not None}")  # fmt: skip
     return "; ".join(parts)

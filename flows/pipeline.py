@@ -16,23 +16,27 @@ from prefect.runtime import flow_run
 from configs.loading import ConfigError, load_recipe, stable_hash
 from flows.reporting import build_report, publish_artifacts
 from storage import code_version, open_storage
-from tasks.stages import NEEDS_JUDGE, STAGE_ORDER, generate, ingest, order, score, select, train
+from tasks.stages import NEEDS_JUDGE, STAGE_ORDER, generate, ingest, order, score, select, sft, train
 from tasks.stages.runner import StageResult
 
 # stage name -> (its spec, its Prefect task). A stage's inputs are named after the datasets that
-# upstream stages write, so wiring is by name: adding a stage is one line here.
+# upstream stages write, so wiring is by name: adding a stage is one line here. A stage the recipe
+# does not enable (`spec.enabled`) is skipped; `spec.inputs_for(recipe)` adds the inputs the recipe
+# asks for (generate and train read the SFT writer's `sft_models` when `sft.writer` is set).
 STAGE_TASKS = {
     "ingest": (ingest.SPEC, ingest.ingest),
+    "sft_writer": (sft.WRITER_SPEC, sft.sft_writer),
     "generate": (generate.SPEC, generate.generate),
     "score": (score.SPEC, score.score),
     "select": (select.SPEC, select.select),
     "order": (order.SPEC, order.order),
+    "sft_reference": (sft.REFERENCE_SPEC, sft.sft_reference),
     "train": (train.SPEC, train.train),
 }
 
 
 # Typed flow parameters: Prefect validates a deployment run's parameters against these.
-StageName = Literal["ingest", "generate", "score", "select", "order", "train"]
+StageName = Literal["ingest", "sft_writer", "generate", "score", "select", "order", "sft_reference", "train"]
 assert set(StageName.__args__) == set(STAGE_ORDER)  # type: ignore[attr-defined]
 
 
@@ -89,7 +93,13 @@ def run_pipeline(
     forced = check_stage_names(refresh or (), "refresh")
     check_stage_names([until] if until else [], "until")
     last = until or (default_last if recipe.judge is not None else "generate")
-    wanted = set(STAGE_ORDER[: STAGE_ORDER.index(last) + 1]) | forced
+    if not STAGE_TASKS[last][0].enabled(recipe):
+        raise ConfigError(
+            f"{recipe_path}: stage '{last}' is not configured (it needs "
+            f"{'`sft.writer`' if last == 'sft_writer' else '`sft.reference`'} in the recipe)"
+        )
+    stages = [s for s in STAGE_ORDER[: STAGE_ORDER.index(last) + 1] if STAGE_TASKS[s][0].enabled(recipe)]
+    wanted = set(stages) | {s for s in forced if STAGE_TASKS[s][0].enabled(recipe)}
     if recipe.judge is None and wanted & NEEDS_JUDGE:
         raise ConfigError(
             f"{recipe_path}: stage(s) {sorted(wanted & NEEDS_JUDGE)} need a `judge:` block in the recipe "
@@ -110,9 +120,9 @@ def run_pipeline(
     results: dict[str, StageResult] = {}
     try:
         tag_flow_run(run_tags(recipe, [recipe.reward.judge] if "train" in wanted else []))
-        for stage in STAGE_ORDER[: STAGE_ORDER.index(last) + 1]:
+        for stage in stages:
             spec, stage_task = STAGE_TASKS[stage]
-            inputs = {role: _output_of(results, role) for role in spec.inputs}
+            inputs = {role: _output_of(results, role) for role in spec.inputs_for(recipe)}
             results[stage] = stage_task(recipe, inputs, run_id=run_id, refresh=stage in forced)
     except BaseException as exc:
         storage.catalog.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")

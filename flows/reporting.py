@@ -218,6 +218,8 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
     training = report.get("training")
     if training:
         columns = ("step", "reward", "win_rate", "judge_failures", "mean_rung", "rungs", "promotions", "kl")
+        if any(s.get("val_reward") is not None for s in training["steps"]):
+            columns += ("val_reward", "val_vs_initial", "val_vs_top")
         show(
             f"Training: {training['promotions']} promotions, final rungs {training['final_rungs']}",
             [{c: s[c] for c in columns} for s in training["steps"]],

@@ -11,7 +11,9 @@ from prefect import flow
 from flows.evaluate import evaluate_candidates
 from flows.pipeline import run_pipeline
 
-SingleStage = Literal["ingest", "generate", "score", "select", "order", "train", "evaluate"]
+SingleStage = Literal[
+    "ingest", "sft_writer", "generate", "score", "select", "order", "sft_reference", "train", "evaluate"
+]
 
 
 @flow(name="stage")

@@ -60,13 +60,58 @@ def test_paper_recipe_mirrors_the_official_setup():
     t = recipe.training
     assert (t.learning_rate, t.kl_coef, t.batch_size, t.max_response_tokens, t.max_steps) == (
         1e-6,
-        0.001,
+        0.0,  # the script's kl_coef 0.001 is inert: verl's use_kl_loss and use_kl_in_reward are off
         32,
         10_000,
         405,
     )
     for backend in recipe.backends.values():  # keys only by environment variable name
         assert not hasattr(backend, "api_key")
+
+
+@pytest.mark.parametrize("name", ["paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml"])
+def test_paper_recipes_carry_the_official_optimisation_settings(name):
+    """scripts/train_writing_rl.sh and the verl defaults it leaves in place (docs/training.md,
+    "Official settings and what TRL cannot match")."""
+    t = load_recipe(PROJECT_ROOT / "configs" / name).training
+    # actor.optim: lr 1e-6, warmup_style constant, lr_warmup_steps_ratio 0.4, weight_decay 0.01
+    assert (t.learning_rate, t.lr_scheduler, t.warmup_ratio, t.weight_decay) == (
+        1e-6, "constant_with_warmup", 0.4, 0.01
+    )  # fmt: skip
+    # actor: entropy_coeff 0.001, clip_ratio_c 3.0; train_batch_size 32 / ppo_mini_batch_size 16
+    assert (t.entropy_coef, t.clip_ratio_c, t.batch_size, t.updates_per_step) == (0.001, 3.0, 32, 2)
+    # data.max_prompt_length 4096, rollout.temperature 1, save_freq 50, total_training_steps 405
+    assert (t.max_prompt_tokens, t.temperature, t.save_steps, t.max_steps) == (4096, 1.0, 50, 405)
+    assert t.kl_coef == 0.0
+
+
+def test_the_training_defaults_keep_the_previous_optimisation_but_no_kl():
+    """New settings default to what the trainer did before they existed (transformers' linear decay
+    without warmup or weight decay, one update per step); kl_coef defaults to the official run's 0."""
+    from configs.schema import TrainingConfig
+
+    t = TrainingConfig()
+    assert (t.lr_scheduler, t.warmup_ratio, t.weight_decay, t.updates_per_step) == ("linear", 0.0, 0.0, 1)
+    assert (t.kl_coef, t.entropy_coef, t.clip_ratio_c) == (0.0, 0.0, None)
+
+
+@pytest.mark.parametrize(
+    "training,message",
+    [
+        ("updates_per_step: 2\n  gradient_accumulation_steps: 3",
+         "gradient_accumulation_steps (3) must be a multiple of updates_per_step (2)"),
+        ("lr_scheduler: constant\n  warmup_ratio: 0.1", "lr_scheduler 'constant' has no warmup"),
+        ("algorithm: rloo\n  entropy_coef: 0.001", "training.entropy_coef: TRL's rloo trainer has no such"),
+        ("algorithm: rloo\n  clip_ratio_c: 3.0", "training.clip_ratio_c: TRL's rloo trainer has no such"),
+        ("clip_ratio_c: 1.1", "must exceed 1 + the clip range"),
+        ("warmup_ratio: 1.0", "warmup_ratio"),
+    ],
+)  # fmt: skip
+def test_inconsistent_optimisation_settings_are_refused(tmp_path, training, message):
+    path = _write(tmp_path, MINIMAL + f"training:\n  {training}\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert message in str(info.value)
 
 
 def test_errors_name_file_line_field_and_what_is_allowed(tmp_path):
@@ -191,3 +236,30 @@ def test_overrides_reach_into_lists_by_index(tmp_path):
         ConfigError, match=r"override 'generators.3': '3' is not an index of a list with 1 items"
     ):
         load_recipe(path, {"generators.3.model": "x"})
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("training:\n  eval_steps: 10\n", "training.eval_steps: validation needs held-out ladders"),
+        ("curriculum:\n  schedule: static\n  static_generator: gpt-4o\n",
+         "curriculum.static_generator: 'gpt-4o' is not a generator; defined: policy"),
+        ("curriculum:\n  schedule: staged\n", "the staged schedule needs at least one boundary step"),
+        ("selection:\n  strategy: full\n  per_source: true\n", "strategy 'full' keeps every instruction"),
+    ],
+)  # fmt: skip
+def test_fidelity_options_that_cannot_work_are_refused_at_load_time(tmp_path, extra, message):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(_write(tmp_path, MINIMAL + extra))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml"])
+def test_paper_recipes_select_order_and_validate_as_the_paper(name):
+    recipe = load_recipe(PROJECT_ROOT / "configs" / name)
+    assert (recipe.selection.top_k, recipe.selection.per_source) == (1500, True)
+    assert recipe.ordering.policy_rung == "by-score" and recipe.ordering.validation_size > 0
+    assert recipe.training.eval_steps == 50 and recipe.training.max_prompt_tokens == 4096
+    assert (
+        recipe.reward.judge.prompt_version == "official" and recipe.reward.judge.decoding.temperature == 0.1
+    )

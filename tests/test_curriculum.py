@@ -11,6 +11,7 @@ import storage.curriculum as curriculum_module
 from configs.schema import CurriculumConfig, StorageConfig
 from storage import CurriculumError, Promotion, StepOutcome, open_storage
 from tasks.curriculum import (
+    LadderShape,
     build_outcome,
     count_outcomes,
     reference_rung,
@@ -80,7 +81,7 @@ def test_reference_rung_per_schedule():
     assert reference_rung(CurriculumConfig(schedule="static", static_rung="self"), 2, 4) == 0
     assert reference_rung(CurriculumConfig(schedule="static", static_rung="best"), 0, 4) == 3
     assert reference_rung(CurriculumConfig(schedule="static", static_rung=2), 0, 4) == 2
-    with pytest.raises(ValueError, match="static_rung=4 is outside the ladder of instruction 'x'"):
+    with pytest.raises(ValueError, match="static_rung=4 is not in the ladder of instruction 'x'"):
         reference_rung(CurriculumConfig(schedule="static", static_rung=4), 0, 4, instruction_id="x")
     with pytest.raises(ValueError, match="outside its ladder"):
         reference_rung(DYNAMIC, 4, 4)
@@ -97,6 +98,56 @@ def test_random_reference_rung_is_uniform_over_references_and_deterministic_give
     assert reference_rung(cfg, 0, 4, key=12345) == reference_rung(cfg, 0, 4, key="12345")  # int keys too
     with pytest.raises(ValueError, match="needs a key"):
         reference_rung(cfg, 0, 4)
+
+
+# A ladder sorted by score (the paper): c2, c3, the policy's own response, c1.
+SORTED = LadderShape(4, policy_rung=2, generators=("c2", "c3", "pol", "c1"))
+
+
+def test_static_self_is_the_policys_own_rung_wherever_it_sorts():
+    assert reference_rung(CurriculumConfig(schedule="static", static_rung="self"), 0, SORTED) == 2
+    assert reference_rung(CurriculumConfig(schedule="static", static_rung=0), 3, SORTED) == 0
+    assert reference_rung(CurriculumConfig(schedule="static", static_rung="best"), 0, SORTED) == 3
+
+
+def test_static_reference_by_generator_name():
+    cfg = CurriculumConfig(schedule="static", static_generator="c3")
+    assert reference_rung(cfg, 0, SORTED) == 1
+    assert reference_rung(cfg, 0, LadderShape(3, 0, ("pol", "c1", "c3"))) == 2
+    with pytest.raises(ValueError, match="static_generator='c3' is not in the ladder of instruction 'z'"):
+        reference_rung(cfg, 0, LadderShape(2, 0, ("pol", "c1")), instruction_id="z")
+    validate_static_rung(cfg, {"a": SORTED})
+    with pytest.raises(ValueError) as err:
+        validate_static_rung(cfg, {"a": SORTED, "b": LadderShape(2, 0, ("pol", "c1"))})
+    assert "1 of 2 instructions: 'b' (2 rungs)" in str(err.value) and "ladder_exclusions" in str(err.value)
+    with pytest.raises(ValueError, match="only used by schedule 'static'"):
+        CurriculumConfig(schedule="dynamic", static_generator="c3")
+
+
+def test_staged_schedule_moves_every_ladder_up_one_rung_at_each_boundary():
+    cfg = CurriculumConfig(schedule="staged", stage_steps=(3, 5))
+    rungs = [reference_rung(cfg, 0, SORTED, step=t) for t in range(1, 8)]
+    assert rungs == [0, 0, 1, 1, 2, 2, 2]  # step 3 is the first on rung 1
+    assert [reference_rung(cfg, 0, 2, step=t) for t in (1, 3, 9)] == [0, 1, 1]  # capped at the top
+    # It never promotes: the stored rungs stay where they started.
+    assert not build_outcome("a", 0, [1.0, 1.0], cfg).promote
+    with pytest.raises(ValueError, match="needs the training step"):
+        reference_rung(cfg, 0, SORTED)
+    for bad in ((), (5, 3), (0, 2), (2, 2)):
+        with pytest.raises(ValueError, match="stage_steps"):
+            CurriculumConfig(schedule="staged", stage_steps=bad)
+    with pytest.raises(ValueError, match="only used by schedule 'staged'"):
+        CurriculumConfig(stage_steps=(3,))
+
+
+def test_random_rung_skips_the_policys_own_rung_wherever_it_sorts():
+    cfg = CurriculumConfig(schedule="random")
+    draws = [reference_rung(cfg, 0, SORTED, key=sample_key(7, 3, "a", i)) for i in range(300)]
+    assert set(draws) == {0, 1, 3}
+    # With the policy on rung 0 the draw is the one made before ladders were sorted by score.
+    assert [reference_rung(cfg, 0, LadderShape(4, 0), key=sample_key(1, 1, "a", i)) for i in range(50)] == [
+        reference_rung(cfg, 0, 4, key=sample_key(1, 1, "a", i)) for i in range(50)
+    ]
 
 
 def test_validate_static_rung_names_the_instructions_whose_ladder_is_too_short():

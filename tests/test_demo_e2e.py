@@ -16,7 +16,7 @@ import pytest
 
 from configs.loading import load_recipe
 from storage import DatasetRef, open_storage
-from tasks.stages import STAGE_ORDER
+from tasks.stages import OPTIONAL_STAGES, STAGE_ORDER
 from tests.conftest import PROJECT_ROOT
 from tests.support.browser import browser_page
 from tests.support.services import local_prefect
@@ -27,6 +27,7 @@ from tests.support.services import local_prefect
 DEMO_TIMEOUT_S = 1200
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
+DEMO_STAGES = tuple(s for s in STAGE_ORDER if s not in OPTIONAL_STAGES)  # the demo runs no SFT
 
 
 def _wrl(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -162,8 +163,8 @@ def test_the_prefect_ui_shows_the_run_and_walks_back_from_training_to_the_judge(
             assert tag in details, details[-1500:]
 
         page.get_by_text("Task Runs", exact=True).click()
-        page.get_by_text(f"({len(STAGE_ORDER)} Completed)").wait_for()
-        for stage in STAGE_ORDER:  # the rows render after the count: wait for each task run's name
+        page.get_by_text(f"({len(DEMO_STAGES)} Completed)").wait_for()
+        for stage in DEMO_STAGES:  # the rows render after the count: wait for each task run's name
             page.get_by_text(re.compile(rf"^{stage}-[0-9a-f]{{3}}$")).first.wait_for()
 
         page.get_by_text("Artifacts", exact=True).click()
@@ -195,7 +196,7 @@ def test_the_demo_reruns_from_cache(demo):
     second = _wrl("demo", "--config", str(config), *sets, cwd=tmp_path, env=demo["env"])
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
-    for stage in (*STAGE_ORDER, "evaluate"):
+    for stage in (*DEMO_STAGES, "evaluate"):
         assert f"{stage}: cache hit" in log
     assert "transformers: loaded" not in log  # the model was not even loaded
     assert "answers at" not in log  # nor was a server started
@@ -203,8 +204,8 @@ def test_the_demo_reruns_from_cache(demo):
         statuses = con.execute("SELECT stage, status FROM stage_runs ORDER BY started_at").fetchall()
     pairs = len(recipe.evaluation.candidates) * len(recipe.evaluation.benchmarks)
     assert statuses == (
-        [(s, "completed") for s in STAGE_ORDER] + [("evaluate", "completed")] * pairs
-        + [(s, "cached") for s in STAGE_ORDER] + [("evaluate", "cached")] * pairs
+        [(s, "completed") for s in DEMO_STAGES] + [("evaluate", "completed")] * pairs
+        + [(s, "cached") for s in DEMO_STAGES] + [("evaluate", "cached")] * pairs
     )  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""Stage 4 ladders: rung 0 is the policy, references ascending, ties, exclusions."""
+"""Stage 4 ladders: every response ascending by score, the policy's included (the paper), or the
+policy first; ties, exclusions."""
 
 from __future__ import annotations
 
@@ -50,23 +51,48 @@ def _build(gens, scores, ids=("x",), **cfg):
     return ladders.to_pylist(), excluded.to_pylist()
 
 
-def test_rung0_is_policy_even_when_it_outscores_everyone_then_ascending():
+def test_policy_sorted_among_references_by_score_as_the_paper():
+    gens = [_gen("x", "pol", "policy"), _gen("x", "c1"), _gen("x", "c2"), _gen("x", "c3")]
+    scores = {("x", "pol"): 6.0, ("x", "c1"): 7.0, ("x", "c2"): 3.0, ("x", "c3"): 5.0}
+    (ladder,), excluded = _build(gens, scores)
+    assert [r["generator"] for r in ladder["rungs"]] == ["c2", "c3", "pol", "c1"]
+    assert [r["rung"] for r in ladder["rungs"]] == [0, 1, 2, 3]
+    assert ladder["policy_rung"] == 2 and ladder["rungs"][2]["text"] == "pol on x"
+    assert ladder["score_gaps"] == [2.0, 1.0, 1.0]  # ascends all the way
+    assert ladder["prompt"] == "Write about X." and json.loads(ladder["criteria_json"])[0]["name"] == "Depth"
+    assert excluded == []
+    # Beating every reference puts the policy on top; scoring lowest, at the bottom.
+    (top,), _ = _build(gens, scores | {("x", "pol"): 9.5})
+    assert [r["generator"] for r in top["rungs"]] == ["c2", "c3", "c1", "pol"] and top["policy_rung"] == 3
+    (bottom,), _ = _build(gens, scores | {("x", "pol"): 1.0})
+    assert bottom["policy_rung"] == 0 and bottom["rungs"][0]["generator"] == "pol"
+
+
+def test_policy_ties_go_below_the_equal_references():
+    gens = [_gen("x", "pol", "policy"), _gen("x", "aa"), _gen("x", "zz"), _gen("x", "low")]
+    scores = {("x", "pol"): 5.0, ("x", "aa"): 5.0, ("x", "zz"): 5.0, ("x", "low"): 4.0}
+    (ladder,), _ = _build(list(reversed(gens)), scores)
+    assert [r["generator"] for r in ladder["rungs"]] == ["low", "pol", "aa", "zz"]
+    assert ladder["policy_rung"] == 1
+
+
+def test_policy_first_mode_keeps_the_policy_on_rung0_even_when_it_outscores_everyone():
     gens = [_gen("x", "pol", "policy"), _gen("x", "c1"), _gen("x", "c2"), _gen("x", "c3")]
     scores = {("x", "pol"): 9.5, ("x", "c1"): 7.0, ("x", "c2"): 3.0, ("x", "c3"): 5.0}
-    (ladder,), excluded = _build(gens, scores)
+    (ladder,), excluded = _build(gens, scores, policy_rung="first")
     assert [r["generator"] for r in ladder["rungs"]] == ["pol", "c2", "c3", "c1"]
-    assert [r["rung"] for r in ladder["rungs"]] == [0, 1, 2, 3]
+    assert [r["rung"] for r in ladder["rungs"]] == [0, 1, 2, 3] and ladder["policy_rung"] == 0
     assert ladder["rungs"][0]["text"] == "pol on x" and ladder["n_rungs"] == 4
-    assert ladder["score_gaps"] == [-6.5, 2.0, 2.0]
-    assert ladder["prompt"] == "Write about X." and json.loads(ladder["criteria_json"])[0]["name"] == "Depth"
+    assert ladder["score_gaps"] == [-6.5, 2.0, 2.0]  # goes down after rung 0
     assert excluded == []
 
 
 def test_equal_scores_ordered_by_generator_name():
     gens = [_gen("x", "pol", "policy"), _gen("x", "zeta"), _gen("x", "alpha"), _gen("x", "mid")]
     scores = {("x", "pol"): 4.0, ("x", "zeta"): 6.0, ("x", "alpha"): 6.0, ("x", "mid"): 5.0}
-    (ladder,), _ = _build(list(reversed(gens)), scores)
-    assert [r["generator"] for r in ladder["rungs"]] == ["pol", "mid", "alpha", "zeta"]
+    for mode in ("by-score", "first"):
+        (ladder,), _ = _build(list(reversed(gens)), scores, policy_rung=mode)
+        assert [r["generator"] for r in ladder["rungs"]] == ["pol", "mid", "alpha", "zeta"]
 
 
 def test_failed_unscored_and_orphan_references_are_recorded():
@@ -99,8 +125,10 @@ def test_failed_unscored_and_orphan_references_are_recorded():
 def test_drop_below_policy_keeps_equal_scores():
     gens = [_gen("x", "pol", "policy"), _gen("x", "low"), _gen("x", "same"), _gen("x", "high")]
     scores = {("x", "pol"): 5.0, ("x", "low"): 4.0, ("x", "same"): 5.0, ("x", "high"): 8.0}
-    (ladder,), excluded = _build(gens, scores, drop_below_policy=True)
-    assert [r["generator"] for r in ladder["rungs"]] == ["pol", "same", "high"]
+    for mode in ("by-score", "first"):  # the policy is then the lowest rung in both modes
+        (ladder,), excluded = _build(gens, scores, drop_below_policy=True, policy_rung=mode)
+        assert [r["generator"] for r in ladder["rungs"]] == ["pol", "same", "high"]
+        assert ladder["policy_rung"] == 0
     assert excluded == [
         {
             "instruction_id": "x",
@@ -110,7 +138,7 @@ def test_drop_below_policy_keeps_equal_scores():
         }
     ]
     (kept,), _ = _build(gens, scores)
-    assert kept["n_rungs"] == 4
+    assert kept["n_rungs"] == 4 and [r["generator"] for r in kept["rungs"]] == ["low", "pol", "same", "high"]
 
 
 def test_min_rungs_and_failed_or_missing_policy_exclude_the_instruction():
@@ -132,7 +160,7 @@ def test_min_rungs_and_failed_or_missing_policy_exclude_the_instruction():
     assert [lad["instruction_id"] for lad in ladders] == ["x"]
 
 
-def test_policy_without_score_still_rung0_and_only_sample_0_used():
+def test_policy_without_score_goes_first_and_only_sample_0_used():
     gens = [
         _gen("x", "pol", "policy"),
         _gen("x", "c1"),
@@ -141,6 +169,7 @@ def test_policy_without_score_still_rung0_and_only_sample_0_used():
     (ladder,), _ = _build(gens, {("x", "c1"): 6.0}, drop_below_policy=True)
     assert ladder["rungs"][0] == {"rung": 0, "generator": "pol", "score": None, "text": "pol on x"}
     assert ladder["rungs"][1]["text"] == "c1 on x" and ladder["score_gaps"] == [None]
+    assert ladder["policy_rung"] == 0
 
 
 def test_two_policy_rows_refused():
@@ -153,3 +182,23 @@ def test_criteria_text():
     crit = [{"name": "Depth", "description": "Goes deep", "rubric": {"1-2": "shallow"}}, {"name": "Style"}]
     assert criteria_text(json.dumps(crit)) == "1. Depth: Goes deep\n   - 1-2: shallow\n2. Style"
     assert criteria_text("[]") is None and criteria_text(None) is None
+
+
+def test_validation_split_is_a_seeded_draw_that_ignores_row_order():
+    ids = [f"i{k}" for k in range(10)]
+    gens = [_gen(i, "pol", "policy") for i in ids] + [_gen(i, "c1") for i in ids]
+    scores = {(i, "pol"): 5.0 for i in ids} | {(i, "c1"): 6.0 for i in ids}
+    g, s = _frames(gens, scores)
+
+    def split(order, **cfg):
+        ladders, _ = build_ladders(order, g, s, OrderingConfig(validation_size=3, **cfg))
+        return {r["instruction_id"]: r["split"] for r in ladders.to_pylist()}
+
+    first = split(ids)
+    assert sorted(first.values()).count("validation") == 3 and set(first.values()) == {"train", "validation"}
+    assert split(list(reversed(ids))) == first  # row order does not matter
+    assert split(ids, seed=1) != first  # the seed does
+    (one,), _ = _build([_gen("x", "pol", "policy"), _gen("x", "c1")], {("x", "pol"): 5.0, ("x", "c1"): 6.0})
+    assert one["split"] == "train"
+    with pytest.raises(ValueError, match="validation_size=10 leaves no ladder to train on"):
+        build_ladders(ids, g, s, OrderingConfig(validation_size=10))

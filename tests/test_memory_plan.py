@@ -1,5 +1,6 @@
 """The per-GPU memory estimate (`wrl config plan`): the paper recipes fit on 8 x 80 GB and are
-refused on 1 x 80 GB, with the arithmetic shown and the largest term named."""
+refused on 1 x 80 GB, with the arithmetic shown and the largest term named. They build no
+reference model (kl_coef 0, as the official run)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,27 @@ def test_the_paper_recipes_fit_on_8_gpus_and_not_on_1(name):
     terms = {t.name: t.bytes for t in eight.terms}
     assert terms["weights"] == pytest.approx(arch.params * 2 / 8)
     assert terms["optimizer state"] == pytest.approx(arch.params * 12 / 8)
+    # No KL term, no reference model: what it would add is one more copy of the bf16 weights.
+    assert "reference model" not in terms
+    with_kl = plan_training(
+        recipe.training.model_copy(update={"kl_coef": 0.001}), arch, gpus=8, gpu_memory_gib=80
+    )
+    assert with_kl.training_total - eight.training_total == pytest.approx(arch.params * 2 / 8)
+    # Two updates per step share the step's micro-batches: the same micro-batch, the same estimate.
+    one_update = recipe.training.model_copy(update={"updates_per_step": 1})
+    assert plan_training(one_update, arch, gpus=8, gpu_memory_gib=80).training_total == eight.training_total
+
+
+@pytest.mark.parametrize(
+    "name,gpus,total_gib",
+    [("paper-qwen2.5-7b.yaml", 8, 32.3), ("paper-qwen2.5-7b.yaml", 1, 205.1),
+     ("paper-llama3.1-8b.yaml", 8, 31.9), ("paper-llama3.1-8b.yaml", 1, 207.7)],
+)  # fmt: skip
+def test_the_paper_plans_are_the_documented_numbers(name, gpus, total_gib):
+    """docs/training.md quotes these totals (`wrl config plan`); a change here changes the docs."""
+    recipe = _recipe(name)
+    plan = plan_training(recipe.training, architecture_of(recipe.policy.model), gpus=gpus, gpu_memory_gib=80)
+    assert round(plan.training_total / GIB, 1) == total_gib
 
 
 def test_the_batch_term_and_its_remedy():
@@ -59,7 +81,7 @@ def test_the_batch_term_and_its_remedy():
 
 
 def test_lora_no_reference_and_offload_shrink_the_estimate():
-    base = _recipe(PAPER[0]).training.model_copy(update={"gpus": 1})
+    base = _recipe(PAPER[0]).training.model_copy(update={"gpus": 1, "kl_coef": 0.001})
     arch = architecture_of("Qwen/Qwen2.5-7B-Instruct")
     full = {t.name: t.bytes for t in plan_training(base, arch, 1, 80).terms}
     lora = LoraConfig(r=16, alpha=32, target_modules=("q_proj", "v_proj"))
@@ -113,6 +135,6 @@ def test_the_gpu_check_runs_its_training_path_on_the_cpu_at_a_toy_size(tmp_path)
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["steps"] == 2 and len(report["step_s"]) == 2
+    assert report["steps"] == 2 and len(report["step_s"]) == 2  # one update per timed step
     assert report["completion_mean_length"] == [8.0, 8.0]  # generated to max_response_tokens
     assert set(report["planned_terms_gib"]) >= {"weights", "optimizer state", "activations", "logits"}

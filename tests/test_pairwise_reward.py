@@ -1,9 +1,11 @@
 """Pairwise comparison reward: the strict verdict parser, positions and swap, failures (None, never
-0), logprob verdicts, deterministic and unforgeable fences, and the prompt-injection corpus."""
+0), logprob verdicts, deterministic and unforgeable fences, the official prompt version, and the
+prompt-injection corpus on both prompt versions."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import re
@@ -11,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from configs.schema import JudgeConfig, RewardConfig
-from tasks.instructions.schema import Criterion
-from tasks.judging.pointwise import ParseFailure
+from configs.loading import load_recipe
+from configs.schema import Decoding, JudgeConfig, RewardConfig
+from tasks.curation.ordering import criteria_text
+from tasks.instructions.schema import Criterion, Instruction, instructions_to_arrow
+from tasks.judging.pointwise import POINTWISE_PROMPTS, ParseFailure, score_response
 from tasks.llm.base import EndpointFailingError
 from tasks.rewards import pairwise
 from tasks.rewards.pairwise import (
@@ -21,9 +25,11 @@ from tasks.rewards.pairwise import (
     fence_tag,
     judge_pair,
     logprob_verdict,
+    official_criteria_text,
     parse_verdict,
     verdict_messages,
 )
+from tests.conftest import PROJECT_ROOT
 from tests.support.fake_llm import FakeCall, FakeLLM, fail
 
 CORPUS = Path(__file__).parent / "support" / "injection_corpus.jsonl"
@@ -427,11 +433,11 @@ def test_logprob_mode_needs_next_token_logprobs():
 
 def test_corpus_is_well_formed():
     rows = load_corpus()
-    assert 15 <= len(rows) <= 25 and len({r["id"] for r in rows}) == len(rows)
+    assert 15 <= len(rows) <= 30 and len({r["id"] for r in rows}) == len(rows)
     for row in rows:
         assert row.keys() == {"id", "attack", "target", "response", "neutral"}
         assert row["response"] != row["neutral"]
-        assert row["target"] in ("parser", "model") or row["target"].startswith("fence:")
+        assert row["target"] in ("parser", "model", "official-layout") or row["target"].startswith("fence:")
 
 
 @pytest.mark.parametrize("position", MODES)
@@ -519,3 +525,330 @@ def test_expected_logprob_reward_is_continuous_and_swap_cancels_a_first_position
         True,
     ]
     assert judged("swap", "verdict").reward == 0.5  # verdicts only: the bias makes every pair a tie
+
+
+# --- the official prompt version ------------------------------------------------------------
+
+# The official strings, copied from Tongyi-Zhiwen/Writing-RL @ 3f16f2986e1fd0c7fff0708ada26726001e3772f,
+# verl/utils/reward_score/judge_prompts.py (escapes and the criteria template's stray leading '"' as is).
+JUDGE_TEMPLATE_DEFAULT = """Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user question displayed below. You should choose the assistant that follows the user's instructions and answers the user's question better. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of their responses. Begin your evaluation by comparing the two responses and provide a short explanation. Avoid any position biases and ensure that the order in which the responses were presented does not influence your decision. Do not allow the length of the responses to influence your evaluation. Do not favor certain names of the assistants. Be as objective as possible. After providing your explanation, output your final verdict by strictly following this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie. NOTE: If the response contains severe repetition or redundancy, it should be viewed as low quality score, losing the comparison.
+
+[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"""
+
+
+JUDGE_TEMPLATE_CRITERIA = """"Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user question displayed below. You should choose the assistant that follows the user's instructions and answers the user's question better. Your evaluation should consider the following dimensions.
+
+{criteria}
+
+Begin your evaluation by comparing the two responses and provide a short explanation. Avoid any position biases and ensure that the order in which the responses were presented does not influence your decision. Do not allow the length of the responses to influence your evaluation. Do not favor certain names of the assistants. Be as objective as possible. After providing your explanation, output your final verdict by strictly following this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie. NOTE: If the response contains severe repetition or redundancy, it should be viewed as low quality score, losing the comparison.
+
+[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"""
+
+OFFICIAL_JUDGE = JUDGE.model_copy(
+    update={"prompt_version": "official", "decoding": Decoding(temperature=0.1, max_tokens=2048, seed=0)}
+)
+OFFICIAL_LOGPROB_JUDGE = LOGPROB_JUDGE.model_copy(update={"prompt_version": "official"})
+CRITERIA = (
+    Criterion(name="Imagery", description="Concrete images.", rubric={"1-2": "None.", "9-10": "Vivid."}),
+    Criterion(name="Pace"),
+    Criterion(name="Ending", description="Lands the scene."),
+)
+
+
+V1_DIGEST = hashlib.sha256(
+    "".join(
+        [
+            "a21f1addd4e084fcab80ab9c4cee8f4d8136905a73e240cbe2b6e4afb396cc8f",
+            "16bd118a6347a0ff4e3596f7e2968ee5061b4bd742f9ddc6d413a45ab16bc51d",
+            "797323d1acbffebddaedf84de62e74ceae8e2cb51eccd5ad178ce81d4a828ee0",
+            "8decfd2155a0b6e24eff17c6851cba34ed1f30d51cea34d9af48f23e94c83217",
+            "590268dd21990aaed8ee0111e1efa5be715f4778ee36d1d67c467e0e701baa60",
+            "434a44dae711214bcece65edee438111876243d6068bd5ed34bda7792edacfd5",
+            "81851f11919db83da6d45b1999949a34f3a4d3ed2672b718d9f15be9da979a15",
+            "be9070620f769cc33e7e10a249213dc93708e4a778db877a92d81a6d480e15e8",
+        ]
+    ).encode()
+).hexdigest()
+
+
+def test_v1_messages_are_unchanged():
+    """Cached verdicts are keyed by the messages: v1's must stay exactly what they were (the hash
+    of these 8 message lists before the "official" version was added)."""
+    digest = hashlib.sha256()
+    golden = (
+        Criterion(name="Imagery", description="Concrete images.", rubric={"9-10": "Vivid."}),
+        Criterion(name="Pace"),
+    )
+    for criteria in ((), golden):
+        for mode in ("json", "logprob"):
+            for a, b in ((REFERENCE, POLICY), (POLICY, REFERENCE)):
+                messages = verdict_messages(INSTRUCTION, a, b, criteria=criteria, mode=mode)
+                digest.update(hashlib.sha256(json.dumps(messages).encode()).hexdigest().encode())
+    assert digest.hexdigest() == V1_DIGEST
+    assert PAIRWISE_PROMPTS["v1"].reask.startswith("Your reply could not be used: {error}. Reply again")
+
+
+def test_official_prompt_is_the_official_text_as_one_user_message():
+    assert pairwise.OFFICIAL_TEMPLATE_DEFAULT == JUDGE_TEMPLATE_DEFAULT
+    assert pairwise.OFFICIAL_TEMPLATE_CRITERIA == JUDGE_TEMPLATE_CRITERIA
+    assert JUDGE_TEMPLATE_CRITERIA.startswith('"Please act')  # the official typo, kept
+    plain = verdict_messages(INSTRUCTION, REFERENCE, POLICY, prompt_version="official")
+    assert plain == [
+        {
+            "role": "user",
+            "content": JUDGE_TEMPLATE_DEFAULT.format(
+                question=INSTRUCTION, answer_a=REFERENCE, answer_b=POLICY
+            ),
+        }
+    ]
+    with_criteria = verdict_messages(
+        INSTRUCTION, REFERENCE, POLICY, criteria=CRITERIA, prompt_version="official"
+    )
+    text = criteria_text(json.dumps([c.model_dump() for c in CRITERIA]))
+    assert with_criteria == [
+        {
+            "role": "user",
+            "content": JUDGE_TEMPLATE_CRITERIA.format(
+                question=INSTRUCTION, answer_a=REFERENCE, answer_b=POLICY, criteria=text
+            ),
+        }
+    ]
+    content = with_criteria[0]["content"]
+    assert "severe repetition or redundancy" in content and content.startswith('"Please act')
+    assert (
+        "1. Imagery: Concrete images.\n   - 1-2: None.\n   - 9-10: Vivid.\n2. Pace\n3. Ending: Lands"
+        in content
+    )
+    # Braces in the texts are inserted as is (str.format reads only the template).
+    braces = verdict_messages("Use {question} and {}", "{answer_b}", "}{", prompt_version="official")
+    assert (
+        "[User Question]\nUse {question} and {}\n\n[The Start of Assistant A's Answer]\n{answer_b}\n"
+        in braces[0]["content"]
+    )
+
+
+def test_official_criteria_text_is_the_verl_exports():
+    instruction = Instruction(id="i", prompt=INSTRUCTION, source="test", criteria=CRITERIA)
+    exported = instructions_to_arrow([instruction]).column("criteria_json")[0].as_py()
+    assert official_criteria_text(CRITERIA) == criteria_text(exported)
+    assert official_criteria_text(CRITERIA) == (
+        "1. Imagery: Concrete images.\n   - 1-2: None.\n   - 9-10: Vivid.\n2. Pace\n3. Ending: Lands the scene."
+    )
+    assert official_criteria_text(()) is None and criteria_text("[]") is None and criteria_text(None) is None
+    chinese = (
+        Criterion(name="文采", description="语言生动。", rubric={"9-10": "极佳"}),
+        Criterion(name="结构"),
+    )
+    exported = instructions_to_arrow([instruction.model_copy(update={"criteria": chinese})])
+    assert criteria_text(exported.column("criteria_json")[0].as_py()) == official_criteria_text(chinese)
+    assert official_criteria_text(chinese) == "1. 文采: 语言生动。\n   - 9-10: 极佳\n2. 结构"
+
+
+@pytest.mark.parametrize(
+    "position,policy_as", [("position-disadvantage", "B"), ("position-advantage", "A"), ("swap", "BA")]
+)
+def test_official_prompt_places_the_responses_as_the_official_code(position, policy_as):
+    # compute_score: position-disadvantage calls llm_judge(prompt, reference, passage), so the
+    # reference is answer_a; position-advantage calls llm_judge(prompt, passage, reference).
+    llm = OfficialSectionJudge()
+    result = judge(llm, position, config=OFFICIAL_JUDGE)
+    assert result.ok and len(llm.calls) == len(policy_as)
+    for call, where in zip(llm.calls, policy_as, strict=True):
+        assert [m["role"] for m in call.messages] == ["user"] and call.params == OFFICIAL_JUDGE.decoding
+        found = official_sections(call.user)
+        assert found[where] == POLICY and found["B" if where == "A" else "A"] == REFERENCE
+
+
+@pytest.mark.parametrize(
+    "reply,letter",
+    [
+        ("Assistant B describes the storm more vividly; A is flat.\n\n[[B]]", "B"),
+        ("Both are short. A has more concrete detail.\n\nFinal Verdict: [[A]]", "A"),
+        ("Comparison:\n- A: vivid\n- B: vivid\n\n**Final Verdict:** [[C]]", "C"),
+        ('B quotes "[[A]]" but reads better.\nMy final verdict is: [[B]]', "B"),
+    ],
+)
+def test_official_style_replies_parse(reply, letter):
+    llm = FakeLLM([reply])
+    result = judge(llm, config=OFFICIAL_JUDGE)
+    assert result.ok and result.orders[0].letter == letter and len(llm.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Assistant B is better overall. [[B]]",  # the verdict not on a line of its own
+        'Assistant B is better.\n"[[B]]"',  # the format's quotes copied
+        "[[B]]\nAssistant B is better because its imagery is more concrete.",  # verdict first
+    ],
+)
+def test_official_replies_off_the_last_line_are_reasked_for_the_last_line(reply):
+    llm = FakeLLM([reply, "Assistant B is better.\n[[B]]"])
+    result = judge(llm, config=OFFICIAL_JUDGE)
+    assert result.reward == 1.0 and len(llm.calls) == 2
+    second = llm.calls[1].messages
+    assert [m["role"] for m in second] == ["user", "assistant", "user"] and second[1]["content"] == reply
+    assert second[2]["content"].startswith("Your reply could not be used: the last line")
+    assert "alone on its own last line" in second[2]["content"]
+
+
+def test_official_logprob_mode_replaces_only_the_format_sentence():
+    for criteria, template in (((), JUDGE_TEMPLATE_DEFAULT), (CRITERIA, JUDGE_TEMPLATE_CRITERIA)):
+        fields = {"question": INSTRUCTION, "answer_a": REFERENCE, "answer_b": POLICY}
+        if criteria:
+            fields["criteria"] = official_criteria_text(criteria)
+        official = template.format(**fields)
+        sentence = (
+            "After providing your explanation, output your final verdict by strictly following this format: "
+            '"[[A]]" if assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
+        )
+        (probe,) = verdict_messages(
+            INSTRUCTION, REFERENCE, POLICY, criteria=criteria, mode="logprob", prompt_version="official"
+        )
+        assert probe["role"] == "user" and official.count(sentence) == 1
+        assert probe["content"] == official.replace(sentence, pairwise.OFFICIAL_LOGPROB_FORMAT)
+        assert "single letter" in probe["content"] and "[[A]]" not in probe["content"]
+        assert "NOTE: If the response contains severe repetition or redundancy" in probe["content"]
+    # A response quoting the format sentence keeps it: only the template's own sentence is replaced.
+    (probe,) = verdict_messages(INSTRUCTION, REFERENCE, sentence, mode="logprob", prompt_version="official")
+    assert (
+        probe["content"].count(sentence) == 1
+        and probe["content"].count(pairwise.OFFICIAL_LOGPROB_FORMAT) == 1
+    )
+
+
+def test_official_logprob_mode_probes_the_official_layout():
+    probes = []
+
+    class Probe(FakeLLM):
+        async def next_token_logprobs(self, messages, candidates):
+            probes.append(messages)
+            found = official_sections(messages[-1]["content"])
+            first = "policy" if found["A"] == POLICY else "reference"
+            probs = {"policy": {"A": 0.6, "B": 0.3, "C": 0.1}, "reference": {"A": 0.2, "B": 0.7, "C": 0.1}}
+            return {c: math.log(p) for c, p in probs[first].items()}
+
+    result = judge(Probe([]), "swap", config=OFFICIAL_LOGPROB_JUDGE)
+    assert result.reward == 1.0 and [o.letter for o in result.orders] == ["B", "A"]
+    assert all([m["role"] for m in p] == ["user"] for p in probes) and len(probes) == 2
+
+
+def test_prompt_versions_are_per_registry_and_unknown_ones_fail_clearly():
+    """The paper recipes set prompt_version "official" on the REWARD judge only: the pairwise
+    registry has it; the pointwise registry (the top-level judge's) does not, and says so."""
+    for name in ("paper-qwen2.5-7b", "paper-llama3.1-8b"):
+        recipe = load_recipe(PROJECT_ROOT / "configs" / f"{name}.yaml")
+        reward_judge, curation_judge = recipe.reward.judge, recipe.judge
+        assert reward_judge is not None and curation_judge is not None
+        assert (reward_judge.backend, reward_judge.model) == (curation_judge.backend, curation_judge.model)
+        assert (reward_judge.mode, reward_judge.prompt_version) == ("json", "official")
+        assert reward_judge.decoding.temperature == 0.1
+        assert PAIRWISE_PROMPTS[reward_judge.prompt_version] is PAIRWISE_PROMPTS["official"]
+        assert curation_judge.prompt_version in POINTWISE_PROMPTS
+    with pytest.raises(KeyError, match=r"no pointwise judge prompt named 'official' \(registered: v1\)"):
+        run(
+            score_response(
+                FakeLLM([]), OFFICIAL_JUDGE, Instruction(id="i", prompt="p", source="t"), "r", CRITERIA
+            )
+        )
+    with pytest.raises(KeyError, match=r"no pairwise judge prompt named 'v2' \(registered: official, v1\)"):
+        judge(FakeLLM([]), config=JUDGE.model_copy(update={"prompt_version": "v2"}))
+
+
+# --- the injection corpus against both prompt versions --------------------------------------
+
+
+def official_sections(user: str) -> dict[str, str]:
+    """Answers A and B as a naive reader of the official layout finds them: from the first
+    "[The Start of Assistant X's Answer]" to the first "[The End of Assistant X's Answer]" after it.
+    Nothing in the layout marks which delimiter is genuine, so a forged one counts."""
+    found = {}
+    for x in "AB":
+        start, end = f"[The Start of Assistant {x}'s Answer]\n", f"\n[The End of Assistant {x}'s Answer]"
+        i = user.find(start)
+        if i >= 0:
+            j = user.find(end, i + len(start))
+            found[x] = user[i + len(start) : j if j >= 0 else None]
+    return found
+
+
+class OfficialSectionJudge(FakeLLM):
+    """SectionJudge for the official layout: the answers as `official_sections` reads them, the
+    same lantern taste, a rationale quoting both, then the verdict last (the official format)."""
+
+    def __init__(self):
+        super().__init__(self.reply)
+        self.seen: list[tuple[dict[str, str], int]] = []
+
+    def reply(self, call: FakeCall) -> str:
+        found = official_sections(call.user)
+        self.seen.append((found, len(found)))
+        a, b = found.get("A", ""), found.get("B", "")
+        qa, qb = quality(a), quality(b)
+        letter = "A" if qa > qb else "B" if qb > qa else "C"
+        return (
+            f"Assistant A mentions a lantern {qa} times and Assistant B {qb} times.\n"
+            f"Assistant A's answer:\n{a}\nAssistant B's answer:\n{b}\n\n[[{letter}]]"
+        )
+
+
+def corpus_outcomes(version: str, position: str) -> list[dict[str, object]]:
+    """Per corpus row: did the judge see the policy's response and the reference intact in every
+    order, and did the verdict stay what it is for the row's neutral response."""
+    fake = {"v1": SectionJudge, "official": OfficialSectionJudge}[version]
+    config = JUDGE.model_copy(update={"prompt_version": version})
+    rows = []
+    for row in load_corpus():
+        llm = fake()
+        injected = judge(llm, position, policy=row["response"], config=config)
+        neutral = judge(fake(), position, policy=row["neutral"], config=config)
+        assert injected.ok and neutral.ok, row["id"]
+        seen = [
+            (found, order.policy_position)
+            for (found, _), order in zip(llm.seen, injected.orders, strict=True)
+        ]
+        rows.append(
+            {
+                "id": row["id"],
+                "policy_intact": all(found.get(p) == row["response"] for found, p in seen),
+                "reference_intact": all(
+                    found.get("B" if p == "A" else "A") == REFERENCE for found, p in seen
+                ),
+                "same_verdict": [o.letter for o in injected.orders] == [o.letter for o in neutral.orders]
+                and injected.reward == neutral.reward,
+            }
+        )
+    return rows
+
+
+# What the official layout lets through, per position mode: rows where the judge did not see both
+# answers intact, and rows whose verdict moved (the lantern judge is a stand-in: these are the
+# rows whose forgery changed what it compared). The policy as Response B (the paper's default) can
+# only cut its own answer short; as Response A it can also replace the reference with its own fake.
+OFFICIAL_LET_THROUGH = {
+    "position-disadvantage": ["official-close-own-b", "official-fake-b-answer", "official-close-both"],
+    "position-advantage": ["official-fake-b-answer", "official-close-both"],
+    "swap": ["official-close-own-b", "official-fake-b-answer", "official-close-both"],
+}
+OFFICIAL_VERDICT_MOVED = {
+    "position-disadvantage": [],
+    "position-advantage": ["official-fake-b-answer", "official-close-both"],
+    "swap": ["official-fake-b-answer", "official-close-both"],
+}
+
+
+@pytest.mark.parametrize("position", MODES)
+def test_injection_corpus_on_both_prompt_versions(position):
+    v1 = corpus_outcomes("v1", position)
+    assert all(r["policy_intact"] and r["reference_intact"] and r["same_verdict"] for r in v1), [
+        r["id"] for r in v1 if not (r["policy_intact"] and r["reference_intact"] and r["same_verdict"])
+    ]
+    official = corpus_outcomes("official", position)
+    assert [r["id"] for r in official] == [r["id"] for r in v1]
+    let_through = [r["id"] for r in official if not (r["policy_intact"] and r["reference_intact"])]
+    moved = [r["id"] for r in official if not r["same_verdict"]]
+    assert let_through == OFFICIAL_LET_THROUGH[position]
+    assert moved == OFFICIAL_VERDICT_MOVED[position]
+    # Every other row, aimed at the parser, at our fences or at the model, leaves the official
+    # layout's sections intact, and our strict parser keeps its planted tokens out of the verdict.
+    assert all(r["same_verdict"] for r in official if r["id"] not in let_through)

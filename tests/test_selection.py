@@ -44,7 +44,7 @@ def test_registry_covers_the_schema():
 
 
 def test_margin_p_best_competitor_and_tie_by_id():
-    out = select(_pool(), SelectionConfig(strategy="margin", top_k=3))
+    out = select(_pool(), SelectionConfig(strategy="margin", top_k=3, tie_break="instruction_id"))
     rows = _by_id(out)
     assert rows["a"]["p"] == 4.0 and rows["a"]["best_competitor"] == "gpt"
     assert rows["b"]["p"] == 3.5 and rows["b"]["best_competitor"] == "claude"
@@ -138,3 +138,60 @@ def test_duplicates_are_refused():
 def test_empty_table():
     out = select(_scores([]), SelectionConfig(top_k=3))
     assert out.num_rows == 0 and out.schema.equals(SELECTIONS_SCHEMA)
+
+
+def _tied_pool(n: int) -> pd.DataFrame:
+    """n instructions wb-0..wb-(n-1), all with p = 2 (one tie block), as integer scores make."""
+    rows = []
+    for i in range(n):
+        rows += [(f"wb-{i}", "policy", "policy", 6.0), (f"wb-{i}", "gpt", "competitor", 8.0)]
+    return _scores(rows)
+
+
+def test_ties_at_the_cut_are_a_seeded_shuffle_recorded_per_instruction():
+    by_id = select(_tied_pool(12), SelectionConfig(strategy="margin", top_k=4, tie_break="instruction_id"))
+    assert selected_ids(by_id) == ["wb-0", "wb-1", "wb-10", "wb-11"]  # lexicographic: the bias
+    first = select(_tied_pool(12), SelectionConfig(strategy="margin", top_k=4))
+    rows = _by_id(first)
+    assert sorted(r["tie_break"] for r in rows.values()) == list(range(12))
+    kept = selected_ids(first)
+    assert kept == sorted(kept, key=lambda i: rows[i]["tie_break"])  # the recorded order is the cut's
+    assert [rows[i]["tie_break"] for i in kept] == [0, 1, 2, 3]
+    assert kept != ["wb-0", "wb-1", "wb-10", "wb-11"]
+    again = select(_tied_pool(12).sample(frac=1, random_state=3), SelectionConfig(strategy="margin", top_k=4))
+    assert selected_ids(again) == kept  # row order does not matter
+    other = select(_tied_pool(12), SelectionConfig(strategy="margin", top_k=4, seed=5))
+    assert selected_ids(other) != kept  # the seed does
+    # Higher p still wins over any tie position.
+    pool = pd.concat(
+        [_tied_pool(12), _scores([("z", "policy", "policy", 1.0), ("z", "gpt", "competitor", 9.0)])]
+    )
+    assert selected_ids(select(pool, SelectionConfig(strategy="margin", top_k=2)))[0] == "z"
+
+
+def test_per_source_top_k_takes_k_from_each_source():
+    pool = _pool()
+    sources = {
+        "a": "longwriter",
+        "b": "longwriter",
+        "c": "writingbench",
+        "d": "writingbench",
+        "e": "writingbench",
+    }
+    out = select(pool, SelectionConfig(strategy="margin", top_k=1, per_source=True), sources)
+    rows = _by_id(out)
+    assert sorted(selected_ids(out)) == ["a", "d"]  # the best of each source, not a and d by p overall
+    assert {i: rows[i]["source"] for i in "ace"} == {
+        "a": "longwriter",
+        "c": "writingbench",
+        "e": "writingbench",
+    }
+    assert rows["b"]["reason"] == "below the top-k cut of its source (k=1)" and rows["b"]["rank"] == 2
+    frac = select(pool, SelectionConfig(strategy="margin", top_fraction=0.5, per_source=True), sources)
+    assert sorted(selected_ids(frac)) == ["a", "d", "e"]  # round-half-up(1.0) of 2, (1.5) of 3
+    with pytest.raises(ValueError, match="every instruction needs its data source"):
+        select(pool, SelectionConfig(strategy="margin", top_k=1, per_source=True))
+    with pytest.raises(ValueError, match="none for"):
+        select(pool, SelectionConfig(strategy="margin", top_k=1, per_source=True), {"a": "x"})
+    whole = select(pool, SelectionConfig(strategy="margin", top_k=2), sources)
+    assert sorted(selected_ids(whole)) == ["a", "d"] and _by_id(whole)["a"]["source"] == "longwriter"

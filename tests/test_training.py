@@ -4,6 +4,7 @@ reward and the curriculum in storage; the trained policy is registered and loads
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,14 @@ def train_recipe(
     num_generations=2,
     backends_extra="",
     reward="{kind: pairwise, position: position-disadvantage, logprob_reward: expected}",
+    ordering="{}",
+    limit=3,
 ) -> str:
     path = tmp_path / "train.yaml"
     path.write_text(f"""\
 name: train-test
 storage: {{root: {tmp_path / "store"}, model_cache: {tmp_path / "models"}}}
-data: {{format: builtin, limit: 3}}
+data: {{format: builtin, limit: {limit}}}
 backends:
   local: {{kind: transformers, device: cpu, dtype: float32, max_batch_size: 8}}
 {backends_extra}generators:
@@ -41,6 +44,7 @@ backends:
   - {{name: rival2, backend: local, model: {model}, decoding: {{temperature: 1.0, max_tokens: 12}}}}
 judge: {{backend: local, model: {model}, mode: logprob}}
 selection: {{strategy: full}}
+ordering: {ordering}
 reward: {reward}
 curriculum: {{{curriculum}}}
 training:
@@ -163,6 +167,44 @@ def test_training_updates_the_policy_and_records_steps_and_curriculum(
     assert again["train"]["cached"]
 
 
+def test_periodic_validation_on_held_out_ladders_is_logged_and_never_enters_the_curriculum(
+    prefect_harness, tiny_model_dir, tmp_path
+):
+    recipe_path = train_recipe(
+        tmp_path, tiny_model_dir, max_steps=2, limit=4, ordering="{validation_size: 1, seed: 3}",
+        training_extra="  eval_steps: 1\n  eval_batch_size: 2\n",
+    )  # fmt: skip
+    stages = _stages(train_policy(recipe_path=recipe_path))
+    storage = open_storage(load_recipe(recipe_path).storage)
+
+    def read(stage, name):
+        return storage.datasets.read(DatasetRef.parse(stages[stage]["outputs"][name])).to_pylist()
+
+    ladders = read("order", "ladders")
+    held_out = {lad["instruction_id"] for lad in ladders if lad["split"] == "validation"}
+    training_ids = {lad["instruction_id"] for lad in ladders if lad["split"] == "train"}
+    assert len(held_out) == 1 and len(training_ids) == 3
+    # Validated at every step, on every rung of the held-out ladder, through the real trainer.
+    metrics = {
+        (m["step"], m["name"]): m["value"] for m in read("train", "train_metrics") if m["source"] == "trainer"
+    }
+    for step in (1, 2):
+        assert 0.0 <= metrics[(step, "eval_validation/reward")] <= 1.0
+        assert (step, "eval_validation/reward_vs_initial") in metrics and (
+            step,
+            "eval_validation/reward_vs_top",
+        ) in metrics
+    # The curriculum never held, judged or promoted the held-out instruction.
+    history = read("train", "curriculum_history")
+    assert history and {h["instruction_id"] for h in history} <= training_ids
+    assert {j["instruction_id"] for j in read("train", "train_judgments")} <= training_ids
+    summary = stages["train"]["summary"]
+    curriculum_id = storage.training.model(summary["model_id"])["train_run_id"]
+    assert set(storage.curriculum.state(curriculum_id)) == training_ids
+    assert summary["steps"] == 2 and summary["validation_ladders"] == 1
+    assert summary["validation"]["step"] == 2
+
+
 def test_a_recipe_without_training_cannot_run_the_train_stage(prefect_harness, tiny_model_dir, tmp_path):
     from configs.loading import ConfigError
 
@@ -188,6 +230,20 @@ def test_the_shipped_training_blocks_pass_trls_own_checks(recipe):
     )
     if recipe.startswith("paper"):  # the GPU recipe: vLLM rollouts, bf16
         assert args.use_vllm and args.vllm_mode == training.vllm_mode and training.bf16
+        # The official optimisation: 405 steps of 2 updates, each 16 prompts x 4 rollouts over 8
+        # ranks x 8 micro-batches of one sequence; constant lr after warmup over 0.4 x 810 updates
+        # = 162 steps (verl: int(0.4 x 405)); no KL, so no reference model.
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 8)
+        assert (args.max_steps, args.save_steps, args.logging_steps) == (810, 100, 2)
+        assert (
+            args.lr_scheduler_type == "constant_with_warmup" and args.get_warmup_steps(args.max_steps) == 324
+        )
+        assert (args.weight_decay, args.beta, args.entropy_coef, args.delta) == (0.01, 0.0, 0.001, 3.0)
+        assert (args.epsilon, args.max_grad_norm, args.num_iterations) == (
+            0.2,
+            1.0,
+            1,
+        )  # verl's clip 0.2, grad clip 1
         # vLLM's context is the prompt budget plus the response budget, not the model's whole context
         assert args.vllm_max_model_length == training.max_prompt_tokens + training.max_response_tokens
         # On the GPU (transformers refuses bf16 here) the policy loads in bf16, not TRL's float32
@@ -321,3 +377,132 @@ def test_sharded_strategies_on_cpu_ranks_are_refused():
     )
     with pytest.raises(ValueError, match="zero3 needs GPUs; on the CPU the ranks run DDP over gloo"):
         accelerate_config(training, port=0)
+
+
+# Instruments the trainer's rank (WRL_TRAINER_PLUGINS imports it first): one JSON line per reward
+# call (TRL's optimizer step when it came, the rollouts it got), per optimizer step (the learning
+# rate it used) and per curriculum update (the step it applied).
+_UPDATES_PROBE = """
+import json, os
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from tasks.training.rank_reward import RankReward
+
+def _write(**record):
+    with open(os.environ["WRL_PROBE_FILE"], "a") as handle:
+        handle.write(json.dumps(record) + "\\n")
+
+register_optimizer_step_post_hook(lambda opt, args, kwargs: _write(
+    event="update", lr=opt.param_groups[0]["lr"], weight_decay=max(g["weight_decay"] for g in opt.param_groups)))
+_as_trl_reward, _finish_step = RankReward.as_trl_reward, RankReward.finish_step
+
+def as_trl_reward(self, updates_per_step=1):
+    reward = _as_trl_reward(self, updates_per_step)
+
+    async def writing_rl(prompts, completions, instruction_id, trainer_state=None, **kwargs):
+        _write(event="reward", global_step=trainer_state.global_step, rollouts=len(completions))
+        return await reward(prompts, completions, instruction_id, trainer_state=trainer_state, **kwargs)
+
+    return writing_rl
+
+def finish_step(self, step):
+    _write(event="curriculum", step=step)
+    return _finish_step(self, step)
+
+RankReward.as_trl_reward, RankReward.finish_step = as_trl_reward, finish_step
+"""
+
+
+def test_two_updates_per_step_judge_once_update_twice_and_resume_on_a_step(
+    prefect_harness, tiny_model_dir, tmp_path, monkeypatch
+):
+    """updates_per_step: 2 (the official run's 32 prompts in mini-batches of 16): each RL step's
+    rollouts are generated and judged once, the curriculum moves once, and the batch trains in two
+    optimizer updates; steps, checkpoints and logs count RL steps, and a run resumed from a
+    checkpoint starts the next RL step with the curriculum as it was there, as the killed run did."""
+    import shutil
+
+    from tests.support.train_worker import weights_digest
+
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "wrl_updates_probe.py").write_text(_UPDATES_PROBE)
+    probe = tmp_path / "probe.jsonl"
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path / "plugin"), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setenv("WRL_TRAINER_PLUGINS", "wrl_updates_probe")
+    monkeypatch.setenv("WRL_PROBE_FILE", str(probe))
+    # 2 prompts x 2 rollouts per step in 2 micro-batches, one per update; 3 steps, a checkpoint at 2.
+    recipe_path = train_recipe(
+        tmp_path, tiny_model_dir, max_steps=3,
+        training_extra="  updates_per_step: 2\n  gradient_accumulation_steps: 2\n"
+                       "  lr_scheduler: constant_with_warmup\n  warmup_ratio: 0.5\n  weight_decay: 0.01\n"
+                       "  entropy_coef: 0.001\n  clip_ratio_c: 3.0\n",
+    )  # fmt: skip
+    summary = train_policy(recipe_path)
+    train = _stages(summary)["train"]
+    assert train["summary"]["steps"] == 3 and train["summary"]["judgments"] == 3 * 2 * 2
+
+    events = [json.loads(line) for line in probe.read_text().splitlines()]
+    # One reward call per step with the whole batch, at the step's start; two updates; one
+    # curriculum update after them.
+    kinds = [(e["event"], e.get("global_step", e.get("step"))) for e in events]
+    assert kinds == [("reward", 0), ("update", None), ("update", None), ("curriculum", 1),
+                     ("reward", 2), ("update", None), ("update", None), ("curriculum", 2),
+                     ("reward", 4), ("update", None), ("update", None), ("curriculum", 3)]  # fmt: skip
+    assert {e["rollouts"] for e in events if e["event"] == "reward"} == {4}
+    # Warmup over half of the 6 updates (ceil(0.5 x 6) = 3), then constant; AdamW's weight decay.
+    updates = [e for e in events if e["event"] == "update"]
+    assert [round(e["lr"] / 1e-3, 4) for e in updates] == [0.0, 0.3333, 0.6667, 1.0, 1.0, 1.0]
+    assert {e["weight_decay"] for e in updates} == {0.01}
+
+    storage = open_storage(load_recipe(recipe_path).storage)
+    judgments = storage.datasets.read(DatasetRef.parse(train["outputs"]["train_judgments"])).to_pylist()
+    assert sorted((j["step"], j["sample_index"]) for j in judgments) == [
+        (s, i) for s in (1, 2, 3) for i in range(4)
+    ]
+    metrics = storage.datasets.read(DatasetRef.parse(train["outputs"]["train_metrics"])).to_pylist()
+    assert {m["step"] for m in metrics if m["source"] == "trainer"} == {1, 2, 3}
+    (work,) = (storage.root / "training").glob("*")
+    logged = [json.loads(line) for line in (work / "trainer_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["optimizer_step"]) for r in logged if "loss" in r] == [(1, 2), (2, 4), (3, 6)]
+    # TRL names checkpoints by optimizer step; their lineage and everything else by RL step.
+    assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert json.loads((work / "checkpoint-4" / "wrl_lineage.json").read_text())["step"] == 2
+    from tasks.training.checkpoints import checkpoints
+
+    assert [step for step, _ in checkpoints(work)] == [2, 3]
+
+    # As if killed before its final checkpoint: the same run again resumes from RL step 2.
+    with storage.catalog.connect() as con:
+        snapshot = dict(
+            con.execute("SELECT instruction_id, rung FROM curriculum_snapshots WHERE step = 2").fetchall()
+        )
+        first_step3 = con.execute(
+            "SELECT instruction_id, rung_before, rung_after, wins, ties, losses FROM curriculum_history "
+            "WHERE step = 3 ORDER BY instruction_id"
+        ).fetchall()
+    first_judgments = sorted((j["step"], j["sample_index"], j["instruction_id"], j["rung"], j["reward"])
+                             for j in judgments)  # fmt: skip
+    first_weights = weights_digest(train["summary"]["model_path"])
+    shutil.rmtree(work / "checkpoint-6")
+    probe.unlink()
+    again = _stages(train_policy(recipe_path, refresh=["train"]))["train"]
+    assert again["summary"]["resumed_from"] == 2 and again["summary"]["steps"] == 3
+    events = [json.loads(line) for line in probe.read_text().splitlines()]
+    assert [(e["event"], e.get("global_step", e.get("step"))) for e in events] == [
+        ("reward", 4), ("update", None), ("update", None), ("curriculum", 3)
+    ]  # fmt: skip
+    assert [round(e["lr"] / 1e-3, 4) for e in events if e["event"] == "update"] == [1.0, 1.0]
+    with storage.catalog.connect() as con:
+        resumed_step3 = con.execute(
+            "SELECT instruction_id, rung_before, rung_after, wins, ties, losses FROM curriculum_history "
+            "WHERE step = 3 ORDER BY instruction_id"
+        ).fetchall()
+    # Step 3 started from step 2's snapshot and, on the same rollouts, judged and moved as before.
+    assert resumed_step3 and all(before == snapshot[iid] for iid, before, *_ in resumed_step3)
+    assert resumed_step3 == first_step3
+    rejudged = storage.datasets.read(DatasetRef.parse(again["outputs"]["train_judgments"])).to_pylist()
+    assert sorted((j["step"], j["sample_index"], j["instruction_id"], j["rung"], j["reward"])
+                  for j in rejudged) == first_judgments  # fmt: skip
+    # ... and ended with the weights of the run it continued, bit for bit.
+    assert weights_digest(again["summary"]["model_path"]) == first_weights

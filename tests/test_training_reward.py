@@ -241,3 +241,70 @@ def test_prompts_over_the_budget_are_cut_on_the_left_inside_the_instruction(tiny
     assert user["content"].endswith("Now write the ending.") and "word0 " not in user["content"]
     with pytest.raises(ValueError, match=r"max_prompt_tokens: 8 leaves no room for instruction 'i1'"):
         train_dataset(items, policy, tokenizer, 8)
+
+
+# --- validation on the held-out ladders ------------------------------------------------------
+
+
+class RefusingStore:
+    """A curriculum store that fails the test on any use: validation must never touch one."""
+
+    def __getattr__(self, name):
+        pytest.fail(f"validation touched the curriculum store ({name})")
+
+
+class JudgeByReference(VerdictJudge):
+    """GOODX beats ref-0 and ref-1 but loses to ref-2; FAILX fails against ref-1 only."""
+
+    async def chat(self, messages, params: Decoding, *, sample_index=0):
+        prompt = messages[-1]["content"]
+        ref = next(r for r in ("ref-0", "ref-1", "ref-2") if r in prompt)
+        self.references.append(ref)
+        if "FAILX" in prompt and ref == "ref-1":
+            return Completion.failure("HTTP 503 after 6 retries")
+        win = ("GOODX" in prompt or "FAILX" in prompt) and ref != "ref-2"
+        return Completion(
+            text=f"Reasoning.\n[[{'B' if win else 'A'}]]", finish_reason="stop", usage=Usage(50, 5)
+        )
+
+
+def test_validation_judges_every_rung_of_the_held_out_ladder_and_never_touches_the_curriculum(tmp_path):
+    rungs = tuple(
+        Rung(g, s, f"ref-{i} text") for i, (g, s) in enumerate([("x", 3.0), ("policy", 5.0), ("y", 7.0)])
+    )
+    held_out = {"v1": TrainingItem("v1", "Write a letter.", (), None, rungs, policy_rung=1)}
+    judge, client = JudgeConfig(backend="fake", model="judge", max_parse_retries=0), JudgeByReference()
+    reward = WritingRLReward(
+        client=client, judge=judge, reward=RewardConfig(), curriculum=CurriculumConfig(), items=_items(),
+        store=RefusingStore(), curriculum_id="c", validation_items=held_out,
+    )  # fmt: skip
+    rewards, metrics = asyncio.run(reward.validate([Rollout("v1", 0, "GOODX"), Rollout("v1", 1, "FAILX")]))
+    assert sorted(client.references) == ["ref-0", "ref-0", "ref-1", "ref-1", "ref-2", "ref-2"]
+    assert rewards == [pytest.approx(2 / 3), 0.5]  # FAILX: its failed judgment counts neither way
+    assert metrics == {
+        "validation/failures": 1.0,
+        "validation/reward": pytest.approx(3 / 5),
+        "validation/reward_vs_initial": 1.0,  # rung 1, the policy's own initial response
+        "validation/reward_vs_top": 0.0,
+    }
+    assert reward._pending == {} and reward._rungs is None  # nothing queued for a step, no rung read
+    with pytest.raises(ValueError, match="'i1' is not a held-out ladder"):
+        asyncio.run(reward.validate([Rollout("i1", 0, "GOODX")]))
+
+
+def test_a_validation_batch_through_the_trl_reward_leaves_the_curriculum_as_it_was(tmp_path):
+    reward, _, storage = _reward(tmp_path)
+    reward.validation_items = {"v1": TrainingItem("v1", "Write a letter.", (), None, _items()["i1"].rungs)}
+    rank_reward = RankReward(Ranks(), reward)
+    rank_reward.start(None, lambda step: None)
+    before = (storage.curriculum.state("c"), storage.curriculum.history("c").num_rows)
+    logged = {}
+    trl_reward = rank_reward.as_trl_reward()
+    rewards = asyncio.run(
+        trl_reward(prompts=["p"], completions=["GOODX"], instruction_id=["v1"], validation=[True],
+                   log_metric=logged.__setitem__)
+    )  # fmt: skip
+    assert rewards == [1.0] and logged["validation/reward"] == 1.0
+    judged, promotions = rank_reward.finish_step(1)  # the step that follows: nothing of validation
+    assert judged == [] and promotions == []
+    assert (storage.curriculum.state("c"), storage.curriculum.history("c").num_rows) == before

@@ -4,9 +4,12 @@ from tasks.curation.exports import (
     HF_FEATURES,
     VERL_DATA_SOURCE,
     VERL_SCHEMA,
+    VERL_SYSTEM_MESSAGE,
+    VERL_TEST_SCHEMA,
     to_hf_dataset,
     to_verl_rows,
     write_verl_parquet,
+    write_verl_splits,
 )
 from tasks.curation.ordering import (
     EXCLUDED_SCHEMA,
@@ -35,6 +38,8 @@ __all__ = [
     "SELECTORS",
     "VERL_DATA_SOURCE",
     "VERL_SCHEMA",
+    "VERL_SYSTEM_MESSAGE",
+    "VERL_TEST_SCHEMA",
     "build_ladders",
     "criteria_text",
     "cut_size",
@@ -44,4 +49,5 @@ __all__ = [
     "to_hf_dataset",
     "to_verl_rows",
     "write_verl_parquet",
+    "write_verl_splits",
 ]

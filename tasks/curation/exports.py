@@ -1,5 +1,5 @@
 """Exports of the ladders table for the two trainers: TRL (a `datasets.Dataset`) and the official
-Writing-RL verl code (a parquet file of verl RL rows).
+Writing-RL verl code (train.parquet and test.parquet, as its scripts/train_writing_rl.sh reads them).
 
 verl row, as read by Tongyi-Zhiwen/Writing-RL (README.md "Data Preparation";
 verl/utils/reward_score/__init__.py; verl/utils/reward_score/writing_rl.py::compute_score;
@@ -7,26 +7,29 @@ verl/workers/reward_manager/parallel.py; scripts/create_index_file.py):
 
     data_source   "writing": `_default_compute_score` routes any data_source containing "writing"
                   to writing_rl.compute_score.
-    prompt        chat messages [{"role": "user", "content": instruction}] (a system message first
-                  when `system_prompt` is given, as in the README example); verl's RLHFDataset
+    prompt        chat messages: the system message of the README's example ("You are a helpful
+                  assistant.", or the policy's own system prompt when it has one, so RL prompts
+                  match those rung 0 was written with), then the instruction; verl's RLHFDataset
                   applies the chat template to it (data.prompt_key=prompt).
     ability       "write" (informational).
     reward_model  {"style": "rule", "ground_truth": {...}}; ParallelRewardManager passes
                   ground_truth to compute_score, which reads:
         prompt    the instruction text, put into the judge template as the question;
-        target    references ascending (rung 0, the policy's own response, first). A list turns on
-                  dynamic reference scheduling: reference = target[min(index_dict[id], len-1)];
+        target    train: the ladder, every response ascending (a list turns on dynamic reference
+                  scheduling: reference = target[min(index_dict[id], len-1)]); test: ONE string,
+                  the ladder's top rung, which compute_score uses as is, never reading or writing
+                  the index file, so validation cannot move a rung;
         criteria  plain-text criteria for JUDGE_TEMPLATE_CRITERIA, or null for the default
-                  template (see ordering.criteria_text);
-        id        the row's key in running_file/index_{EXPERIMENT_NAME}.json.
+                  template (ordering.criteria_text: the same text our `official` judge prompt sees);
+        id        train: the row's key in running_file/index_{EXPERIMENT_NAME}.json, the decimal
+                  string of its index; test: "test-<i>", which is no key of that file.
     extra_info    {"index": int, "split": str, "instruction_id": str}; passed to compute_score
                   but unused there; instruction_id is ours, for joining results back.
 
 Departure: the README documents `id` as an int, but compute_score looks it up in a dict read back
 with json.loads, whose keys are strings ("0".."data_num" from create_index_file.py), so an int id
-raises KeyError. We write the decimal string str(index) instead. `index` runs from `start_index`;
-run create_index_file.py with --data_num >= the largest index, and give a test split a disjoint
-`start_index` (both splits share one index file). The README shows style "rule"; we follow it.
+raises KeyError. We write the decimal string str(index) instead; run create_index_file.py with
+--data_num >= the number of training rows. The README shows style "rule"; we follow it.
 """
 
 from __future__ import annotations
@@ -43,50 +46,46 @@ from tasks.curation.ordering import criteria_text
 from tasks.curation.selection import as_frame
 
 VERL_DATA_SOURCE = "writing"
+VERL_SYSTEM_MESSAGE = "You are a helpful assistant."  # the official README's example row
+VERL_TEST_ID_PREFIX = "test-"  # never a key of the official index file ("0".."data_num")
 
 HF_FEATURES = datasets.Features(
     {
         "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
         "instruction_id": datasets.Value("string"),
-        "references": datasets.List(datasets.Value("string")),  # rung 0 (policy) first, ascending
+        "references": datasets.List(datasets.Value("string")),  # the ladder, ascending
         "reference_scores": datasets.List(datasets.Value("float64")),
         "reference_generators": datasets.List(datasets.Value("string")),
         "criteria": datasets.Value("string"),  # plain text for a judge prompt; null when none
         "criteria_json": datasets.Value("string"),  # the structured criteria, as in `instructions`
+        "policy_rung": datasets.Value("int32"),  # which of `references` is the policy's own
+        "split": datasets.Value("string"),  # "train" or "validation" (held out of training)
     }
 )
 
 _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-VERL_SCHEMA = pa.schema(
-    [
-        ("data_source", pa.string()),
-        ("prompt", pa.list_(_MESSAGE)),
-        ("ability", pa.string()),
-        (
-            "reward_model",
-            pa.struct(
-                [
-                    ("style", pa.string()),
-                    (
-                        "ground_truth",
-                        pa.struct(
-                            [
-                                ("prompt", pa.string()),
-                                ("target", pa.list_(pa.string())),
-                                ("criteria", pa.string()),
-                                ("id", pa.string()),
-                            ]
-                        ),
-                    ),
-                ]
+
+
+def _verl_schema(target: pa.DataType) -> pa.Schema:
+    ground_truth = pa.struct(
+        [("prompt", pa.string()), ("target", target), ("criteria", pa.string()), ("id", pa.string())]
+    )
+    return pa.schema(
+        [
+            ("data_source", pa.string()),
+            ("prompt", pa.list_(_MESSAGE)),
+            ("ability", pa.string()),
+            ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", ground_truth)])),
+            (
+                "extra_info",
+                pa.struct([("index", pa.int64()), ("split", pa.string()), ("instruction_id", pa.string())]),
             ),
-        ),
-        (
-            "extra_info",
-            pa.struct([("index", pa.int64()), ("split", pa.string()), ("instruction_id", pa.string())]),
-        ),
-    ]
-)
+        ]
+    )
+
+
+VERL_SCHEMA = _verl_schema(pa.list_(pa.string()))  # train: target is the ladder
+VERL_TEST_SCHEMA = _verl_schema(pa.string())  # test: target is one fixed reference
 
 
 def _ladder_records(ladders: pa.Table | pd.DataFrame | list[dict]) -> list[dict]:
@@ -105,12 +104,16 @@ def _ladder_records(ladders: pa.Table | pd.DataFrame | list[dict]) -> list[dict]
 
 
 def _rungs(record: dict) -> list[dict]:
-    # Re-sort defensively: a hand-edited table must still export rung 0 first.
+    # Re-sort defensively: a hand-edited table must still export the ladder bottom first.
     return sorted(record["rungs"], key=lambda x: x["rung"])
 
 
+def _split(record: dict) -> str:
+    return record.get("split") or "train"  # ladders written before the validation split
+
+
 def to_hf_dataset(ladders: pa.Table | pd.DataFrame | list[dict]) -> datasets.Dataset:
-    """A TRL-ready dataset: conversational `prompt` plus the ladder (`HF_FEATURES`)."""
+    """A TRL-ready dataset: conversational `prompt` plus the ladder (`HF_FEATURES`), every split."""
     rows = []
     for r in _ladder_records(ladders):
         rungs = _rungs(r)
@@ -123,6 +126,8 @@ def to_hf_dataset(ladders: pa.Table | pd.DataFrame | list[dict]) -> datasets.Dat
                 "reference_generators": [x["generator"] for x in rungs],
                 "criteria": criteria_text(r.get("criteria_json")),
                 "criteria_json": r.get("criteria_json"),
+                "policy_rung": r.get("policy_rung") or 0,
+                "split": _split(r),
             }
         )
     return datasets.Dataset.from_list(rows, features=HF_FEATURES)
@@ -133,13 +138,17 @@ def to_verl_rows(
     split: str = "train",
     *,
     start_index: int = 0,
-    system_prompt: str | None = None,
+    system_prompt: str | None = VERL_SYSTEM_MESSAGE,
 ) -> list[dict[str, Any]]:
-    """Rows in the official Writing-RL verl format (module docstring), in ladder order."""
+    """Rows in the official Writing-RL verl format (module docstring), in ladder order, for every
+    ladder given. split "train": `target` is the ladder and `id` the row's index as a string;
+    any other split (a test set): `target` is the top rung and `id` is "test-<index>"."""
     rows = []
     for i, r in enumerate(_ladder_records(ladders), start=start_index):
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": r["prompt"]})
+        texts = [x["text"] for x in _rungs(r)]
+        training = split == "train"
         rows.append(
             {
                 "data_source": VERL_DATA_SOURCE,
@@ -149,9 +158,9 @@ def to_verl_rows(
                     "style": "rule",
                     "ground_truth": {
                         "prompt": r["prompt"],
-                        "target": [x["text"] for x in _rungs(r)],
+                        "target": texts if training else texts[-1],
                         "criteria": criteria_text(r.get("criteria_json")),
-                        "id": str(i),
+                        "id": str(i) if training else f"{VERL_TEST_ID_PREFIX}{i}",
                     },
                 },
                 "extra_info": {"index": i, "split": split, "instruction_id": r["instruction_id"]},
@@ -166,12 +175,35 @@ def write_verl_parquet(
     split: str = "train",
     *,
     start_index: int = 0,
-    system_prompt: str | None = None,
+    system_prompt: str | None = VERL_SYSTEM_MESSAGE,
 ) -> Path:
-    """Writes `to_verl_rows` to `path` (e.g. data/train.parquet, as scripts/train_writing_rl.sh
-    expects) with pyarrow and returns the path."""
+    """Writes `to_verl_rows` of every ladder given to `path` with pyarrow and returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = to_verl_rows(ladders, split, start_index=start_index, system_prompt=system_prompt)
-    pq.write_table(pa.Table.from_pylist(rows, schema=VERL_SCHEMA), path)
+    schema = VERL_SCHEMA if split == "train" else VERL_TEST_SCHEMA
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
+
+
+def write_verl_splits(
+    ladders: pa.Table | pd.DataFrame | list[dict],
+    folder: str | Path,
+    *,
+    system_prompt: str | None = VERL_SYSTEM_MESSAGE,
+) -> dict[str, Path]:
+    """`folder`/train.parquet (the training ladders) and, when there is a validation split,
+    `folder`/test.parquet (the held-out ladders): the files scripts/train_writing_rl.sh reads as
+    data.train_files and data.val_files. Returns the paths written, by split."""
+    records = _ladder_records(ladders)
+    train = [r for r in records if _split(r) == "train"]
+    held_out = [r for r in records if _split(r) != "train"]
+    folder = Path(folder)
+    written = {
+        "train": write_verl_parquet(train, folder / "train.parquet", "train", system_prompt=system_prompt)
+    }
+    if held_out:
+        written["test"] = write_verl_parquet(
+            held_out, folder / "test.parquet", "test", system_prompt=system_prompt
+        )
+    return written

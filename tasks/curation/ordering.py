@@ -1,34 +1,49 @@
 """Stage 4, ascending reference ordering: one reference ladder per selected instruction.
 
 Dynamic reference scheduling (Writing-RL section 3.3) walks each instruction's references from
-weakest to strongest, moving up a rung whenever the policy beats the current one. The ladder is:
+weakest to strongest, moving up a rung whenever the policy beats the current one. The paper sorts
+all of an instruction's responses, the policy's own initial one included, by judge score ascending,
+and starts every instruction on the lowest. `ordering.policy_rung` says where the policy's response
+goes:
 
-- rung 0: the policy's own initial response, always, whatever its score (even when it beat every
-  competitor). An instruction whose policy generation is missing or failed gets no ladder.
-- rungs 1..n: competitor responses by judge score ascending; equal scores ordered by generator
-  name ascending, so the ladder never depends on input row order.
+- "by-score" (the paper, the default): sorted among the references. Equal scores: the policy's
+  response first, then references by generator name ascending, so the ladder never depends on input
+  row order. With a strong (SFT) policy, references that score below it sit under it: the ladder
+  still ascends, and the first steps are against responses the policy should beat quickly. A
+  policy response without a score cannot be placed by score: it goes first (rung 0).
+- "first": the policy's own response is always rung 0, whatever its score, and the references
+  ascend above it. The first comparison is then always against itself; a reference scoring below
+  the policy sits above it, so such a ladder goes down after rung 0.
+
+Each ladder records `policy_rung`, the rung holding the policy's response (0 under "first"): the
+static schedule's "self" and the reports read it.
+
+Validation split: `ordering.validation_size` ladders are held out (`split` "validation"), drawn by a
+permutation seeded with `ordering.seed` over the built ladders' ids sorted, so the draw depends on
+neither row order nor which instructions were excluded before it. Training never sees them; the
+trainer's periodic validation and the verl export's test.parquet do.
 
 Left out, and recorded in `excluded` (kind "reference", with the generator and why): a reference
 whose generation failed (`error` set, or null/empty text), one with no score, one scored with no
-generation row, and, with `drop_below_policy`, one scoring strictly below s_policy (equal stays).
-When s_policy itself is missing, `drop_below_policy` drops nothing (nothing to compare with).
-Whole instructions are recorded with kind "instruction" (generator null): missing/failed policy
-response, instruction absent from `instructions`, or fewer than `min_rungs` rungs.
+generation row, and, with `drop_below_policy`, one scoring strictly below s_policy (equal stays;
+in both modes the policy's response is then the lowest rung, so the two modes give the same
+ladders). When s_policy itself is missing, `drop_below_policy` drops nothing (nothing to compare
+with). Whole instructions are recorded with kind "instruction" (generator null): missing/failed
+policy response, instruction absent from `instructions`, or fewer than `min_rungs` rungs (the
+policy's counted).
 
 Generations with a `sample_index` column: only sample 0 is used (the paper has one response per
 generator); scores with a `sample_index` column are filtered the same way.
 
-Departures from the paper / official code: the official code takes `target` as a ready list
-"from easy to difficult" and starts at index 0 (scripts/create_index_file.py sets every index to 0)
-without saying what the list holds; we make rung 0 the policy's own response so the first
-comparison is against itself, as the paper describes, and derive the rest from judge scores.
+The official code takes `target` as a ready list "from easy to difficult" and starts at index 0
+(scripts/create_index_file.py sets every index to 0); the ladder is that list.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,12 +51,14 @@ import pyarrow as pa
 
 from configs.schema import OrderingConfig
 from tasks.curation.selection import as_frame
+from tasks.instructions.schema import Criterion
+from tasks.rewards.pairwise import official_criteria_text
 
 RUNG_TYPE = pa.struct(
     [
         ("rung", pa.int32()),
         ("generator", pa.string()),
-        ("score", pa.float64()),  # null only possible for rung 0
+        ("score", pa.float64()),  # null only possible for the policy's rung
         ("text", pa.string()),
     ]
 )
@@ -51,8 +68,10 @@ LADDERS_SCHEMA = pa.schema(
         ("instruction_id", pa.string()),
         ("prompt", pa.string()),
         ("criteria_json", pa.string()),  # as in the instructions table: JSON list of criteria
-        ("rungs", pa.list_(RUNG_TYPE)),  # rung 0 = policy, then references by score ascending
+        ("rungs", pa.list_(RUNG_TYPE)),  # ascending (ordering.policy_rung places the policy's)
         ("n_rungs", pa.int32()),
+        ("policy_rung", pa.int32()),  # the rung holding the policy's own response
+        ("split", pa.string()),  # "train", or "validation" (held out: ordering.validation_size)
         ("score_gaps", pa.list_(pa.float64())),  # rungs[i+1].score - rungs[i].score; n_rungs - 1 items
     ]
 )
@@ -171,8 +190,12 @@ def build_ladders(
                 exclude(iid, "scored but no generation row", name)
 
         refs.sort(key=lambda r: (r[0], r[1]))  # ascending score, ties by generator name
-        rungs = [{"rung": 0, "generator": policy_name, "score": s_policy, "text": policy["text"]}]
-        rungs += [{"rung": i, "generator": g, "score": s, "text": t} for i, (s, g, t) in enumerate(refs, 1)]
+        # The policy's response goes below the first reference scoring strictly more (equal: first).
+        below = sum(1 for r in refs if s_policy is not None and r[0] < s_policy)
+        policy_rung = below if cfg.policy_rung == "by-score" else 0
+        ordered = list(refs)
+        ordered.insert(policy_rung, (s_policy, policy_name, policy["text"]))
+        rungs = [{"rung": i, "generator": g, "score": s, "text": t} for i, (s, g, t) in enumerate(ordered)]
         if len(rungs) < cfg.min_rungs:
             exclude(iid, f"only {len(rungs)} rung(s) including the policy's; min_rungs={cfg.min_rungs}")
             continue
@@ -191,13 +214,32 @@ def build_ladders(
                 "criteria_json": None if _isnull(criteria) else criteria,
                 "rungs": rungs,
                 "n_rungs": len(rungs),
+                "policy_rung": policy_rung,
                 "score_gaps": gaps,
             }
         )
+    held_out = validation_ids([lad["instruction_id"] for lad in ladders], cfg)
+    for ladder in ladders:
+        ladder["split"] = "validation" if ladder["instruction_id"] in held_out else "train"
     return (
         pa.Table.from_pylist(ladders, schema=LADDERS_SCHEMA),
         pa.Table.from_pylist(excluded, schema=EXCLUDED_SCHEMA),
     )
+
+
+def validation_ids(ladder_ids: Sequence[str], cfg: OrderingConfig) -> set[str]:
+    """The `validation_size` ladders held out, by a seeded permutation of the sorted ids. At least
+    one ladder must stay for training."""
+    if cfg.validation_size == 0:
+        return set()
+    if cfg.validation_size >= len(ladder_ids):
+        raise ValueError(
+            f"ordering.validation_size={cfg.validation_size} leaves no ladder to train on: only "
+            f"{len(ladder_ids)} ladders were built"
+        )
+    ids = sorted(ladder_ids)
+    order = np.random.default_rng(cfg.seed).permutation(len(ids))
+    return {ids[i] for i in order[: cfg.validation_size]}
 
 
 def _isnull(value: object) -> bool:
@@ -207,16 +249,10 @@ def _isnull(value: object) -> bool:
 def criteria_text(criteria_json: str | None) -> str | None:
     """Criteria as the plain text the official judge template puts under "consider the following
     dimensions" (verl/utils/reward_score/judge_prompts.py); None when there are none, so the
-    official code falls back to its default template."""
+    official code falls back to its default template. The text is
+    `tasks.rewards.pairwise.official_criteria_text`'s, so the "official" pairwise prompt version
+    shows our own reward judge exactly what the official code shows its judge given this export."""
     if not criteria_json:
         return None
-    items = json.loads(criteria_json)
-    if not items:
-        return None
-    lines = []
-    for i, c in enumerate(items, 1):
-        head = f"{i}. {c.get('name', '')}"
-        lines.append(f"{head}: {c['description']}" if c.get("description") else head)
-        for band, meaning in (c.get("rubric") or {}).items():
-            lines.append(f"   - {band}: {meaning}")
-    return "\n".join(lines)
+    items = json.loads(criteria_json) or []
+    return official_criteria_text([Criterion.model_validate(c) for c in items])

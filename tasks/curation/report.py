@@ -144,7 +144,14 @@ def curation_report(
         report["ladders"] = {
             "ladders": ladders.num_rows,
             "rungs": dict(sorted(Counter(ladders["n_rungs"].to_pylist()).items())),
-            # level k: the gap from rung k to rung k+1 (level 0: the policy to its first reference)
+            # where the policy's own response sits (ordering.policy_rung: by-score sorts it)
+            "policy_rungs": (
+                dict(sorted(Counter(ladders["policy_rung"].to_pylist()).items()))
+                if "policy_rung" in ladders.column_names
+                else None
+            ),
+            # level k: the gap from rung k to rung k+1. by-score ladders ascend, so every gap is >= 0;
+            # under policy_rung "first" level 0 is the policy to its first reference, and can be < 0.
             "gaps_by_level": {str(k): _quantiles(v) for k, v in sorted(gaps_by_level.items())},
             "gap_values": {str(k): v for k, v in sorted(gaps_by_level.items())},
         }

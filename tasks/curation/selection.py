@@ -19,10 +19,17 @@ Rules (all deterministic; no input row order matters):
   margin: p descending; difficulty: s_policy ascending (hardest first); random: a permutation
   drawn with `numpy.random.default_rng(cfg.seed)` over the candidates sorted by instruction_id,
   so the same seed and pool give the same pick; full: same order as margin (for inspection only).
-  Ties in margin/difficulty are broken by instruction_id ascending.
+- Ties in margin/difficulty (integer judge scores make large blocks of equal p): `tie_break`
+  "shuffle" (default) orders them by the same kind of seeded permutation, recorded per candidate
+  in column `tie_break` (its position in the permutation), so the cut through a tie block is a
+  fair draw; "instruction_id" orders them by id ascending, lexicographic and so biased for ids
+  like wb-<index> (wb-10 before wb-2).
 - Size: `top_k` keeps the first k (all when k exceeds the pool); `top_fraction` keeps
   round-half-up(fraction * n_candidates), at least 1 when there is any candidate; computed in
   decimal so 0.7 * 10 is 7, not 8. `full` ignores both and keeps every candidate.
+- `per_source`: the ranking and the cut are made within each data source (the instructions'
+  `source`, column `source`), so `top_k` is k per source (the paper's top 1.5k of each of
+  LongWriter and WritingBench) and `rank` counts within the source.
 
 Departures from the paper / official code: the official repository ships no selection script, so
 the floor, tie rules and fraction rounding are ours; p may be negative (the policy beat every
@@ -35,7 +42,7 @@ refused with ValueError: the caller must pick one sample per generator first.
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
@@ -57,8 +64,10 @@ SELECTIONS_SCHEMA = pa.schema(
         ("p", pa.float64()),
         ("n_competitors_scored", pa.int32()),
         ("selected", pa.bool_()),
-        ("rank", pa.int32()),  # among candidates that passed the drops; null for dropped ones
+        ("rank", pa.int32()),  # among candidates that passed the drops (per source with per_source)
         ("reason", pa.string()),  # null when selected
+        ("source", pa.string()),  # the instruction's data source; null when not given
+        ("tie_break", pa.int32()),  # tie_break shuffle: position in the seeded permutation
     ]
 )
 
@@ -71,26 +80,38 @@ SELECTORS: Registry[Selector] = Registry(
 )
 
 
+def seeded_positions(instruction_ids: list[str], seed: int) -> dict[str, int]:
+    """Each id's position in a permutation seeded with `seed`; ids are sorted first so input row
+    order cannot change the draw."""
+    ids = sorted(instruction_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return {ids[i]: position for position, i in enumerate(order)}
+
+
+def _ranked(candidates: pd.DataFrame, cfg: SelectionConfig, key: str, descending: bool) -> list[str]:
+    """Candidates by `key`, ties by `tie_break` (the shuffle position, or instruction_id)."""
+    tie = "tie_break" if cfg.tie_break == "shuffle" else "instruction_id"
+    ordered = candidates.sort_values([key, tie], ascending=[not descending, True], kind="mergesort")
+    return ordered["instruction_id"].tolist()
+
+
 @SELECTORS.register("margin")
 def rank_by_margin(candidates: pd.DataFrame, cfg: SelectionConfig) -> list[str]:
-    """Highest learning potential first; ties by instruction_id."""
-    ordered = candidates.sort_values(["p", "instruction_id"], ascending=[False, True], kind="mergesort")
-    return ordered["instruction_id"].tolist()
+    """Highest learning potential first; ties as `cfg.tie_break`."""
+    return _ranked(candidates, cfg, "p", descending=True)
 
 
 @SELECTORS.register("difficulty")
 def rank_by_difficulty(candidates: pd.DataFrame, cfg: SelectionConfig) -> list[str]:
-    """Lowest policy score first (the paper's difficulty-based baseline); ties by instruction_id."""
-    ordered = candidates.sort_values(["s_policy", "instruction_id"], kind="mergesort")
-    return ordered["instruction_id"].tolist()
+    """Lowest policy score first (the paper's difficulty-based baseline); ties as `cfg.tie_break`."""
+    return _ranked(candidates, cfg, "s_policy", descending=False)
 
 
 @SELECTORS.register("random")
 def rank_randomly(candidates: pd.DataFrame, cfg: SelectionConfig) -> list[str]:
-    """A seeded permutation; ids are sorted first so input row order cannot change the draw."""
-    ids = sorted(candidates["instruction_id"].tolist())
-    order = np.random.default_rng(cfg.seed).permutation(len(ids))
-    return [ids[i] for i in order]
+    """A seeded permutation (`seeded_positions`)."""
+    positions = seeded_positions(candidates["instruction_id"].tolist(), cfg.seed)
+    return sorted(positions, key=positions.__getitem__)
 
 
 @SELECTORS.register("full")
@@ -122,9 +143,10 @@ def cut_size(n_candidates: int, cfg: SelectionConfig) -> int:
 
 
 def _cut_reason(cfg: SelectionConfig, k: int) -> str:
+    where = " of its source" if cfg.per_source else ""
     if cfg.top_k is not None:
-        return f"below the top-k cut (k={cfg.top_k})"
-    return f"below the top-fraction cut (fraction={cfg.top_fraction} -> k={k})"
+        return f"below the top-k cut{where} (k={cfg.top_k})"
+    return f"below the top-fraction cut{where} (fraction={cfg.top_fraction} -> k={k})"
 
 
 def _check_scores(df: pd.DataFrame) -> None:
@@ -191,11 +213,21 @@ def summarize(scores: pd.DataFrame | pa.Table) -> pd.DataFrame:
     )
 
 
-def select(scores: pd.DataFrame | pa.Table, cfg: SelectionConfig) -> pa.Table:
+def select(
+    scores: pd.DataFrame | pa.Table, cfg: SelectionConfig, sources: Mapping[str, str] | None = None
+) -> pa.Table:
     """One row per instruction in `scores` (`SELECTIONS_SCHEMA`): kept ones first in rank order,
-    then the other ranked candidates, then the dropped ones by instruction_id."""
+    then the other ranked candidates, then the dropped ones by instruction_id. `sources`
+    (instruction id -> data source) fills column `source`; `per_source` needs it."""
     table = summarize(scores)
     table["strategy"] = cfg.strategy
+    table["source"] = table["instruction_id"].map(dict(sources)) if sources is not None else None
+    if cfg.per_source and (sources is None or table["source"].isna().any()):
+        missing = table.loc[table["source"].isna(), "instruction_id"].tolist() if sources is not None else []
+        raise ValueError(
+            "selection.per_source: every instruction needs its data source"
+            + (f"; none for {missing[:5]}" if missing else "")
+        )
     below = table["reason"].isna() & (table["best_competitor_score"] < cfg.competitor_floor)
     table.loc[below, "reason"] = [
         f"every competitor below floor {cfg.competitor_floor} (best {s} by {g})"
@@ -203,20 +235,31 @@ def select(scores: pd.DataFrame | pa.Table, cfg: SelectionConfig) -> pa.Table:
             table.loc[below, "best_competitor_score"], table.loc[below, "best_competitor"], strict=True
         )
     ]
-    candidates = table[table["reason"].isna()]
-    order = SELECTORS[cfg.strategy](candidates, cfg)
-    k = cut_size(len(order), cfg)
-    rank = {iid: i + 1 for i, iid in enumerate(order)}
+    is_candidate = table["reason"].isna()
+    table["tie_break"] = None
+    if cfg.tie_break == "shuffle" and cfg.strategy != "random":
+        positions = seeded_positions(table.loc[is_candidate, "instruction_id"].tolist(), cfg.seed)
+        table.loc[is_candidate, "tie_break"] = table.loc[is_candidate, "instruction_id"].map(positions)
+    candidates = table[is_candidate]
+    pools = candidates.groupby("source", sort=True) if cfg.per_source else [(None, candidates)]
+    rank: dict[str, int] = {}
+    cuts: dict[str, int] = {}
+    for _, pool in pools:
+        order = SELECTORS[cfg.strategy](pool, cfg)
+        k = cut_size(len(order), cfg)
+        for i, iid in enumerate(order):
+            rank[iid], cuts[iid] = i + 1, k
     table["rank"] = table["instruction_id"].map(rank)
-    table["selected"] = table["rank"].notna() & (table["rank"] <= k)
+    table["selected"] = table["rank"].notna() & (table["rank"] <= table["instruction_id"].map(cuts))
     cut = table["rank"].notna() & ~table["selected"]
-    table.loc[cut, "reason"] = _cut_reason(cfg, k)
-    table = table.sort_values(["rank", "instruction_id"], na_position="last", kind="mergesort").reset_index(
-        drop=True
-    )
+    table.loc[cut, "reason"] = [_cut_reason(cfg, cuts[iid]) for iid in table.loc[cut, "instruction_id"]]
+    table = table.sort_values(
+        ["rank", "source", "instruction_id"], na_position="last", kind="mergesort"
+    ).reset_index(drop=True)
     records = table.astype(object).where(table.notna(), None).to_dict("records")
     for r in records:
-        r["rank"] = None if r["rank"] is None else int(r["rank"])
+        for column in ("rank", "tie_break"):
+            r[column] = None if r[column] is None else int(r[column])
     return pa.Table.from_pylist(records, schema=SELECTIONS_SCHEMA)
 
 

@@ -3,6 +3,7 @@ storage/curriculum.py (`storage.curriculum`, a `CurriculumStore`)."""
 
 from storage.curriculum import CurriculumError, CurriculumStore, Promotion, StepOutcome
 from tasks.curriculum.scheduling import (
+    LadderShape,
     OutcomeCounts,
     PromotionRule,
     build_outcome,
@@ -18,6 +19,7 @@ from tasks.curriculum.scheduling import (
 __all__ = [
     "CurriculumError",
     "CurriculumStore",
+    "LadderShape",
     "OutcomeCounts",
     "Promotion",
     "PromotionRule",

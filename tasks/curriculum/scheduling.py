@@ -84,8 +84,9 @@ def should_promote(rule: PromotionRule, rewards: Sequence[float | None], thresho
 def build_outcome(
     instruction_id: str, rung_judged: int | None, rewards: Sequence[float | None], cfg: CurriculumConfig
 ) -> StepOutcome:
-    """One instruction's step outcome. Only the dynamic schedule asks for promotions; static and
-    random record their outcomes and leave the rungs alone. Under the random schedule pass
+    """One instruction's step outcome. Only the dynamic schedule asks for promotions; static, staged
+    and random record their outcomes and leave the stored rungs alone (the rung each rollout was
+    judged against is in the rewards log). Under the random schedule pass
     `rung_judged=None` when the rollouts were judged against different rungs."""
     counts = count_outcomes(rewards)
     promote = cfg.schedule == "dynamic" and should_promote(cfg.promotion, rewards, cfg.threshold)
@@ -107,57 +108,81 @@ def sample_key(seed: int, step: int, instruction_id: str, sample_index: int) -> 
     return json.dumps([seed, step, instruction_id, sample_index])
 
 
+class LadderShape(NamedTuple):
+    """What the schedules need to know of one instruction's ladder (tasks/curation/ordering.py)."""
+
+    n_rungs: int
+    policy_rung: int = 0  # the rung holding the policy's own response
+    generators: tuple[str, ...] = ()  # each rung's generator, bottom first (static_generator)
+
+
 def reference_rung(
     cfg: CurriculumConfig,
     current_rung: int,
-    n_rungs: int,
+    ladder: LadderShape | int,
     *,
+    step: int | None = None,
     key: str | bytes | int | None = None,
     instruction_id: str | None = None,
 ) -> int:
-    """The rung a rollout is judged against.
+    """The rung a rollout is judged against. `ladder` is the instruction's `LadderShape` (or its
+    number of rungs, for a ladder whose policy response is rung 0 and generators do not matter).
 
-    dynamic: the instruction's current rung. static: 0 ("self"), the top rung ("best") or a fixed
-    rung i (validate it at setup with `validate_static_rung`; here an out-of-range i raises).
-    random: a rung drawn uniformly from the references 1..n_rungs-1 (0 if the ladder has only the
-    policy's own response), determined by `key` (a string, bytes or int, e.g. `sample_key(...)`)
-    so a resumed run judges the same rollout against the same rung.
+    dynamic: the instruction's current rung. static: the policy's own response ("self", wherever it
+    sits), the top rung ("best"), a fixed rung i, or the rung of `static_generator` (validate them
+    at setup with `validate_static_rung`; here a missing one raises). staged: rung k at training
+    `step` once k of `stage_steps` are <= step, capped at the top rung. random: a rung drawn
+    uniformly from the ladder's references (every rung but the policy's; the policy's own if it is
+    the only one), determined by `key` (a string, bytes or int, e.g. `sample_key(...)`) so a resumed
+    run judges the same rollout against the same rung.
     """
+    shape = ladder if isinstance(ladder, LadderShape) else LadderShape(ladder)
+    n_rungs = shape.n_rungs
     where = f" of instruction '{instruction_id}'" if instruction_id is not None else ""
     if n_rungs < 1:
-        raise ValueError(f"the ladder{where} has {n_rungs} rungs; it needs at least rung 0")
+        raise ValueError(f"the ladder{where} has {n_rungs} rungs; it needs at least the policy's own")
     if cfg.schedule == "dynamic":
         if not 0 <= current_rung < n_rungs:
             raise ValueError(f"current rung {current_rung}{where} is outside its ladder 0..{n_rungs - 1}")
         return current_rung
     if cfg.schedule == "static":
-        rung = _static_rung(cfg.static_rung, n_rungs)
+        rung = _static_rung(cfg, shape)
         if rung is None:
-            raise ValueError(
-                f"curriculum.static_rung={cfg.static_rung} is outside the ladder{where} (0..{n_rungs - 1})"
-            )
+            raise ValueError(f"{_static_setting(cfg)} is not in the ladder{where} (rungs 0..{n_rungs - 1})")
         return rung
+    if cfg.schedule == "staged":
+        if step is None:
+            raise ValueError("the staged schedule needs the training step")
+        return min(sum(1 for boundary in cfg.stage_steps if boundary <= step), n_rungs - 1)
     if cfg.schedule == "random":
         if key is None:
             raise ValueError("the random schedule needs a key (see sample_key) to draw a rung reproducibly")
         if n_rungs == 1:
             return 0
-        return 1 + _draw(key) % (n_rungs - 1)
+        draw = _draw(key) % (n_rungs - 1)  # over the references: skip the policy's own rung
+        return draw + 1 if draw >= shape.policy_rung else draw
     raise ValueError(f"unknown curriculum schedule '{cfg.schedule}'")
 
 
-def validate_static_rung(cfg: CurriculumConfig, n_rungs_by_instruction: Mapping[str, int]) -> None:
-    """Before training: a fixed static rung must exist in every instruction's ladder."""
-    if cfg.schedule != "static" or not isinstance(cfg.static_rung, int):
+def validate_static_rung(cfg: CurriculumConfig, ladders: Mapping[str, LadderShape | int]) -> None:
+    """Before training: a fixed static rung, or `static_generator`'s reference, must exist in every
+    instruction's ladder."""
+    if cfg.schedule != "static":
         return
-    bad = sorted(iid for iid, n in n_rungs_by_instruction.items() if _static_rung(cfg.static_rung, n) is None)
+    shapes = {iid: s if isinstance(s, LadderShape) else LadderShape(s) for iid, s in ladders.items()}
+    bad = sorted(iid for iid, shape in shapes.items() if _static_rung(cfg, shape) is None)
     if bad:
-        examples = ", ".join(f"'{iid}' ({n_rungs_by_instruction[iid]} rungs)" for iid in bad[:_EXAMPLES])
+        examples = ", ".join(f"'{iid}' ({shapes[iid].n_rungs} rungs)" for iid in bad[:_EXAMPLES])
         more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
+        hint = (
+            "Its response was left out of those ladders (failed, unscored, or dropped below the policy); "
+            "see the ladder_exclusions table."
+            if cfg.static_generator is not None
+            else "Rungs count from 0 (the lowest); use static_rung: best for each ladder's top rung."
+        )
         raise ValueError(
-            f"curriculum.static_rung={cfg.static_rung} is outside the ladders of {len(bad)} of "
-            f"{len(n_rungs_by_instruction)} instructions: {examples}{more}. Rungs count from 0 (the "
-            "policy's own response); use static_rung: best for each ladder's top rung."
+            f"{_static_setting(cfg)} is not in the ladders of {len(bad)} of {len(shapes)} instructions: "
+            f"{examples}{more}. {hint}"
         )
 
 
@@ -170,10 +195,20 @@ def _draw(key: str | bytes | int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
 
 
-def _static_rung(setting: Literal["self", "best"] | int, n_rungs: int) -> int | None:
-    """The static rung in a ladder of `n_rungs`; None if a fixed rung is outside it."""
+def _static_setting(cfg: CurriculumConfig) -> str:
+    if cfg.static_generator is not None:
+        return f"curriculum.static_generator='{cfg.static_generator}'"
+    return f"curriculum.static_rung={cfg.static_rung}"
+
+
+def _static_rung(cfg: CurriculumConfig, shape: LadderShape) -> int | None:
+    """The static rung in this ladder; None if the fixed rung or the generator is not in it."""
+    if cfg.static_generator is not None:
+        found = [i for i, name in enumerate(shape.generators) if name == cfg.static_generator]
+        return found[0] if found else None
+    setting = cfg.static_rung
     if setting == "self":
-        return 0
+        return shape.policy_rung
     if setting == "best":
-        return n_rungs - 1
-    return setting if 0 <= setting < n_rungs else None
+        return shape.n_rungs - 1
+    return setting if 0 <= setting < shape.n_rungs else None

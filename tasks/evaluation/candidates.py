@@ -7,10 +7,18 @@ the registered trained model, `latest` the newest complete checkpoint, `all` eve
 (one candidate each, named `<name>@<step>`). LoRA checkpoints are merged once into plain folders
 under `<root>/models/checkpoints/`, so every backend can load them. `model: model:<id>` names a
 model registered in the catalog.
+
+`from_sft` names this recipe's SFT models (tasks/stages/sft.py), from the newest run of its stage:
+`writer` the policy's SFT starting point, `reference` the Reference-SFT baseline. With `sft.writer`,
+`from_training: base` is the SFT writer's model too (RL's step 0), and LoRA checkpoints merge into
+the model their run started from (their `wrl_lineage.json` says which). The paper's rows for one
+base model: `model: <the policy's model>` (base), `from_sft: writer` (SFT), `from_sft: reference`
+(Reference-SFT), `from_training: final` (Writing-RL).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,7 @@ from configs.schema import CandidateConfig, Recipe
 from storage import Storage
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.training.checkpoints import TrainingRunPaths, checkpoint_model, checkpoints, training_run_paths
+from tasks.training.sft import sft_run_paths
 
 REGISTERED_PREFIX = "model:"
 
@@ -32,7 +41,8 @@ class Candidate:
     strategy: str
     system_prompt: str | None
     tokenizer: str | None  # for LongBench v2 truncation; None: the model's own (local models)
-    source: str  # model | registered | training:base | training:final | checkpoint
+    # model | registered | training:base | training:final | checkpoint | sft:writer | sft:reference
+    source: str
     train_run_id: str | None = None
     step: int | None = None  # training step of this policy (0 = before training)
 
@@ -90,9 +100,16 @@ def _resolve(recipe: Recipe, storage: Storage, config: CandidateConfig) -> list[
                               train_run_id=row["train_run_id"], step=row["step"], **common)]  # fmt: skip
         return [Candidate(config.name, backend, config.model, source="model", **common)]
 
+    if config.from_sft is not None:
+        row = _sft_model(recipe, storage, config.from_sft, where)
+        # No training run or step: the comparison table's step column and the plots are RL steps.
+        return [Candidate(config.name, backend, row["path"], source=f"sft:{config.from_sft}", **common)]
     paths = _training_run(recipe, storage)
     if config.from_training == "base":
-        return [Candidate(config.name, backend, recipe.policy.model, source="training:base",
+        base = recipe.policy.model
+        if recipe.sft is not None and recipe.sft.writer is not None:  # RL starts from the SFT writer
+            base = _sft_model(recipe, storage, "writer", where)["path"]
+        return [Candidate(config.name, backend, base, source="training:base",
                           train_run_id=paths.curriculum_id if paths else None, step=0, **common)]  # fmt: skip
     if paths is None:
         raise ConfigError(
@@ -115,12 +132,45 @@ def _resolve(recipe: Recipe, storage: Storage, config: CandidateConfig) -> list[
         )
     if config.from_training == "latest":
         found = found[-1:]
-    base_path = resolve_model_path_once(recipe.policy.model, Path(recipe.storage.model_cache))
     merged_dir = storage.root / "models" / "checkpoints"
     candidates = []
     for step, folder in found:
+        base_path = resolve_model_path_once(_run_base(recipe, folder), Path(recipe.storage.model_cache))
         model = str(checkpoint_model(folder, base_path, merged_dir))
         name = config.name if config.from_training == "latest" else f"{config.name}@{step}"
         candidates.append(Candidate(name, backend, model, source="checkpoint",
                                     train_run_id=paths.curriculum_id, step=step, **common))  # fmt: skip
     return candidates
+
+
+def _run_base(recipe: Recipe, checkpoint: Path) -> str:
+    """The model a checkpoint's run started from: its lineage says (the SFT writer's folder when RL
+    started from it); the policy's model for checkpoints written before it did."""
+    lineage = Path(checkpoint) / "wrl_lineage.json"
+    if lineage.is_file():
+        base = json.loads(lineage.read_text()).get("base_model")
+        if base:
+            return str(base)
+    return recipe.policy.model
+
+
+SFT_STAGES = {"writer": "sft_writer", "reference": "sft_reference"}
+
+
+def _sft_model(recipe: Recipe, storage: Storage, mode: str, where: str) -> dict[str, Any]:
+    """The registered model of this recipe's newest `sft_<mode>` stage run (ConfigError when none)."""
+    stage = SFT_STAGES[mode]
+    run = storage.catalog.latest_stage_run(stage, recipe.name)
+    if run is None:
+        raise ConfigError(
+            f"{where}: from_sft '{mode}' needs a run of stage {stage} of recipe '{recipe.name}' in "
+            f"{storage.root}; run `wrl stage {stage}` first (the recipe needs `sft.{mode}`)"
+        )
+    model_id = sft_run_paths(storage.root, recipe.name, mode, run["cache_key"]).model_id
+    row = storage.training.model(model_id)
+    if row is None:
+        raise ConfigError(
+            f"{where}: the newest {stage} run ({run['stage_run_id'][:12]}, {run['status']}) registered no "
+            f"model '{model_id}'; run `wrl stage {stage}` to finish it"
+        )
+    return row

@@ -389,11 +389,11 @@ def load_jsonl(cfg: DataConfig) -> list[Instruction]:
     return c.finish()
 
 
-@register_loader("parquet")
-def load_parquet(cfg: DataConfig) -> list[Instruction]:
+def _parquet_rows(c: _Collector, cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(location, row, file name) for every row of the Parquet file or folder; an unreadable file
+    becomes a problem."""
     import pyarrow.parquet as pq
 
-    c = _Collector(str(cfg.path))
     for path, display, name in _data_files(cfg, ".parquet"):
         try:
             rows = pq.read_table(path).to_pylist()
@@ -401,7 +401,14 @@ def load_parquet(cfg: DataConfig) -> list[Instruction]:
             c.problem(display, "parquet", f"cannot read: {exc}")
             continue
         for i, row in enumerate(rows, start=1):
-            _add_generic(c, f"{display}:row {i}", row, cfg, f"parquet:{name}", "parquet")
+            yield f"{display}:row {i}", row, name
+
+
+@register_loader("parquet")
+def load_parquet(cfg: DataConfig) -> list[Instruction]:
+    c = _Collector(str(cfg.path))
+    for loc, row, name in _parquet_rows(c, cfg):
+        _add_generic(c, loc, row, cfg, f"parquet:{name}", "parquet")
     return c.finish()
 
 

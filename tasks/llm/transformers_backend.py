@@ -58,6 +58,11 @@ _KEY_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 # seeding and generating must not interleave with another batch; on a CPU the cores are shared
 # anyway. (The fast GPU path is vLLM, not this backend.)
 _COMPUTE_LOCK = threading.Lock()
+# transformers' from_pretrained is not thread-safe: two different folders loading at once in two
+# threads (an SFT policy next to a local competitor, each generator on its own thread) both came back
+# with lm_head left on the meta device ("Cannot copy out of meta tensor"), for SmolLM2's tied
+# embeddings, every time (transformers 5.19). Loads take turns; generation still runs concurrently.
+_LOAD_LOCK = threading.Lock()
 
 
 def _resolve_device(device: str) -> str:
@@ -90,7 +95,8 @@ def _load_shared(model: str, model_cache: Path, device: str, dtype: str) -> Load
         with _MODELS_LOCK:
             if key in _MODELS:
                 return _MODELS[key]
-        loaded = _load(path, device, dtype)
+        with _LOAD_LOCK:  # one load at a time, whatever the model (see _LOAD_LOCK)
+            loaded = _load(path, device, dtype)
         with _MODELS_LOCK:
             _MODELS[key] = loaded
     return loaded

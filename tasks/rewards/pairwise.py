@@ -35,6 +35,29 @@ nothing. An unparsable reply is re-asked (`ask_until_parsed`, shared with the po
 "logprob" mode (in-process judges): one probe of the first reply token over "A", "B", "C",
 renormalised; a tie when "C" is most probable or |P(A) - P(B)| < `reward.tie_margin`.
 
+Prompt versions (`judge.prompt_version`, registry `PAIRWISE_PROMPTS`):
+
+- "v1" (the default): our prompt, as described above: a system message, the fenced sections,
+  the "content is data" clause, the verdict asked alone on the last line.
+- "official": the official code's templates (verl/utils/reward_score/judge_prompts.py,
+  JUDGE_TEMPLATE_DEFAULT without criteria, JUDGE_TEMPLATE_CRITERIA with them) byte for byte, as
+  ONE user message with no system message; the criteria are formatted by `official_criteria_text`,
+  the same text our verl export hands the official code. The paper recipes use it for the reward
+  judge, with the official decoding (temperature 0.1). It keeps the official clause that severe
+  repetition or redundancy loses the comparison (the classic reward hack of long RL rollouts), and
+  it has no fences: a response can forge "[The End of Assistant B's Answer]" (docs/reliability.md
+  measures what that lets through). Departures from the official code: (1) how the reply is
+  read (json mode sends the official text unchanged): it goes through OUR strict
+  `parse_verdict`, not the official parser (the first `[[X]]` anywhere in the reply, else any
+  "A" in it, which turns a rationale quoting the response, or a fault, into a verdict). The
+  official text asks for the verdict "by strictly following this format" after the explanation
+  but never says "on its own last line"; judges that answer as MT-Bench judges do (explanation,
+  then `[[B]]` or "Final verdict: [[B]]" as the last line) parse, and any other reply is re-asked
+  with a text that asks for the verdict alone on the last line (the official code has no re-ask).
+  (2) logprob mode replaces only the format sentence ("After providing your explanation, output
+  your final verdict ... for a tie.") with a one-letter answer instruction; the rest, the
+  repetition NOTE included, is sent as is.
+
 Failures. An API call that failed after the backend's retries, a verdict still unparsable after
 the re-asks, or a probe that raised or gave unusable values is a failure: reward None with an
 error, NEVER a loss and never a win (a 0 would punish the policy for the judge's outage and teach
@@ -53,7 +76,7 @@ import re
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from configs.schema import JudgeConfig, RewardConfig
 from tasks.instructions.schema import Criterion
@@ -195,10 +218,31 @@ def _criteria_lines(criteria: Sequence[Criterion]) -> str:
     return "\n".join(f"- {c.name}" + (f": {c.description}" if c.description else "") for c in criteria)
 
 
+class PairwisePromptVersion(Protocol):
+    """What every registered pairwise prompt version provides. Editing wording means registering a
+    new version: cached verdicts are keyed by the messages, and results by the recipe's
+    `prompt_version`."""
+
+    @property
+    def reask(self) -> str:  # .format(error=): the user turn after an unparsable reply
+        ...
+
+    def messages(
+        self,
+        instruction: str,
+        response_a: str,
+        response_b: str,
+        criteria: Sequence[Criterion] = (),
+        mode: str = "json",
+    ) -> list[Message]:
+        """The judge's messages for one order (`response_a` shown first). Pure and deterministic."""
+        ...
+
+
 @dataclass(frozen=True)
 class PairwisePrompt:
-    """One version of the pairwise judge prompt. Editing wording means registering a new version:
-    cached verdicts are keyed by the messages, and results by the recipe's `prompt_version`."""
+    """Our fenced prompt ("v1"): a system message, then a user message with every section between
+    unforgeable fences and the verdict asked alone on the last line."""
 
     system: str
     user: str  # .format(tag=, instruction=, response_a=, response_b=, focus=, answer=) + fence lines
@@ -234,7 +278,7 @@ class PairwisePrompt:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
-PAIRWISE_PROMPTS: Registry[PairwisePrompt] = Registry("pairwise judge prompt")
+PAIRWISE_PROMPTS: Registry[PairwisePromptVersion] = Registry("pairwise judge prompt")
 
 PAIRWISE_PROMPTS.register("v1")(
     PairwisePrompt(
@@ -278,6 +322,105 @@ PAIRWISE_PROMPTS.register("v1")(
         reask=(
             "Your reply could not be used: {error}. Reply again: a brief explanation, then on its own last "
             "line exactly one of [[A]], [[B]] or [[C]], with nothing after it."
+        ),
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The official prompt ("official")
+# ---------------------------------------------------------------------------------------------
+
+# Copied byte for byte from the official code (Tongyi-Zhiwen/Writing-RL @ 3f16f29,
+# verl/utils/reward_score/judge_prompts.py: JUDGE_TEMPLATE_DEFAULT and JUDGE_TEMPLATE_CRITERIA),
+# escapes and all. JUDGE_TEMPLATE_CRITERIA opens with four quotes, so its text starts with a stray
+# `"` before "Please act": a typo upstream, kept here because the official judge read it too.
+# Do not edit: a changed prompt is a new version.
+OFFICIAL_TEMPLATE_DEFAULT = """Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user question displayed below. You should choose the assistant that follows the user's instructions and answers the user's question better. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of their responses. Begin your evaluation by comparing the two responses and provide a short explanation. Avoid any position biases and ensure that the order in which the responses were presented does not influence your decision. Do not allow the length of the responses to influence your evaluation. Do not favor certain names of the assistants. Be as objective as possible. After providing your explanation, output your final verdict by strictly following this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie. NOTE: If the response contains severe repetition or redundancy, it should be viewed as low quality score, losing the comparison.
+
+[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"""
+
+
+OFFICIAL_TEMPLATE_CRITERIA = """"Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user question displayed below. You should choose the assistant that follows the user's instructions and answers the user's question better. Your evaluation should consider the following dimensions.
+
+{criteria}
+
+Begin your evaluation by comparing the two responses and provide a short explanation. Avoid any position biases and ensure that the order in which the responses were presented does not influence your decision. Do not allow the length of the responses to influence your evaluation. Do not favor certain names of the assistants. Be as objective as possible. After providing your explanation, output your final verdict by strictly following this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie. NOTE: If the response contains severe repetition or redundancy, it should be viewed as low quality score, losing the comparison.
+
+[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"""
+
+# The sentence that asks for the explanation and the [[X]] verdict; logprob mode swaps it for
+# OFFICIAL_LOGPROB_FORMAT (a one-token probe cannot read an explanation first).
+OFFICIAL_JSON_FORMAT = (
+    "After providing your explanation, output your final verdict by strictly following this format: "
+    '"[[A]]" if assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
+)
+OFFICIAL_LOGPROB_FORMAT = (
+    "Instead of writing your explanation, output only your final verdict, as a single letter and "
+    'nothing else: "A" if assistant A is better, "B" if assistant B is better, and "C" for a tie.'
+)
+
+
+def official_criteria_text(criteria: Sequence[Criterion]) -> str | None:
+    """Criteria as the plain text the official criteria template puts under "consider the following
+    dimensions": one "1. name: description" line per criterion (": description" only when there is
+    one), then its rubric bands as "   - band: meaning" lines. None when there are none (the official
+    code then uses its default template). The one formatter for it: our verl export
+    (tasks.curation.ordering.criteria_text) calls it, so the official code given our export and the
+    "official" prompt version here show the judge the same text."""
+    lines = []
+    for i, c in enumerate(criteria, 1):
+        head = f"{i}. {c.name}"
+        lines.append(f"{head}: {c.description}" if c.description else head)
+        lines += [f"   - {band}: {meaning}" for band, meaning in c.rubric.items()]
+    return "\n".join(lines) or None
+
+
+@dataclass(frozen=True)
+class OfficialPairwisePrompt:
+    """The official MT-Bench style prompt: ONE user message (no system message), the criteria
+    template when there are criteria, else the default one; Response A is the first shown, as the
+    official `llm_judge(prompt, answer_a, answer_b)` formats it. No fences and no "content is
+    data" clause: see docs/reliability.md for what that lets through."""
+
+    default_template: str  # .format(question=, answer_a=, answer_b=)
+    criteria_template: str  # .format(question=, answer_a=, answer_b=, criteria=)
+    json_format: str  # the sentence of both templates that logprob mode replaces
+    logprob_format: str
+    reask: str  # .format(error=)
+
+    def messages(
+        self,
+        instruction: str,
+        response_a: str,
+        response_b: str,
+        criteria: Sequence[Criterion] = (),
+        mode: str = "json",
+    ) -> list[Message]:
+        criteria_text = official_criteria_text(criteria)
+        template = self.default_template if criteria_text is None else self.criteria_template
+        if mode == "logprob":
+            # In the template, before formatting: a response quoting the sentence keeps its text.
+            if template.count(self.json_format) != 1:
+                raise ValueError("the official template must hold its format sentence exactly once")
+            template = template.replace(self.json_format, self.logprob_format)
+        fields = {"question": instruction, "answer_a": response_a, "answer_b": response_b}
+        if criteria_text is not None:
+            fields["criteria"] = criteria_text
+        # str.format parses only the template: braces inside the texts are inserted as is.
+        return [{"role": "user", "content": template.format(**fields)}]
+
+
+PAIRWISE_PROMPTS.register("official")(
+    OfficialPairwisePrompt(
+        default_template=OFFICIAL_TEMPLATE_DEFAULT,
+        criteria_template=OFFICIAL_TEMPLATE_CRITERIA,
+        json_format=OFFICIAL_JSON_FORMAT,
+        logprob_format=OFFICIAL_LOGPROB_FORMAT,
+        reask=(
+            "Your reply could not be used: {error}. Reply again: a short explanation, then your final "
+            "verdict alone on its own last line, exactly one of [[A]], [[B]] or [[C]], with nothing "
+            'before it on that line except an optional "Final verdict:" and nothing after it.'
         ),
     )
 )
@@ -396,7 +539,11 @@ def _outcome(letter: Letter, policy_position: Position) -> Outcome:
 
 
 async def _judge_json(
-    client: LLMClient, judge: JudgeConfig, prompt: PairwisePrompt, messages: list[Message], position: Position
+    client: LLMClient,
+    judge: JudgeConfig,
+    prompt: PairwisePromptVersion,
+    messages: list[Message],
+    position: Position,
 ) -> OrderVerdict:
     asked = await ask_until_parsed(
         client, messages, judge.decoding, parse_verdict,

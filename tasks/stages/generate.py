@@ -1,10 +1,12 @@
 """Stage 1, generate: every configured generator answers every instruction once.
 
 One generator is the policy (its response becomes rung 0 of the reference ladder); the others are
-competitors. Each generator has a strategy (direct, agentwrite, think-then-write; see
-tasks/generation). Each (instruction, generator) pair is one row of the `generations` dataset; a
-call that failed after its retries is a row with `error` set and `text` null, never an empty
-answer. Every LLM call goes through the response cache, so a killed run resumes mid-strategy.
+competitors. With `sft.writer`, the policy writes with the SFT writer's model (tasks/stages/sft.py):
+the stage then reads that `sft_models` version, which is in its cache key and its lineage. Each
+generator has a strategy (direct, agentwrite, think-then-write; see tasks/generation). Each
+(instruction, generator) pair is one row of the `generations` dataset; a call that failed after its
+retries is a row with `error` set and `text` null, never an empty answer. Every LLM call goes
+through the response cache, so a killed run resumes mid-strategy.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tasks.generation import STRATEGIES, StrategyResult, configured_strategy, ge
 from tasks.instructions import Instruction, instructions_from_arrow
 from tasks.llm.base import EndpointFailingError
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
+from tasks.stages.sft import sft_writer_model, writer_inputs
 
 GENERATIONS_SCHEMA = pa.schema(
     [
@@ -69,6 +72,7 @@ SPEC = StageSpec(
     outputs=("generations",),
     description="Each generator writes one response per instruction",
     config_slice=_config_slice,
+    extra_inputs=writer_inputs,  # the SFT writer's model, when the recipe has `sft.writer`
 )
 
 
@@ -79,6 +83,14 @@ async def _generate_all(ctx: StageContext) -> list[dict]:
     strategies = {  # options checked before any call
         g.name: configured_strategy(g, where=f"generators[{i}]") for i, g in enumerate(ctx.recipe.generators)
     }
+    generators = list(ctx.recipe.generators)
+    if (sft := sft_writer_model(ctx)) is not None:  # the policy writes with its SFT model
+        generators = [
+            g.model_copy(update={"model": sft["path"]}) if g.role == "policy" else g for g in generators
+        ]
+        ctx.logger.info(
+            "generate: the policy writes with the SFT model %s (%s)", sft["model_id"], sft["path"]
+        )
 
     async def one_generator(generator: GeneratorConfig) -> list[dict]:
         backend = ctx.recipe.backends[generator.backend]
@@ -96,7 +108,7 @@ async def _generate_all(ctx: StageContext) -> list[dict]:
 
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one_generator(g)) for g in ctx.recipe.generators]
+            tasks = [group.create_task(one_generator(g)) for g in generators]
     except* EndpointFailingError as failing:  # one endpoint down stops the stage, as before
         raise failing.exceptions[0] from None
     return [row for task in tasks for row in task.result()]

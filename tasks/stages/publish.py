@@ -41,7 +41,7 @@ def publish_stage_run(
 
     create_markdown_artifact(
         markdown=stage_markdown(result, inputs, config, storage, producers),
-        key=f"stage-{result.stage}",
+        key=f"stage-{result.stage.replace('_', '-')}",  # keys take lowercase letters, digits and dashes
         description=f"{result.stage}: inputs, outputs and lineage",
     )
     if not result.cached:  # a cache hit materialised nothing (Prefect's own rule for cached tasks)

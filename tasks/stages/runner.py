@@ -35,6 +35,15 @@ class StageSpec:
     outputs: tuple[str, ...]
     description: str
     config_slice: Callable[[Recipe], Any]  # exactly the config this stage reads
+    # Inputs a recipe adds (generate and train read `sft_models` when `sft.writer` is set). A recipe
+    # that adds none passes the stage the same inputs, so its cache keys are what they were.
+    extra_inputs: Callable[[Recipe], tuple[str, ...]] = lambda recipe: ()
+    # Whether the recipe runs this stage at all (the sft stages run only when configured).
+    enabled: Callable[[Recipe], bool] = lambda recipe: True
+
+    def inputs_for(self, recipe: Recipe) -> tuple[str, ...]:
+        """The datasets this stage reads under `recipe`: its fixed inputs, then the recipe's extras."""
+        return (*self.inputs, *self.extra_inputs(recipe))
 
 
 @dataclass
@@ -103,7 +112,7 @@ def run_stage(
 ) -> StageResult:
     started = time.perf_counter()
     inputs = dict(inputs or {})
-    missing = set(spec.inputs) - set(inputs)
+    missing = set(spec.inputs_for(recipe)) - set(inputs)
     if missing:
         raise ValueError(f"stage '{spec.name}' needs inputs {sorted(missing)}; got {sorted(inputs)}")
     storage = storage or open_storage(recipe.storage)

@@ -2,8 +2,9 @@
 
 p = max over scored competitors of (s_j - s_policy); instructions whose every competitor scores
 below `selection.competitor_floor` are dropped first (too hard or flawed), then the top-k by p
-are kept. Every instruction gets a row: its p, whether it was selected, and why not
-(tasks/curation/selection.py has the rules for ties and missing scores).
+are kept (within each data source with `selection.per_source`). Every instruction gets a row: its
+p, its source, whether it was selected, and why not (tasks/curation/selection.py has the rules for
+ties, broken by a seeded shuffle recorded per instruction, and missing scores).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpe
 
 SPEC = StageSpec(
     name="select",
-    version=1,
-    inputs=("judgments",),
+    version=2,  # 2: ties at the cut by a seeded shuffle; sources and per-source cuts
+    inputs=("judgments", "instructions"),
     outputs=("selections",),
     description="Margin-aware selection of the instructions with the most to learn",
     config_slice=lambda r: {"selection": r.selection.model_dump(mode="json")},
@@ -31,7 +32,9 @@ SPEC = StageSpec(
 
 def compute(ctx: StageContext) -> StageOutput:
     judgments = ctx.read("judgments").select(["instruction_id", "generator", "role", "score"])
-    selections = select_instructions(judgments, ctx.recipe.selection)
+    instructions = ctx.read("instructions").select(["id", "source"]).to_pylist()
+    sources = {row["id"]: row["source"] for row in instructions}
+    selections = select_instructions(judgments, ctx.recipe.selection, sources)
     rows = selections.to_pylist()
     chosen = [r for r in rows if r["selected"]]
     margins = sorted(r["p"] for r in rows if r["p"] is not None)
@@ -42,6 +45,8 @@ def compute(ctx: StageContext) -> StageOutput:
         "dropped": len(rows) - len(chosen),
         "drop_reasons": dict(Counter(r["reason"].split(" (")[0] for r in rows if not r["selected"])),
     }
+    if ctx.recipe.selection.per_source:
+        summary["selected_per_source"] = dict(sorted(Counter(r["source"] for r in chosen).items()))
     if margins:
         summary["p_min_median_max"] = [
             round(margins[0], 3),

@@ -12,6 +12,9 @@ are keyed on the stage's cache key (same config, same ladders -> same key; the r
 part of it). A killed run's next attempt finds the newest checkpoint, restores the
 curriculum to that checkpoint's snapshot and continues; the judge's calls come back from the
 response cache.
+
+With `sft.writer`, RL starts from the SFT writer's model (tasks/stages/sft.py): the stage then reads
+its `sft_models` version (in the cache key and the lineage), and the registered policy's base is it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from storage import DatasetRef
 from tasks.curriculum import validate_static_rung
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.llm.registry import release_local_engines
+from tasks.rewards.pairwise import PAIRWISE_PROMPTS
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
+from tasks.stages.sft import REGISTERED_PREFIX, sft_writer_model, writer_inputs
 from tasks.training.args import world_size
 from tasks.training.checkpoints import training_run_paths
 from tasks.training.data import training_items
@@ -73,6 +78,7 @@ SPEC = StageSpec(
     outputs=("train_metrics", "train_judgments", "curriculum_history"),
     description="RL on the ladders: pairwise judge reward, dynamic reference scheduling",
     config_slice=_config_slice,
+    extra_inputs=writer_inputs,  # the SFT writer's model RL starts from, when the recipe has `sft.writer`
 )
 
 
@@ -90,10 +96,22 @@ def compute(ctx: StageContext) -> StageOutput:
     judge = _reward_judge(recipe)
     if judge is None:
         raise ConfigError(f"recipe '{recipe.name}': training needs `reward.judge` or a top-level `judge`")
+    if recipe.reward.kind == "pairwise" and judge.prompt_version not in PAIRWISE_PROMPTS:
+        raise ConfigError(
+            f"recipe '{recipe.name}': reward judge prompt_version '{judge.prompt_version}' is not a pairwise "
+            f"judge prompt (registered: {', '.join(sorted(PAIRWISE_PROMPTS))})"
+        )
     items = training_items(ctx.read("ladders"), ctx.read("instructions"))
     if not items:
         raise ValueError(f"{ctx.inputs['ladders']}: no ladders to train on")
-    validate_static_rung(recipe.curriculum, {iid: item.n_rungs for iid, item in items.items()})
+    validate_static_rung(recipe.curriculum, {iid: item.shape for iid, item in items.items()})
+    # The held-out ladders: validation only (training.eval_steps); the curriculum never holds them.
+    validation_items = training_items(ctx.read("ladders"), ctx.read("instructions"), split="validation")
+    if recipe.training.eval_steps is not None and not validation_items:
+        raise ConfigError(
+            f"{ctx.inputs['ladders']}: training.eval_steps needs held-out ladders, and this table has none "
+            "(ordering.validation_size)"
+        )
 
     paths = training_run_paths(ctx.storage.root, recipe.name, ctx.cache_key)
     curriculum_id = paths.curriculum_id
@@ -105,12 +123,17 @@ def compute(ctx: StageContext) -> StageOutput:
         ladders_ref=str(ctx.inputs["ladders"]),
     )
     model_id, model_dir = paths.model_id, paths.model_dir
+    base_model, base_label = recipe.policy.model, recipe.policy.model
+    if (sft := sft_writer_model(ctx)) is not None:  # RL starts from the SFT writer
+        base_model, base_label = sft["path"], REGISTERED_PREFIX + sft["model_id"]
     spec = LaunchSpec(
         recipe=recipe, judge=judge, items=items,
-        base_model=resolve_model_path_once(recipe.policy.model, Path(recipe.storage.model_cache)),
+        validation_items=validation_items if recipe.training.eval_steps is not None else {},
+        base_model=resolve_model_path_once(base_model, Path(recipe.storage.model_cache)),
         work_dir=paths.work_dir, model_dir=model_dir, curriculum_id=curriculum_id, stage_run_id=ctx.stage_run_id,
         lineage={"ladders": str(ctx.inputs["ladders"]), "instructions": str(ctx.inputs["instructions"]),
-                 "cache_key": ctx.cache_key, "stage_run_id": ctx.stage_run_id, "base_model": recipe.policy.model},
+                 "cache_key": ctx.cache_key, "stage_run_id": ctx.stage_run_id, "base_model": base_model}
+                | ({"sft_models": str(ctx.inputs["sft_models"])} if sft is not None else {}),
     )  # fmt: skip
     # The trainer's process tree owns the devices: curation's engines go first.
     release_local_engines()
@@ -132,7 +155,7 @@ def compute(ctx: StageContext) -> StageOutput:
             spec.usage_file.unlink()
     done = events["done"]
     log.register_model(
-        {"model_id": model_id, "path": str(model_dir), "base_model": recipe.policy.model,
+        {"model_id": model_id, "path": str(model_dir), "base_model": base_label,
          "train_run_id": curriculum_id, "stage_run_id": ctx.stage_run_id,
          "ladders_ref": str(ctx.inputs["ladders"]), "config_hash": ctx.cache_key, "step": done["final_step"]}
     )  # fmt: skip
@@ -154,6 +177,12 @@ def compute(ctx: StageContext) -> StageOutput:
         "promotions": int(sum(1 for p in history.column("promoted").to_pylist() if p)),
         "final_rungs": dict(sorted(Counter(state.values()).items())),
     }
+    if spec.validation_items:  # the last periodic validation on the held-out ladders
+        validated = [m for m in metrics.to_pylist() if m["name"] == "eval_validation/reward"]
+        summary["validation_ladders"] = len(spec.validation_items)
+        if validated:
+            last = max(validated, key=lambda m: m["step"])
+            summary["validation"] = {"step": last["step"], "reward": round(last["value"], 4)}
     return StageOutput(
         tables={"train_metrics": metrics, "train_judgments": judgments, "curriculum_history": history},
         summary=summary,

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from configs.schema import TrainingConfig
+from configs.schema import LoraConfig, TrainingConfig
 
 
 def world_size() -> int:
@@ -24,12 +24,28 @@ def policy_dtype(training: TrainingConfig, *, on_cpu: bool) -> str:
     return "bfloat16" if training.bf16 and not on_cpu else "float32"
 
 
+def optimizer_steps(training: TrainingConfig, rl_steps: int) -> int:
+    """TRL's optimizer steps (its `global_step`) at the end of RL step `rl_steps`."""
+    return rl_steps * training.updates_per_step
+
+
+def rl_step(training: TrainingConfig, global_step: int) -> int:
+    """The RL step TRL's `global_step` has completed (steps are counted from 1; 0 before the first).
+    A checkpoint, a curriculum update and a log line all fall where this is exact."""
+    return global_step // training.updates_per_step
+
+
 def trainer_args(
     training: TrainingConfig, output_dir: Path, *, world_size: int = 1, hardware_checks: bool = True
 ):
-    """GRPOConfig / RLOOConfig from the recipe. `batch_size` counts prompts per optimisation
-    step; TRL counts completions per device, so the per-device batch is
-    batch_size * num_generations / (world_size * gradient_accumulation_steps).
+    """GRPOConfig / RLOOConfig from the recipe. The recipe counts RL steps: `batch_size` prompts x
+    `num_generations` rollouts generated and judged once (one generation batch), cut into
+    world_size x gradient_accumulation_steps micro-batches and trained in `updates_per_step`
+    optimizer updates. In TRL's terms: per_device_train_batch_size = completions / (world_size x
+    gradient_accumulation_steps), its gradient_accumulation_steps = ours / updates_per_step, and so
+    steps_per_generation = ours (TRL derives it from generation_batch_size); max_steps, save_steps
+    and logging_steps are RL steps x updates_per_step, so every checkpoint and every log falls at
+    the end of an RL step (a resume then starts a new generation batch, as the killed run did).
 
     `hardware_checks=False` builds the same config with bf16 off and the CPU allowed: what
     `validate_training` uses to check a GPU recipe on a machine without a GPU (transformers
@@ -43,23 +59,28 @@ def trainer_args(
             f"training: batch_size x num_generations = {completions} completions per step must divide "
             f"evenly over {world_size} device(s) x {training.gradient_accumulation_steps} accumulation steps"
         )
+    updates = training.updates_per_step
     cpu = training.device == "cpu" or not hardware_checks
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         learning_rate=training.learning_rate,
+        lr_scheduler_type=training.lr_scheduler,
+        # transformers 5: a float below 1 is the share of the optimizer steps (ceil'd).
+        warmup_steps=training.warmup_ratio,
+        weight_decay=training.weight_decay,
         beta=training.kl_coef,
         per_device_train_batch_size=completions // per_step,
-        # One generation batch per optimisation step, across all processes: the step's prompts
-        # x their groups (explicit, so a single-process validation checks the multi-GPU layout).
+        # One generation batch per RL step, across all processes: the step's prompts x their groups
+        # (explicit, so a single-process validation checks the multi-GPU layout).
         generation_batch_size=completions,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        gradient_accumulation_steps=training.gradient_accumulation_steps // updates,
         num_generations=training.num_generations,
         max_completion_length=training.max_response_tokens,
         temperature=training.temperature,
-        max_steps=training.max_steps,
-        save_steps=training.save_steps,
+        max_steps=optimizer_steps(training, training.max_steps),
+        save_steps=optimizer_steps(training, training.save_steps),
         save_total_limit=training.save_total_limit,
-        logging_steps=1,
+        logging_steps=updates,  # once per RL step, TRL's metrics averaged over its updates
         seed=training.seed,
         report_to="none",
         # CPU: bf16 and gradient checkpointing make a step ~6x slower (ENVIRONMENT.md).
@@ -69,6 +90,16 @@ def trainer_args(
         use_vllm=training.use_vllm,
         model_init_kwargs={"dtype": policy_dtype(training, on_cpu=cpu)},
     )
+    if training.algorithm == "grpo":  # RLOOConfig has neither (the schema refuses them for rloo)
+        kwargs["entropy_coef"] = training.entropy_coef
+        kwargs["delta"] = training.clip_ratio_c
+    if training.eval_steps is not None:
+        # Periodic validation on the held-out ladders (the worker passes them as the eval dataset):
+        # one rollout per instruction, as the official run's validation (verl's n=1).
+        kwargs["eval_strategy"] = "steps"
+        kwargs["eval_steps"] = training.eval_steps * updates
+        kwargs["num_generations_eval"] = 1
+        kwargs["per_device_eval_batch_size"] = training.eval_batch_size
     if training.use_vllm:
         # Without it vLLM sizes its KV cache for the model's whole context (131,072 tokens for Llama
         # 3.1); prompts are cut to max_prompt_tokens (tasks/training/data.py).
@@ -92,3 +123,15 @@ def validate_training(training: TrainingConfig, world_sizes: tuple[int, ...] = (
         except ValueError as exc:
             problems.append(f"training on {size} device(s): {exc}")
     return problems
+
+
+def peft_lora_config(lora: LoraConfig | None):
+    """peft's LoraConfig for a recipe's `lora` block (RL and SFT alike); None trains every weight."""
+    if lora is None:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+    )  # fmt: skip

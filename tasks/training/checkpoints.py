@@ -1,9 +1,13 @@
 """Where a training run keeps its things, and its checkpoints as models another stage can load.
 
 A run is named by its stage cache key (same config + same ladders -> same run): its checkpoints
-live under `<root>/training/<key16>/checkpoint-<step>/`, its curriculum is `train-<key16>` and its
+live under `<root>/training/<key16>/checkpoint-<n>/`, its curriculum is `train-<key16>` and its
 final policy is registered as `<recipe>-<key8>`. This module does not import TRL, so evaluation can
 use it without loading the trainer.
+
+TRL names a checkpoint by its optimizer step n; everything else (the curriculum, the step logs,
+`checkpoints()`, evaluation) counts RL steps. With `training.updates_per_step` u > 1, checkpoint-n
+holds RL step n / u: the run writes u to `wrl_steps.json` in its work folder before training.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_LOG = "trainer_log.jsonl"  # TRL's own per-step log dicts, one JSON line each, in the work dir
+STEPS_FILE = "wrl_steps.json"  # {"updates_per_step": u}: TRL's optimizer steps per RL step
 
 
 @dataclass(frozen=True)
@@ -38,19 +43,40 @@ def training_run_paths(root: Path, recipe_name: str, cache_key: str) -> Training
     )
 
 
+def write_updates_per_step(work_dir: Path, updates_per_step: int) -> None:
+    """Record the run's optimizer updates per RL step (before its first checkpoint can exist)."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    partial = work_dir / f".{STEPS_FILE}.{os.getpid()}"
+    partial.write_text(json.dumps({"updates_per_step": updates_per_step}))
+    partial.replace(work_dir / STEPS_FILE)
+
+
+def updates_per_step(work_dir: Path) -> int:
+    """The run's optimizer updates per RL step; 1 for a run that recorded none (written before it)."""
+    path = Path(work_dir) / STEPS_FILE
+    return int(json.loads(path.read_text())["updates_per_step"]) if path.is_file() else 1
+
+
 def checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first. A folder without trainer_state.json was being written
-    when the process died (or is being written now): not a checkpoint yet."""
+    """Complete checkpoints and their RL steps, oldest first. A folder without trainer_state.json was
+    being written when the process died (or is being written now): not a checkpoint yet. One not at
+    the end of an RL step cannot be resumed exactly and is not listed (the trainer never writes one)."""
+    updates = updates_per_step(work_dir)
     found = []
     for path in Path(work_dir).glob("checkpoint-*"):
         match = _CHECKPOINT.match(path.name)
         if match and (path / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), path))
+            optimizer_step = int(match.group(1))
+            if optimizer_step % updates:
+                logger.warning("%s: not at the end of an RL step (%d updates each); ignored", path, updates)
+                continue
+            found.append((optimizer_step // updates, path))
     return sorted(found)
 
 
 def latest_checkpoint(work_dir: Path) -> tuple[Path, int] | None:
-    """The newest complete checkpoint folder and its step."""
+    """The newest complete checkpoint folder and its RL step."""
     found = checkpoints(work_dir)
     if not found:
         return None

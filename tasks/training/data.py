@@ -1,7 +1,7 @@
 """What training reads: the ladders of stage 4, joined with the instructions, as plain Python.
 
 `TrainingItem` holds one instruction's prompt, criteria, required length and its reference rungs
-(rung 0 the policy's own initial response, then references by ascending score). The TRL dataset
+(all of its responses by ascending score, the policy's own initial one at `policy_rung`). The TRL dataset
 built from them carries only the prompt and the instruction id: the reference a rollout is judged
 against is looked up by the reward at judging time, from the curriculum's current rung, so it is
 never frozen into the dataloader (which TRL builds once).
@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from configs.schema import GeneratorConfig
+from tasks.curriculum import LadderShape
 from tasks.generation import STRATEGIES
 from tasks.instructions import Criterion, Instruction, instructions_from_arrow
 
@@ -37,17 +38,30 @@ class TrainingItem:
     criteria: tuple[Criterion, ...]
     required_length: int | None
     rungs: tuple[Rung, ...]
+    policy_rung: int = 0  # the rung holding the policy's own response
 
     @property
     def n_rungs(self) -> int:
         return len(self.rungs)
 
+    @property
+    def shape(self) -> LadderShape:
+        return LadderShape(self.n_rungs, self.policy_rung, tuple(r.generator for r in self.rungs))
 
-def training_items(ladders: pa.Table, instructions: pa.Table) -> dict[str, TrainingItem]:
-    """instruction id -> its item, in ladder order. Every ladder must have rung 0 and its instruction."""
+
+def training_items(
+    ladders: pa.Table, instructions: pa.Table, split: str = "train"
+) -> dict[str, TrainingItem]:
+    """instruction id -> its item, for the ladders of `split` ("train" or "validation"), in ladder
+    order. Every ladder must have rungs and its instruction. Ladders written before `policy_rung`
+    and `split` existed had the policy's response on rung 0 and were all for training."""
     by_id = {ins.id: ins for ins in instructions_from_arrow(instructions)}
     items: dict[str, TrainingItem] = {}
-    for row in ladders.select(["instruction_id", "prompt", "criteria_json", "rungs"]).to_pylist():
+    columns = ["instruction_id", "prompt", "criteria_json", "rungs"]
+    columns += [c for c in ("policy_rung", "split") if c in ladders.column_names]
+    for row in ladders.select(columns).to_pylist():
+        if row.get("split", "train") != split:
+            continue
         iid = row["instruction_id"]
         if iid not in by_id:
             raise ValueError(f"ladders: instruction '{iid}' is not in the instructions table")
@@ -59,6 +73,7 @@ def training_items(ladders: pa.Table, instructions: pa.Table) -> dict[str, Train
             criteria=tuple(Criterion(**c) for c in json.loads(row["criteria_json"] or "[]")),
             required_length=by_id[iid].required_length,
             rungs=tuple(Rung(r["generator"], r["score"], r["text"]) for r in row["rungs"]),
+            policy_rung=row.get("policy_rung") or 0,
         )
     return items
 
@@ -100,12 +115,16 @@ def train_dataset(
     policy: GeneratorConfig,
     tokenizer: Any = None,
     max_prompt_tokens: int | None = None,
+    *,
+    validation: bool = False,
 ):
     """The TRL training set: per row, the instruction id and the prompt exactly as the policy's
     strategy sends it (its system prompt; the think-then-write format instruction), so the policy is
-    trained in the format its rung-0 response was written in. Only single-call strategies can be
+    trained in the format its ladder response was written in. Only single-call strategies can be
     trained: AgentWrite writes one response in several calls. With a tokenizer, prompts longer than
-    `max_prompt_tokens` are truncated on the left (`left_truncated`); TRL itself truncates none."""
+    `max_prompt_tokens` are truncated on the left (`left_truncated`); TRL itself truncates none.
+    `validation=True` builds the eval set of the held-out ladders: each row also carries
+    `validation: True`, which TRL hands the reward function, so it judges them as validation."""
     import datasets
 
     strategy = STRATEGIES[policy.strategy]
@@ -122,7 +141,9 @@ def train_dataset(
         if tokenizer is not None and max_prompt_tokens is not None:
             messages, cut = left_truncated(messages, tokenizer, max_prompt_tokens, iid)
             truncated += cut > 0
-        rows.append({"prompt": messages, "instruction_id": iid})
+        rows.append(
+            {"prompt": messages, "instruction_id": iid} | ({"validation": True} if validation else {})
+        )
     if truncated:
         logger.warning(
             "train: %d of %d prompts were longer than training.max_prompt_tokens=%d and were cut on the left",

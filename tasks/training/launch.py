@@ -71,6 +71,7 @@ class LaunchSpec:
     curriculum_id: str
     stage_run_id: str
     lineage: dict[str, Any] = field(default_factory=dict)
+    validation_items: dict[str, Any] = field(default_factory=dict)  # the held-out ladders
 
     @property
     def usage_file(self) -> Path:

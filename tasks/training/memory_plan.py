@@ -7,14 +7,18 @@ with its arithmetic. The model (mixed precision, as ZeRO's paper counts it):
 - gradients: trainable parameters x the same bytes, sharded the same way;
 - optimizer state: trainable parameters x 12 bytes in bf16 (fp32 master copy, Adam's m and v)
   or 8 in fp32 (m and v), sharded the same way; on the CPU with `cpu_offload`;
-- reference model (only when `kl_coef` > 0): parameters x the same bytes, sharded the same way;
+- reference model (only when `kl_coef` > 0; the paper recipes, as the official run, have none):
+  parameters x the same bytes, sharded the same way;
 - activations of one micro-batch (`batch_size x num_generations / (gpus x
-  gradient_accumulation_steps)` sequences of `max_prompt_tokens + max_response_tokens`), in
+  gradient_accumulation_steps)` sequences of `max_prompt_tokens + max_response_tokens`; the
+  same whatever `updates_per_step`, which shares the step's micro-batches among its updates), in
   16-bit, flash attention (no s^2 term), per layer s*b*(15h + 6i) bytes (attention 11h, norms 4h,
   SwiGLU 2i for gate and up and 4i for the product and its input of the down projection);
   with gradient checkpointing, every layer's input (2*s*b*h bytes) plus one layer recomputed;
 - logits: TRL computes them for the completion only, `b x max_response_tokens x vocab`, in 16-bit,
-  twice (the tensor and its gradient), plus one row in fp32 for the log-softmax;
+  twice (the tensor and its gradient), plus one row in fp32 for the log-softmax. The entropy bonus
+  (`entropy_coef`) adds no term: on a GPU TRL computes log-probabilities and entropies in one
+  fused kernel whose backward writes one gradient of the logits;
 - a fixed 2 GiB for the CUDA context and communication buffers (an allowance, not measured);
 - colocated vLLM (`vllm_mode: colocate`) takes `vllm_gpu_memory_utilization` of the GPU: it must
   hold the bf16 weights and the KV cache of one full-length sequence; training gets the rest.

@@ -68,15 +68,20 @@ class RankReward:
 
     # -- TRL ------------------------------------------------------------------------------------
 
-    def as_trl_reward(self):
+    def as_trl_reward(self, updates_per_step: int = 1):
         """An async reward function with TRL's calling convention (one call per generation batch,
-        on every rank at once)."""
+        on every rank at once). It numbers RL steps: TRL generates when an RL step starts, after
+        `updates_per_step` optimizer steps per earlier RL step."""
         ranks, owner = self.ranks, self.owner
 
-        async def writing_rl(prompts, completions, instruction_id, trainer_state=None, log_metric=None, **_):
-            step = (
-                trainer_state.global_step if trainer_state is not None else 0
-            ) + 1  # the step being trained
+        async def writing_rl(
+            prompts, completions, instruction_id, trainer_state=None, log_metric=None, validation=None, **_
+        ):
+            done = trainer_state.global_step if trainer_state is not None else 0
+            step = done // updates_per_step + 1  # the RL step being trained
+            # The eval dataset's rows carry validation=True (tasks/training/data.py): held-out ladders,
+            # judged by `validate`, which never touches the curriculum. A batch is all of one kind.
+            validating = bool(validation) and all(validation)
             mine = list(zip(instruction_id, (_completion_text(c) for c in completions), strict=True))
             everyone = ranks.gather(mine)
             payload: tuple[str, Any, Any] | None = None
@@ -86,7 +91,11 @@ class RankReward:
                     for i, (iid, text) in enumerate(r for rank in everyone for r in rank)
                 ]
                 try:
-                    results = await owner.score(step, rollouts)
+                    if validating:
+                        flat, metrics = await owner.validate(rollouts)
+                    else:
+                        results = await owner.score(step, rollouts)
+                        flat, metrics = [r.reward for r in results], step_metrics(results)
                 except EndpointFailingError as exc:
                     payload = ("failed", f"the judge stopped answering: {exc}", None)
                 except Exception:  # every rank must hear of it, or they wait in the broadcast forever
@@ -94,9 +103,9 @@ class RankReward:
                 else:
                     rewards, start = [], 0
                     for rank in everyone:
-                        rewards.append([r.reward for r in results[start : start + len(rank)]])
+                        rewards.append(flat[start : start + len(rank)])
                         start += len(rank)
-                    payload = ("ok", rewards, step_metrics(results))
+                    payload = ("ok", rewards, metrics)
             status, rewards, metrics = ranks.broadcast(payload)
             if status != "ok":
                 raise JudgeUnavailableError(rewards)

@@ -1,8 +1,9 @@
 """The training part of the end-of-run report: per-step curves and the rung distribution.
 
 `training_report` reads the stage's `train_metrics` (long format: step, source, name, value) and
-`curriculum_history`; `plot_training_report` draws reward, win rate and the mean rung over all
-instructions per step, and how many instructions sit on each rung as the steps go, to a PNG.
+`curriculum_history`; `plot_training_report` draws reward (with the periodic validation's, when
+the run validated), win rate and the mean rung over all instructions per step, and how many
+instructions sit on each rung as the steps go, to a PNG.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ STEP_COLUMNS = {  # report column -> (source, metric name)
     "kl": ("trainer", "kl"),
     "loss": ("trainer", "loss"),
     "step_s": ("reward", "time/step_s"),
+    # Periodic validation on the held-out ladders (training.eval_steps): TRL logs it as eval_*.
+    "val_reward": ("trainer", "eval_validation/reward"),
+    "val_vs_initial": ("trainer", "eval_validation/reward_vs_initial"),
+    "val_vs_top": ("trainer", "eval_validation/reward_vs_top"),
 }
 RUNG_COUNT_PREFIX = "curriculum/instructions_at_rung/"  # + rung: instructions on it after the step
 
@@ -90,8 +95,17 @@ def plot_training_report(report: Mapping[str, Any], path: Path, figures: Path | 
             strict=True,
         ):
             ys = [s[column] if s[column] is not None else float("nan") for s in steps]
-            ax.plot(xs, ys, marker="o", markersize=3)
+            ax.plot(xs, ys, marker="o", markersize=3, label="training")
             ax.set_title(title)
+        validated = [s for s in steps if s.get("val_reward") is not None]
+        if validated:  # held-out ladders, every rung (tasks/training/reward.py: validate)
+            for column, label in (("val_reward", "validation, all rungs"), ("val_vs_initial",
+                                  "validation vs its initial response"), ("val_vs_top", "validation vs top rung")):  # fmt: skip
+                points = [(s["step"], s[column]) for s in validated if s.get(column) is not None]
+                axes[0].plot(
+                    *zip(*points, strict=True), marker="s", markersize=4, linestyle="--", label=label
+                )
+            axes[0].legend(loc="best", fontsize="small")
             ax.set_xlabel("step")
         top = max((max(s["rung_counts"], default=0) for s in steps), default=0)
         if any(s["rung_counts"] for s in steps):
@@ -99,10 +113,10 @@ def plot_training_report(report: Mapping[str, Any], path: Path, figures: Path | 
             axes[3].stackplot(xs, layers, labels=[f"rung {rung}" for rung in range(top + 1)])
             axes[3].legend(loc="upper left", fontsize="small")
             axes[3].set_title("instructions per rung")
-            axes[3].set_xlabel("step (rung 0 = the policy's own response)")
+            axes[3].set_xlabel("step (rung 0 = the lowest response of each ladder)")
         else:
             rungs = report.get("final_rungs") or {}
             axes[3].bar([str(k) for k in rungs], list(rungs.values()), color="tab:green")
             axes[3].set_title("instructions per rung (end)")
-            axes[3].set_xlabel("rung (0 = the policy's own response)")
+            axes[3].set_xlabel("rung (0 = the lowest response of each ladder)")
     return path

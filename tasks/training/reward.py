@@ -15,6 +15,10 @@ cannot travel in the dataset):
 - each outcome carries the rung it was judged against, and the store promotes only when that is
   still the current rung: a late or repeated outcome can never move an instruction twice.
 
+Validation (`validate`) judges rollouts of the held-out ladders against every rung of their own
+ladder. It reads only those ladders and the judge: never the curriculum store, the rungs or the
+step's pending judgments, so validation cannot move or count toward any rung.
+
 One reward number per rollout: the judge reward (pairwise 1 / 0.5 / 0, or pointwise s_j / 10),
 combined with the weighted auxiliary rewards. A judge failure is None: TRL gives that rollout no
 advantage, the failure is counted, and it never becomes a win or a loss; auxiliaries never turn a
@@ -87,9 +91,11 @@ class WritingRLReward:
         curriculum_id: str,
         seed: int = 0,
         think_format: bool = False,
+        validation_items: dict[str, TrainingItem] | None = None,
     ) -> None:
         self.client, self.judge, self.reward_cfg, self.curriculum = client, judge, reward, curriculum
         self.items, self.store, self.curriculum_id = items, store, curriculum_id
+        self.validation_items = validation_items or {}
         self.seed, self.think_format = seed, think_format
         self._pending: dict[int, list[RolloutReward]] = defaultdict(list)
         self._lock = threading.Lock()
@@ -137,7 +143,7 @@ class WritingRLReward:
     def _rung_for(self, step: int, rollout: Rollout, state: dict[str, int]) -> int:
         item = self.items[rollout.instruction_id]
         key = sample_key(self.seed, step, rollout.instruction_id, rollout.sample_index)
-        return reference_rung(self.curriculum, state[rollout.instruction_id], item.n_rungs, key=key,
+        return reference_rung(self.curriculum, state[rollout.instruction_id], item.shape, step=step, key=key,
                               instruction_id=rollout.instruction_id)  # fmt: skip
 
     async def _score_one(self, step: int, rollout: Rollout, state: dict[str, int]) -> RolloutReward:
@@ -181,6 +187,48 @@ class WritingRLReward:
         result.reward = combine(result.judge_reward, result.components, weights)
         result.latency_s = time.perf_counter() - started
         return result
+
+    # -- validation: the held-out ladders, never the curriculum -----------------------------------
+
+    async def validate(self, rollouts: Sequence[Rollout]) -> tuple[list[float | None], dict[str, float]]:
+        """Judge each held-out rollout against every rung of its ladder (pairwise, `reward.position`).
+        Returns each rollout's mean reward over the rungs judged (None if every judgment failed) and
+        the metrics: `validation/reward` (over every judged pair), `validation/reward_vs_initial`
+        (against the policy's own initial response), `validation/reward_vs_top` (against the top
+        rung) and `validation/failures` (failed judgments)."""
+        pairs = []
+        for rollout in rollouts:
+            item = self.validation_items.get(rollout.instruction_id)
+            if item is None:
+                raise ValueError(f"validation: '{rollout.instruction_id}' is not a held-out ladder")
+            answer = split_think(rollout.text).visible if self.think_format else rollout.text
+            pairs += [(rollout, item, rung, answer) for rung in range(item.n_rungs)]
+        judgments = await asyncio.gather(*(
+            judge_pair(self.client, self.judge, self.reward_cfg, instruction=item.prompt, criteria=item.criteria,
+                       policy_response=answer, reference=item.rungs[rung].text)
+            for _, item, rung, answer in pairs
+        ))  # fmt: skip
+        by_rollout: dict[int, list[float]] = defaultdict(list)
+        initial, top, failures = [], [], 0
+        for (rollout, item, rung, _), judgment in zip(pairs, judgments, strict=True):
+            if judgment.reward is None:
+                failures += 1
+                continue
+            by_rollout[rollout.sample_index].append(judgment.reward)
+            if rung == item.policy_rung:
+                initial.append(judgment.reward)
+            if rung == item.n_rungs - 1:
+                top.append(judgment.reward)
+        rewards = [
+            statistics.fmean(by_rollout[r.sample_index]) if by_rollout[r.sample_index] else None
+            for r in rollouts
+        ]
+        judged = [reward for values in by_rollout.values() for reward in values]
+        metrics = {"validation/failures": float(failures)}
+        for name, values in (("reward", judged), ("reward_vs_initial", initial), ("reward_vs_top", top)):
+            if values:
+                metrics[f"validation/{name}"] = statistics.fmean(values)
+        return rewards, metrics
 
     # -- the step's curriculum update ------------------------------------------------------------
 

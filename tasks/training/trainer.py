@@ -9,6 +9,11 @@ the killed process, and their promotions and judgments are dropped with them.
 step's reward calls) it applies the step's promotions in one transaction and records the step;
 when the step is also a save step it snapshots the curriculum BEFORE the checkpoint is written, so
 every checkpoint on disk has its curriculum snapshot.
+
+Steps are RL steps. With `training.updates_per_step` u > 1 one RL step is u of TRL's optimizer
+steps (one generation batch, judged once, trained in u updates): the reward numbers its step
+global_step // u + 1, the callback acts at the end of the RL step's last update only, and
+checkpoints, which TRL names by optimizer step, are converted back (tasks/training/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import TrainingConfig
-from tasks.training.args import policy_dtype, trainer_args, world_size
-from tasks.training.checkpoints import latest_checkpoint, merge_adapter
+from tasks.training.args import peft_lora_config, policy_dtype, rl_step, trainer_args, world_size
+from tasks.training.checkpoints import latest_checkpoint, merge_adapter, write_updates_per_step
 from tasks.training.rank_reward import JudgeUnavailableError, RankReward
 from tasks.training.ranks import Ranks
 from tasks.training.report import RUNG_COUNT_PREFIX
@@ -52,20 +57,24 @@ class CurriculumCallback:
 
     def __new__(cls, reward: RankReward, record_step: Callable[[int, list, list, dict], None],
                 record_trainer_logs: Callable[[int, dict[str, float]], None],
-                lineage: dict[str, Any] | None = None, trainer_log: Path | None = None):  # fmt: skip
+                lineage: dict[str, Any] | None = None, trainer_log: Path | None = None,
+                updates_per_step: int = 1):  # fmt: skip
         from transformers import TrainerCallback
 
-        main = reward.ranks.is_main
+        main, updates = reward.ranks.is_main, updates_per_step
 
         class _Callback(TrainerCallback):
             step_started = time.perf_counter()
 
             def on_step_begin(self, args, state, control, **kwargs):
-                self.step_started = time.perf_counter()
+                if state.global_step % updates == 0:  # an RL step's first update
+                    self.step_started = time.perf_counter()
                 return control
 
             def on_step_end(self, args, state, control, **kwargs):
-                step = state.global_step
+                if state.global_step % updates:  # not the RL step's last update (TRL saves only there)
+                    return control
+                step = state.global_step // updates
                 judged, promotions = reward.finish_step(step)
                 if control.should_save:  # set by DefaultFlowCallback, which runs first
                     reward.snapshot(step)  # before the checkpoint is written
@@ -79,7 +88,9 @@ class CurriculumCallback:
 
             def on_save(self, args, state, control, **kwargs):
                 if main:
-                    write_checkpoint_lineage(Path(args.output_dir), state.global_step, lineage, reward)
+                    write_checkpoint_lineage(
+                        Path(args.output_dir), state.global_step // updates, lineage, reward, updates
+                    )
                 return control
 
             def on_log(self, args, state, control, logs=None, **kwargs):
@@ -90,22 +101,24 @@ class CurriculumCallback:
                     for k, v in (logs or {}).items()
                     if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
                 }
+                step = -(-state.global_step // updates)  # the RL step (logs come at its end)
                 if numeric and state.global_step > 0:
-                    record_trainer_logs(state.global_step, numeric)
+                    record_trainer_logs(step, numeric)
                 if trainer_log is not None and logs:  # TRL's own record, off the terminal
                     trainer_log.parent.mkdir(parents=True, exist_ok=True)
+                    at = {"step": step} | ({"optimizer_step": state.global_step} if updates > 1 else {})
                     with trainer_log.open("a") as handle:
-                        handle.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
+                        handle.write(json.dumps({**at, **logs}, default=str) + "\n")
                 return control
 
         return _Callback()
 
 
 def write_checkpoint_lineage(
-    output_dir: Path, step: int, lineage: dict[str, Any] | None, reward: RankReward
+    output_dir: Path, step: int, lineage: dict[str, Any] | None, reward: RankReward, updates_per_step: int = 1
 ) -> None:
-    """Each checkpoint says what it was trained on (ladders version, config, step)."""
-    folder = output_dir / f"checkpoint-{step}"
+    """Each checkpoint says what it was trained on (ladders version, config, RL step)."""
+    folder = output_dir / f"checkpoint-{step * updates_per_step}"  # TRL's name: the optimizer step
     if lineage is not None and folder.is_dir() and reward.owner is not None:
         record = {**lineage, "step": step, "curriculum_id": reward.owner.curriculum_id}
         (folder / "wrl_lineage.json").write_text(json.dumps(record, indent=2, sort_keys=True))
@@ -175,58 +188,61 @@ def run_training(
     lineage: dict[str, Any] | None = None,
     trainer_log: Path | None = None,
     args: Any = None,
+    eval_dataset: Any = None,
 ) -> TrainingOutcome:
     """Train (or resume) on this rank and save the final policy as a plain model folder (LoRA
     merged). Every rank of the job calls it; `args` is the trainer's config when the caller built
     it already (building it sets up the process group)."""
     from trl import GRPOTrainer, RLOOTrainer
 
+    updates = training.updates_per_step
+    if reward.ranks.is_main:  # before any checkpoint: how to read their names back as RL steps
+        write_updates_per_step(output_dir, updates)
     checkpoint = latest_checkpoint(output_dir)
     resumed_from = None if checkpoint is None else checkpoint[1]
     reward.start(resumed_from, forget_after)
     if checkpoint is not None and reward.ranks.is_main:
         logger.info("train: resuming from %s (curriculum restored to step %d)", *checkpoint)
-    peft_config = None
-    if training.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=training.lora.r, lora_alpha=training.lora.alpha, lora_dropout=training.lora.dropout,
-            target_modules=list(training.lora.target_modules), task_type="CAUSAL_LM",
-        )  # fmt: skip
+    peft_config = peft_lora_config(training.lora)
     trainer_class = resumable(GRPOTrainer if training.algorithm == "grpo" else RLOOTrainer)
     trainer = trainer_class(
         model=model_path,
-        reward_funcs=[reward.as_trl_reward()],
+        reward_funcs=[reward.as_trl_reward(updates_per_step=updates)],
         args=args if args is not None else trainer_args(training, output_dir, world_size=world_size()),
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,  # the held-out ladders (training.eval_steps); None: no validation
         peft_config=peft_config,
-        callbacks=[CurriculumCallback(reward, record_step, record_trainer_logs, lineage, trainer_log)],
+        callbacks=[
+            CurriculumCallback(reward, record_step, record_trainer_logs, lineage, trainer_log, updates)
+        ],
     )
     try:
         quiet(trainer).train(resume_from_checkpoint=str(checkpoint[0]) if checkpoint else None)
     except JudgeUnavailableError:
-        checkpoint_last_finished_step(trainer, output_dir, reward, lineage)
+        checkpoint_last_finished_step(trainer, output_dir, reward, lineage, updates)
         raise
     save_final_model(trainer, training, model_path, final_model_dir, reward.ranks)
-    return TrainingOutcome(output_dir, trainer.state.global_step, resumed_from, peft_config is not None)
+    final_step = rl_step(training, trainer.state.global_step)
+    return TrainingOutcome(output_dir, final_step, resumed_from, peft_config is not None)
 
 
 def checkpoint_last_finished_step(
-    trainer: Any, output_dir: Path, reward: RankReward, lineage: dict | None
+    trainer: Any, output_dir: Path, reward: RankReward, lineage: dict | None, updates_per_step: int = 1
 ) -> None:
     """The judge failed step s: checkpoint step s - 1 (with its curriculum snapshot) unless it is on
     disk already, so the resumed run loses no finished step. The failure came from step s's reward,
     before any of step s's updates, so the model, optimizer and scheduler are step s - 1's (only
-    the RNG has moved on, by step s's generation)."""
-    step = trainer.state.global_step
+    the RNG has moved on, by step s's generation). The reward runs only when an RL step starts, so
+    TRL's optimizer step is then s - 1's last."""
+    optimizer_step = trainer.state.global_step
+    step = optimizer_step // updates_per_step
     found = latest_checkpoint(output_dir)
-    if step == 0 or (found is not None and found[1] == step):
+    if step == 0 or optimizer_step % updates_per_step or (found is not None and found[1] == step):
         return
     reward.snapshot(step)
     trainer._save_checkpoint(trainer.model, trial=None)  # what the Trainer calls at a save step
     if reward.ranks.is_main:
-        write_checkpoint_lineage(output_dir, step, lineage, reward)
+        write_checkpoint_lineage(output_dir, step, lineage, reward, updates_per_step)
         logger.warning("train: the judge failed step %d; checkpointed step %d to resume from", step + 1, step)
 
 

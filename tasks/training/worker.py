@@ -71,7 +71,7 @@ def main(spec_path: str) -> int:
         owner = WritingRLReward(
             client=client, judge=judge, reward=recipe.reward, curriculum=recipe.curriculum, items=spec.items,
             store=storage.curriculum, curriculum_id=spec.curriculum_id, seed=training.seed,
-            think_format=recipe.policy.strategy == "think-then-write",
+            think_format=recipe.policy.strategy == "think-then-write", validation_items=spec.validation_items,
         )  # fmt: skip
     curriculum_id = spec.curriculum_id
 
@@ -81,13 +81,17 @@ def main(spec_path: str) -> int:
 
     from transformers import AutoTokenizer
 
-    dataset = train_dataset(
-        spec.items, recipe.policy, AutoTokenizer.from_pretrained(spec.base_model), training.max_prompt_tokens
-    )
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    dataset = train_dataset(spec.items, recipe.policy, tokenizer, training.max_prompt_tokens)
+    eval_dataset = None
+    if spec.validation_items:
+        eval_dataset = train_dataset(
+            spec.validation_items, recipe.policy, tokenizer, training.max_prompt_tokens, validation=True
+        )
     code = 0
     try:
         outcome = run_training(
-            model_path=spec.base_model, training=training, train_dataset=dataset,
+            model_path=spec.base_model, training=training, train_dataset=dataset, eval_dataset=eval_dataset,
             reward=RankReward(ranks, owner), output_dir=spec.work_dir, args=args,
             record_step=record_step,
             record_trainer_logs=lambda step, logs: log.record_metrics(curriculum_id, step, logs, source="trainer"),

@@ -1,0 +1,507 @@
+"""The sft stages on the tiny model: (prompt, response) pairs load with located errors, TRL's
+SFTTrainer really trains and leaves a loadable plain model folder (and resumes a killed run), the
+writer stage caches, registers its model and becomes the policy generate writes with (generate's
+and train's keys change with it; a recipe without `sft:` keeps its keys), and the Reference-SFT
+stage trains on the top rungs of training ladders only and is offered as an evaluation candidate.
+A slow test runs both modes with SmolLM2."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from configs.loading import ConfigError, load_recipe
+from configs.schema import SFTConfig, SFTDataConfig
+from storage import DatasetRef, open_storage
+from tasks.instructions import InstructionDataError
+from tasks.instructions.sft_pairs import load_sft_pairs
+from tasks.stages import generate, sft, train
+from tasks.stages.runner import run_stage, stage_keys
+from tasks.training.sft import SFTExample, run_sft
+from tests.conftest import PROJECT_ROOT, write_recipe
+
+PAIRS = [
+    {"prompt": f"Write one line about {topic}.", "response": f"{topic.capitalize()} is quiet and kind. " * 2}
+    for topic in ("cats", "rain", "tea", "maps")
+]
+TRAINER = "learning_rate: 3.0e-3, max_steps: 3, batch_size: 2, max_seq_tokens: 96, device: cpu, save_steps: 2"
+
+
+def _pairs_file(path: Path, rows=PAIRS) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _sft_recipe(
+    tmp_path: Path, model: Path, sft_block: str, *, judge: bool = False, rival: bool = False, extra: str = ""
+) -> Path:
+    """The policy on `model`; with `rival`, a competitor on `model` too (the SFT policy's is its own)."""
+    judge_line = f"judge: {{backend: local, model: {model}, mode: logprob}}\n" if judge else ""
+    rival_line = f"  - {{name: rival, backend: local, model: {model}, decoding: {{max_tokens: 12}}}}\n"
+    return write_recipe(
+        tmp_path / "r.yaml", store=tmp_path / "store", model=str(model), limit=2,
+        extra=f"{rival_line if rival else ''}{judge_line}sft:\n{sft_block}{extra}",
+    )  # fmt: skip
+
+
+def _writer_block(data: Path) -> str:
+    return f"  writer: {{data: {{format: jsonl, path: {data}}}}}\n  {TRAINER.replace(', ', chr(10) + '  ')}\n"
+
+
+def _weights_changed(a: Path, b: Path) -> list[str]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    one = dict(AutoModelForCausalLM.from_pretrained(str(a)).named_parameters())
+    two = dict(AutoModelForCausalLM.from_pretrained(str(b)).named_parameters())
+    return [name for name, p in one.items() if not torch.equal(p, two[name])]
+
+
+# -- the data -------------------------------------------------------------------------------------
+
+
+def test_pairs_load_from_jsonl_parquet_and_hf_with_their_field_names(tmp_path):
+    import datasets
+
+    rows = [{"q": r["prompt"], "a": r["response"], "extra": 1} for r in PAIRS]
+    _pairs_file(tmp_path / "p.jsonl", rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hf"))
+    for fmt, path in (("jsonl", "p.jsonl"), ("parquet", "p.parquet"), ("hf", "hf")):
+        cfg = SFTDataConfig(format=fmt, path=tmp_path / path, prompt_field="q", response_field="a", limit=3)
+        pairs = load_sft_pairs(cfg)
+        assert [(p.prompt, p.response) for p in pairs] == [(r["q"], r["a"]) for r in rows[:3]], fmt
+    assert load_sft_pairs(SFTDataConfig(path=_pairs_file(tmp_path / "plain.jsonl")))[1].location.endswith(
+        "plain.jsonl:2"
+    )
+
+
+BAD_PAIRS = [
+    ("bad json", b'{"prompt": "a", "response": "b"}\n{"prompt": "brok\n', ["d.jsonl:2 json"]),
+    ("missing response", b'{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n', ["d.jsonl:2 response: missing"]),
+    ("wrong type", b'{"prompt": 42, "response": "b"}\n', ["d.jsonl:1 prompt: must be a string"]),
+    ("empty response", b'{"prompt": "a", "response": "  "}\n', ["d.jsonl:1 response: is empty"]),
+    ("every bad row at once", b'{"prompt": "a"}\n{"response": "b"}\n', ["d.jsonl:1 response", "d.jsonl:2 prompt"]),
+    ("empty file", b"", ["rows: no pairs (the input is empty)"]),
+    ("parquet null response", None, ["d.parquet:row 2 response: missing"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "content", "says"), BAD_PAIRS, ids=[c[0] for c in BAD_PAIRS])
+def test_bad_pairs_are_refused_with_their_file_row_and_field(tmp_path, case, content, says):
+    if content is None:
+        data = tmp_path / "d.parquet"
+        pq.write_table(pa.table({"prompt": ["a", "b"], "response": ["fine", None]}), data)
+    else:
+        data = tmp_path / "d.jsonl"
+        data.write_bytes(content)
+    with pytest.raises(InstructionDataError) as info:
+        load_sft_pairs(SFTDataConfig(format="parquet" if content is None else "jsonl", path=data))
+    for expected in says:
+        assert expected in str(info.value), str(info.value)
+
+
+def test_a_bad_pairs_file_fails_the_writer_stage_before_anything_is_written(tmp_path, tiny_model_dir):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    recipe = load_recipe(_sft_recipe(tmp_path, tiny_model_dir, _writer_block(data)))
+    storage = open_storage(recipe.storage)
+    with pytest.raises(InstructionDataError, match=r"d\.jsonl:2 response: missing"):
+        run_stage(sft.WRITER_SPEC, sft.compute_writer, recipe, storage=storage)
+    assert storage.datasets.names() == [] and storage.training.models() == []
+    assert not (storage.root / "models").exists()
+    with storage.catalog.connect() as con:
+        assert con.execute("SELECT status FROM stage_runs").fetchall() == [("failed",)]
+
+
+def test_a_missing_file_and_an_empty_sft_block_are_refused_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"sft\.writer\.data\.path: .*nowhere\.jsonl does not exist"):
+        load_sft_pairs(SFTDataConfig(path=tmp_path / "nowhere.jsonl"))
+    recipe = _sft_recipe(tmp_path, Path("m"), "  learning_rate: 1.0e-5\n")
+    with pytest.raises(ConfigError, match="sft: set `writer`"):
+        load_recipe(recipe)
+
+
+def test_the_writer_needs_a_policy_backend_that_loads_a_folder(tmp_path):
+    path = tmp_path / "api.yaml"
+    path.write_text(f"""\
+name: api
+backends: {{api: {{kind: anthropic}}}}
+generators: [{{name: policy, role: policy, backend: api, model: claude}}]
+sft: {{writer: {{data: {{path: {tmp_path / "p.jsonl"}}}}}}}
+""")
+    with pytest.raises(
+        ConfigError, match=r"sft\.writer: the policy 'policy' runs on backend 'api' \(anthropic\)"
+    ):
+        load_recipe(path)
+
+
+# -- the trainer ----------------------------------------------------------------------------------
+
+
+def _examples(rows=PAIRS) -> list[SFTExample]:
+    return [SFTExample([{"role": "user", "content": r["prompt"]}], r["response"]) for r in rows]
+
+
+def test_the_sft_trainer_lowers_the_loss_and_writes_a_plain_model_folder(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = SFTConfig(reference={"enabled": True}, learning_rate=3e-3, max_steps=4, batch_size=2,
+                       max_seq_tokens=96, device="cpu", save_steps=2)  # fmt: skip
+    work, model_dir = tmp_path / "work", tmp_path / "models" / "m"
+    logged = []
+    outcome = run_sft(
+        base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work, model_dir=model_dir,
+        lineage={"data": "test"}, on_log=lambda step, total, logs: logged.append((step, total, logs)),
+    )  # fmt: skip
+    assert outcome.steps == 4 and outcome.examples == 4 and not outcome.reused
+    assert [s for s, _ in outcome.losses] == [1, 2, 3, 4]
+    assert outcome.final_loss < outcome.losses[0][1]  # it learns the responses
+    assert [(s, t) for s, t, logs in logged if "loss" in logs] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # A plain folder (loads without peft), its record and lineage; the checkpoints are gone.
+    AutoModelForCausalLM.from_pretrained(str(model_dir))
+    AutoTokenizer.from_pretrained(str(model_dir))
+    record = json.loads((model_dir / "wrl_sft.json").read_text())
+    assert record["steps"] == 4 and record["final_loss"] == outcome.final_loss
+    assert json.loads((model_dir / "wrl_lineage.json").read_text()) == {"data": "test", "step": 4}
+    assert not work.exists() and not list(model_dir.parent.glob(".*partial*"))
+    assert _weights_changed(tiny_model_dir, model_dir)
+    # The same run again (same key, same folder) is the finished model, not a retraining.
+    again = run_sft(base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work,
+                    model_dir=model_dir)  # fmt: skip
+    assert again.reused and again.steps == 4 and again.losses == outcome.losses
+
+
+def test_a_length_limit_that_leaves_no_response_is_refused(tmp_path, tiny_model_dir):
+    config = SFTConfig(reference={"enabled": True}, max_steps=1, max_seq_tokens=16, device="cpu")
+    with pytest.raises(ValueError, match=r"sft\.max_seq_tokens=16 leaves no response token"):
+        run_sft(base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=tmp_path / "w",
+                model_dir=tmp_path / "m")  # fmt: skip
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_killed_lora_run_resumes_from_its_checkpoint_and_merges(tmp_path, tiny_model_dir):
+    config = SFTConfig(reference={"enabled": True}, learning_rate=1e-2, max_steps=4, batch_size=2,
+                       max_seq_tokens=96, device="cpu", save_steps=2, lora={"r": 4, "alpha": 8})  # fmt: skip
+    work, model_dir = tmp_path / "work", tmp_path / "models" / "m"
+
+    def killed_at_3(step, total, logs):
+        if step == 3:
+            raise KeyboardInterrupt  # as a kill would, after checkpoint-2 was written
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work,
+                model_dir=model_dir, on_log=killed_at_3)  # fmt: skip
+    assert (work / "checkpoint-2" / "trainer_state.json").is_file() and not model_dir.exists()
+    outcome = run_sft(base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work,
+                      model_dir=model_dir)  # fmt: skip
+    assert outcome.resumed_from == 2 and outcome.steps == 4
+    assert [s for s, _ in outcome.losses] == [1, 2, 3, 4]  # the killed run's first steps kept
+    assert not (model_dir / "adapter_config.json").exists()  # merged into a plain model
+    changed = _weights_changed(tiny_model_dir, model_dir)
+    assert changed and all("q_proj" in n or "k_proj" in n or "v_proj" in n or "o_proj" in n for n in changed)
+
+
+# -- the stages -----------------------------------------------------------------------------------
+
+
+def _run(storage, recipe, name="test"):
+    return storage.catalog.start_run(flow="build-dataset", recipe=name, recipe_path="r.yaml", config_hash="c",
+                                     code_version="x", prefect_flow_run_id=None)  # fmt: skip
+
+
+def test_the_writer_stage_caches_registers_its_model_and_records_lineage(tmp_path, tiny_model_dir):
+    from flows.lineage import resolve_target
+    from tasks.evaluation.candidates import resolve_candidates
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    evaluation = (
+        "evaluation:\n  candidates:\n    - {name: base, from_training: base}\n    - {name: sft, from_sft: writer}\n"
+        f"  benchmarks: {{writingbench: {{path: {tmp_path / 'wb.jsonl'}}}}}\n"
+    )
+    recipe = load_recipe(_sft_recipe(tmp_path, tiny_model_dir, _writer_block(data), extra=evaluation))
+    storage = open_storage(recipe.storage)
+    run_id = _run(storage, recipe)
+    first = run_stage(sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=run_id, storage=storage)
+    assert not first.cached and first.summary["steps"] == 3 and first.summary["examples"] == 4
+    (row,) = storage.datasets.read(first.outputs["sft_models"]).to_pylist()
+    assert row["mode"] == "writer" and row["base_model"] == str(tiny_model_dir) and row["steps"] == 3
+    assert row["data"] == f"jsonl:{data}" and len(row["data_fingerprint"]) == 64
+    assert row["final_loss"] < row["first_loss"]
+    registered = storage.training.model(row["model_id"])  # what `wrl models` lists
+    assert registered["path"] == row["path"] and registered["stage_run_id"] == first.stage_run_id
+    assert (Path(row["path"]) / "config.json").is_file()
+
+    second = run_stage(sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=run_id, storage=storage)
+    assert second.cached and second.outputs == first.outputs and second.cache_key == first.cache_key
+
+    # Evaluation: `from_sft: writer` is it, and so is RL's step 0 (`from_training: base`).
+    candidates = {c.name: c for c in resolve_candidates(recipe, storage)}
+    assert candidates["sft"].model == candidates["base"].model == row["path"]
+    assert (candidates["sft"].source, candidates["base"].source) == ("sft:writer", "training:base")
+
+    lineage = resolve_target(storage, f"model:{row['model_id']}")
+    assert lineage["chain"][0]["stage"] == "sft_writer"
+    assert lineage["chain"][0]["config"]["source"] == row["data_fingerprint"]
+    # New data is a new key (the source's bytes are in it); the trainer's settings too.
+    _pairs_file(data, PAIRS[:3])
+    assert stage_keys(sft.WRITER_SPEC, recipe, {})[1] != first.cache_key
+    _pairs_file(data)
+    tweaked = load_recipe(_sft_recipe(tmp_path, tiny_model_dir, _writer_block(data)), {"sft.seed": 1})
+    assert stage_keys(sft.WRITER_SPEC, tweaked, {})[1] != first.cache_key
+    assert stage_keys(sft.WRITER_SPEC, recipe, {})[1] == first.cache_key
+
+
+def test_generate_writes_with_the_sft_model_through_the_flow(prefect_harness, tmp_path, tiny_model_dir):
+    from flows.build_dataset import build_dataset
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    # A competitor on the base model loads next to the SFT policy, on another thread: the two loads
+    # once raced (transformers' from_pretrained is not thread-safe) and both generators failed.
+    recipe_path = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(data), rival=True)
+    summary = build_dataset(recipe_path=str(recipe_path), until="generate")
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert list(stages) == ["ingest", "sft_writer", "generate"]
+    assert stages["generate"]["summary"]["failures"] == 0
+    storage = open_storage(load_recipe(recipe_path).storage)
+    (sft_row,) = storage.datasets.read(
+        DatasetRef.parse(stages["sft_writer"]["outputs"]["sft_models"])
+    ).to_pylist()
+    generations = storage.datasets.read(DatasetRef.parse(stages["generate"]["outputs"]["generations"]))
+    models = {(r["generator"], r["model"]) for r in generations.to_pylist()}
+    assert models == {
+        ("policy", sft_row["path"]),
+        ("rival", str(tiny_model_dir)),
+    }  # the policy: its SFT model
+    # Lineage: generate read the SFT writer's version, so the ladders lead back to the SFT model.
+    generations_ref = DatasetRef.parse(stages["generate"]["outputs"]["generations"])
+    chain = storage.catalog.upstream(generations_ref)
+    assert [hop["stage"] for hop in chain][:1] == ["generate"] and "sft_writer" in [
+        hop["stage"] for hop in chain
+    ]
+
+    # The same recipe again: every stage a cache hit.
+    again = build_dataset(recipe_path=str(recipe_path), until="generate")
+    assert all(s["cached"] for s in again["stages"])
+    # Without `sft:`, the flow has no sft stage, and generate has its own key, not the SFT one.
+    plain = write_recipe(
+        tmp_path / "plain.yaml", store=tmp_path / "store", model=str(tiny_model_dir), limit=2
+    )
+    plain_summary = build_dataset(recipe_path=str(plain), until="generate")
+    plain_stages = {s["stage"]: s for s in plain_summary["stages"]}
+    assert list(plain_stages) == ["ingest", "generate"]
+    assert plain_stages["ingest"]["cached"]  # same data: ingest is shared
+    assert not plain_stages["generate"]["cached"]  # the base model's generations are another key
+
+
+def test_rl_training_starts_from_the_sft_model(prefect_harness, tmp_path, tiny_model_dir):
+    """The train flow with `sft.writer`: train reads `sft_models`, RL starts from the SFT model (its
+    LoRA merged into it, not into the policy generator's model), and the policy is registered with it
+    as its base."""
+    from flows.train import train_policy
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    training = (
+        "training: {learning_rate: 1.0e-3, batch_size: 2, num_generations: 2, max_response_tokens: 6, "
+        "max_steps: 1, save_steps: 1, device: cpu, lora: {r: 4, alpha: 8}}\n"
+        "reward: {kind: pairwise, logprob_reward: expected}\n"
+    )
+    path = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(data), judge=True, rival=True, extra=training)
+    summary = train_policy(recipe_path=str(path))
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert list(stages) == ["ingest", "sft_writer", "generate", "score", "select", "order", "train"]
+    storage = open_storage(load_recipe(path).storage)
+    (sft_row,) = storage.datasets.read(
+        DatasetRef.parse(stages["sft_writer"]["outputs"]["sft_models"])
+    ).to_pylist()
+    policy = storage.training.model(stages["train"]["summary"]["model_id"])
+    assert policy["base_model"] == f"model:{sft_row['model_id']}"
+    with storage.catalog.connect() as con:
+        inputs = con.execute(
+            "SELECT dataset, version FROM stage_run_datasets WHERE stage_run_id = ? AND direction = 'input'",
+            [policy["stage_run_id"]],
+        ).fetchall()
+    assert (
+        sft.WRITER_DATASET,
+        DatasetRef.parse(stages["sft_writer"]["outputs"]["sft_models"]).version,
+    ) in inputs
+    # LoRA merged into the SFT model: only the adapted projections differ from it.
+    changed = _weights_changed(Path(sft_row["path"]), Path(policy["path"]))
+    assert changed and all(n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for n in changed)
+
+
+def _fixed_inputs(spec, recipe):
+    refs = {"instructions": "instructions@0", "ladders": "ladders@3", "sft_models": "sft_models@1"}
+    return {role: DatasetRef.parse(refs[role]) for role in spec.inputs_for(recipe)}
+
+
+@pytest.mark.parametrize("config", ["demo.yaml", "paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml"])
+def test_recipes_without_sft_keep_their_generate_and_train_cache_keys(config, tmp_path):
+    recipe = load_recipe(PROJECT_ROOT / "configs" / config)
+    assert recipe.sft is None
+    for spec in (generate.SPEC, train.SPEC):
+        # The inputs the pipeline wires are the ones it wired before `sft` existed, so the key is too.
+        assert spec.inputs_for(recipe) == spec.inputs
+        before = stage_keys(replace(spec, extra_inputs=lambda r: ()), recipe, _fixed_inputs(spec, recipe))
+        assert stage_keys(spec, recipe, _fixed_inputs(spec, recipe)) == before
+        # The Reference-SFT baseline alone does not touch them either ...
+        baseline = load_recipe(PROJECT_ROOT / "configs" / config, {"sft": {"reference": {"enabled": True}}})
+        assert stage_keys(spec, baseline, _fixed_inputs(spec, baseline)) == before
+        # ... the SFT writer does: its model is an input (its version changes the key).
+        writer = load_recipe(
+            PROJECT_ROOT / "configs" / config,
+            {"sft": {"writer": {"data": {"path": str(tmp_path / "p.jsonl")}}}},
+        )
+        assert "sft_models" in spec.inputs_for(writer)
+        assert stage_keys(spec, writer, _fixed_inputs(spec, writer))[1] != before[1]
+        other = {**_fixed_inputs(spec, writer), "sft_models": DatasetRef.parse("sft_models@2")}
+        assert stage_keys(spec, writer, other)[1] != stage_keys(spec, writer, _fixed_inputs(spec, writer))[1]
+
+
+LADDER_ROWS = [
+    # (instruction, rung generators bottom -> top, policy_rung, split)
+    ("a", ["policy", "rival"], 0, "train"),  # the rival's reference on top: trained on
+    ("b", ["rival", "policy"], 1, "train"),  # the policy's own response on top: left out
+    ("c", ["policy", "rival"], 0, "validation"),  # held out: left out
+    ("d", ["rival", "policy", "rival2"], 1, "train"),  # trained on rival2's
+]
+
+
+def _ladders() -> pa.Table:
+    from tasks.curation.ordering import LADDERS_SCHEMA
+
+    rows = []
+    for iid, gens, policy_rung, split in LADDER_ROWS:
+        rungs = [
+            {"rung": i, "generator": g, "score": float(i), "text": f"{iid} by {g}"}
+            for i, g in enumerate(gens)
+        ]
+        rows.append({"instruction_id": iid, "prompt": f"Write about {iid}.", "criteria_json": "[]", "rungs": rungs,
+                     "n_rungs": len(rungs), "policy_rung": policy_rung, "split": split,
+                     "score_gaps": [1.0] * (len(rungs) - 1)})  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=LADDERS_SCHEMA)
+
+
+def test_reference_sft_takes_the_top_rung_of_training_ladders_only(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", store=tmp_path / "s", model="m",
+                                      extra="    system_prompt: Be brief.\n"))  # fmt: skip
+    examples, skipped = sft.reference_examples(_ladders(), recipe.policy)
+    assert [(e.source, e.response) for e in examples] == [("a", "a by rival"), ("d", "d by rival2")]
+    assert examples[0].messages == [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "Write about a."}]  # fmt: skip
+    assert skipped == {"validation": 1, "policy_on_top": 1, "empty": 0}
+    # Ladders written before `split` and `policy_rung` existed: all training, the policy on rung 0.
+    old = _ladders().drop_columns(["split", "policy_rung"])
+    assert [e.source for e in sft.reference_examples(old, recipe.policy)[0]] == ["a", "b", "c", "d"]
+
+
+def test_reference_sft_trains_registers_and_is_an_evaluation_candidate(tmp_path, tiny_model_dir):
+    from tasks.evaluation.candidates import resolve_candidates
+
+    evaluation = (
+        "evaluation:\n  candidates:\n    - {name: base, model: " + str(tiny_model_dir) + "}\n"
+        "    - {name: reference-sft, from_sft: reference}\n"
+        f"  benchmarks: {{writingbench: {{path: {tmp_path / 'wb.jsonl'}}}}}\n"
+    )
+    block = f"  reference: {{enabled: true}}\n  {TRAINER.replace(', ', chr(10) + '  ')}\n"
+    recipe = load_recipe(_sft_recipe(tmp_path, tiny_model_dir, block, judge=True, extra=evaluation))
+    storage = open_storage(recipe.storage)
+    with pytest.raises(ConfigError, match="from_sft 'reference' needs a run of stage sft_reference"):
+        resolve_candidates(recipe, storage)
+    ladders = storage.datasets.write("ladders", _ladders(), lineage={"stage": "test"})
+    run_id = _run(storage, recipe)
+    result = run_stage(sft.REFERENCE_SPEC, sft.compute_reference, recipe, {"ladders": ladders},
+                       run_id=run_id, storage=storage)  # fmt: skip
+    assert result.summary["examples"] == 2 and result.summary["left_out"]["policy_on_top"] == 1
+    (row,) = storage.datasets.read(result.outputs["sft_reference_models"]).to_pylist()
+    assert (
+        row["mode"] == "reference"
+        and row["data"] == str(ladders)
+        and row["base_model"] == str(tiny_model_dir)
+    )
+    assert storage.training.model(row["model_id"])["ladders_ref"] == str(ladders)
+    candidates = {c.name: c for c in resolve_candidates(recipe, storage)}
+    assert candidates["reference-sft"].model == row["path"]
+    assert candidates["reference-sft"].source == "sft:reference" and candidates["reference-sft"].step is None
+    assert run_stage(sft.REFERENCE_SPEC, sft.compute_reference, recipe, {"ladders": ladders},
+                     run_id=run_id, storage=storage).cached  # fmt: skip
+
+
+def test_the_sft_stages_are_deployed_and_run_only_when_configured(tmp_path, tiny_model_dir):
+    from flows.deployments import deployment_specs
+    from flows.pipeline import check_stage_names, run_pipeline
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    with_sft = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(data) + "  reference: {enabled: true}\n",
+                           judge=True)  # fmt: skip
+    names = {s["name"] for s in deployment_specs(str(with_sft), load_recipe(with_sft))}
+    assert {"test-sft_writer", "test-sft_reference"} <= names
+    plain = write_recipe(tmp_path / "plain.yaml", store=tmp_path / "store", model="m")
+    assert not any("sft" in s["name"] for s in deployment_specs(str(plain), load_recipe(plain)))
+    assert check_stage_names(["sft_writer", "sft_reference"], "refresh") == {"sft_writer", "sft_reference"}
+    with pytest.raises(ConfigError, match="stage 'sft_writer' is not configured"):
+        run_pipeline("build-dataset", str(plain), None, None, "sft_writer", default_last="order")
+
+
+# -- SmolLM2, both modes ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_smollm2_sft_writer_then_reference_sft(prefect_harness, tmp_path, embedded_model_cache):
+    """SmolLM2-135M on the CPU: the writer fine-tuned for 3 steps writes the policy's responses, the
+    ladders are judged, and the Reference-SFT baseline starts from the writer (LoRA, 3 steps each)."""
+    from flows.build_dataset import build_dataset
+    from tasks.evaluation.candidates import resolve_candidates
+
+    model = "embedded:smollm2-135m-instruct"
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    recipe_path = tmp_path / "smol.yaml"
+    recipe_path.write_text(f"""\
+name: smol
+storage: {{root: {tmp_path / "store"}, model_cache: {embedded_model_cache}}}
+data: {{format: builtin, limit: 3}}
+backends:
+  local: {{kind: transformers, device: cpu, dtype: float32, max_batch_size: 4}}
+generators:
+  - {{name: policy, role: policy, backend: local, model: {model}, decoding: {{temperature: 0.0, max_tokens: 24}}}}
+  - {{name: rival, backend: local, model: {model}, decoding: {{temperature: 0.9, max_tokens: 32, seed: 1}}}}
+judge: {{backend: local, model: {model}, mode: logprob}}
+ordering: {{min_rungs: 2, policy_rung: first}}  # a reference on top of every ladder
+sft:
+  writer: {{data: {{format: jsonl, path: {data}}}}}
+  reference: {{enabled: true}}
+  learning_rate: 1.0e-4
+  max_steps: 3
+  batch_size: 2
+  max_seq_tokens: 256
+  device: cpu
+  lora: {{r: 4, alpha: 8}}
+evaluation:
+  candidates:
+    - {{name: base, model: {model}}}
+    - {{name: sft, from_sft: writer}}
+    - {{name: reference-sft, from_sft: reference}}
+  benchmarks: {{writingbench: {{path: {tmp_path / "wb.jsonl"}}}}}
+""")
+    summary = build_dataset(recipe_path=str(recipe_path), until="sft_reference")
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert list(stages) == ["ingest", "sft_writer", "generate", "score", "select", "order", "sft_reference"]
+    recipe = load_recipe(recipe_path)
+    storage = open_storage(recipe.storage)
+    read = lambda stage, name: storage.datasets.read(DatasetRef.parse(stages[stage]["outputs"][name]))  # noqa: E731
+    (writer,) = read("sft_writer", "sft_models").to_pylist()
+    (reference,) = read("sft_reference", "sft_reference_models").to_pylist()
+    assert writer["steps"] == 3 and reference["steps"] == 3
+    assert reference["examples"] == read("order", "ladders").num_rows > 0  # every ladder's top rung
+    policy_rows = [r for r in read("generate", "generations").to_pylist() if r["generator"] == "policy"]
+    assert {r["model"] for r in policy_rows} == {writer["path"]}
+    assert reference["base_model"] == f"model:{writer['model_id']}"  # the baseline starts from the writer
+    assert _weights_changed(Path(writer["path"]), Path(reference["path"]))
+    candidates = {c.name: c.model for c in resolve_candidates(recipe, storage)}
+    assert candidates["sft"] == writer["path"] and candidates["reference-sft"] == reference["path"]

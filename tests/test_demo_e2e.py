@@ -68,7 +68,9 @@ def test_demo_runs_the_slice(demo):
     judgments = storage.datasets.read(DatasetRef("judgments", 0)).to_pylist()
     assert len(judgments) == len(generations) and all(j["score"] is not None for j in judgments)
     ladders = storage.datasets.read(DatasetRef("ladders", 0)).to_pylist()
-    assert ladders and all(lad["rungs"][0]["generator"] == "policy" for lad in ladders)
+    assert ladders and all(lad["rungs"][lad["policy_rung"]]["generator"] == "policy" for lad in ladders)
+    for lad in ladders:  # every response ascending by score, the policy's among them (the paper)
+        assert [r["score"] for r in lad["rungs"]] == sorted(r["score"] for r in lad["rungs"])
     with storage.catalog.connect() as con:
         usage = con.execute(
             "SELECT backend, sum(requests) FROM llm_usage u JOIN stage_runs s USING (stage_run_id)"

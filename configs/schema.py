@@ -401,7 +401,37 @@ class LoraConfig(StrictModel):
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-class TrainingConfig(StrictModel):
+# Where a trainer runs, not what it learns: a run killed on 8 GPUs resumes on 4 (or a CPU run on 1
+# rank on 2), so the train and sft stages leave these out of their cache keys. The engine
+# (`distributed`, `cpu_offload`) stays in: its checkpoints are not each other's.
+LAYOUT_FIELDS = frozenset({"gpus", "processes", "gpu_memory_gib"})
+
+
+class ProcessLayout(StrictModel):
+    """Where a trainer runs (the RL trainer's and the SFT trainer's process tree alike:
+    tasks/training/launch.py): its ranks and how they share the model. `gpus` and `processes` change
+    where it runs, not what it learns, so they stay out of the stages' cache keys (LAYOUT_FIELDS)."""
+
+    gpus: int = Field(1, ge=1, description="GPUs the trainer runs on: one rank each (device cuda/auto).")
+    processes: int | None = Field(
+        None,
+        ge=1,
+        description="Trainer ranks to launch; default `gpus` on a GPU, 1 on the CPU (several CPU ranks "
+        "run DDP over gloo).",
+    )
+    distributed: Literal["ddp", "fsdp2", "zero3"] = Field(
+        "ddp",
+        description="ddp replicates weights, gradients and optimizer state; fsdp2 and zero3 shard them (a "
+        "full 7-8B fine-tune needs one of them).",
+    )
+    cpu_offload: bool = Field(
+        False,
+        description="zero3: the optimizer state on the CPU; fsdp2: FSDP's CPU offload (parameters, gradients "
+        "and optimizer state).",
+    )
+
+
+class TrainingConfig(ProcessLayout):
     """The trainer's settings. Steps are RL steps: one batch of `batch_size` prompts rolled out
     (`num_generations` each), judged once, the curriculum updated once; it is trained in
     `updates_per_step` optimizer updates (TRL's optimizer steps are RL steps x updates_per_step,
@@ -486,25 +516,9 @@ class TrainingConfig(StrictModel):
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate mode: vLLM's share.")
     gradient_checkpointing: bool = False
     bf16: bool = False
-    # The trainer's process tree (tasks/training/launch.py) and what `wrl config plan` / `wrl config
-    # validate` size it for (tasks/training/memory_plan.py).
-    gpus: int = Field(1, ge=1, description="GPUs the trainer runs on: one rank each (device cuda/auto).")
-    processes: int | None = Field(
-        None,
-        ge=1,
-        description="Trainer ranks to launch; default `gpus` on a GPU, 1 on the CPU (several CPU ranks "
-        "run DDP over gloo).",
-    )
+    # Also the process tree's layout (ProcessLayout) and what `wrl config plan` / `wrl config validate`
+    # size it for (tasks/training/memory_plan.py):
     gpu_memory_gib: float = Field(80.0, gt=0, description="Memory of each of those GPUs.")
-    distributed: Literal["ddp", "fsdp2", "zero3"] = Field(
-        "ddp",
-        description="ddp replicates weights, gradients and optimizer state; fsdp2 and zero3 shard them.",
-    )
-    cpu_offload: bool = Field(
-        False,
-        description="zero3: the optimizer state on the CPU; fsdp2: FSDP's CPU offload (parameters, gradients "
-        "and optimizer state).",
-    )
 
     @model_validator(mode="after")
     def _optimisation_settings(self) -> TrainingConfig:
@@ -567,7 +581,7 @@ class SFTReferenceConfig(StrictModel):
     enabled: bool = True
 
 
-class SFTConfig(StrictModel):
+class SFTConfig(ProcessLayout):
     """The `sft` stages' trainer (TRL's SFTTrainer, loss on the response only), shared by both modes."""
 
     writer: SFTWriterConfig | None = None
@@ -580,7 +594,12 @@ class SFTConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs (unless `max_steps` is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer updates; overrides `epochs`.")
-    batch_size: int = Field(8, ge=1, description="Pairs per device per forward pass.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Pairs per forward pass over all ranks (each rank takes batch_size / ranks of them), so "
+        "an update is batch_size x gradient_accumulation_steps pairs whatever the layout.",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer update.")
     max_seq_tokens: int = Field(
         4096,
@@ -608,6 +627,13 @@ class SFTConfig(StrictModel):
         if self.lr_scheduler == "constant" and self.warmup_ratio > 0:
             raise ValueError(
                 "sft.warmup_ratio: lr_scheduler 'constant' has no warmup; use 'constant_with_warmup'"
+            )
+        # The ranks tasks/training/launch.py starts (device auto counts as a GPU here).
+        ranks = self.processes or (1 if self.device == "cpu" else self.gpus)
+        if self.batch_size % ranks:
+            raise ValueError(
+                f"sft.batch_size ({self.batch_size}) must divide evenly over {ranks} rank(s): it counts the "
+                "pairs of one forward pass over all of them"
             )
         return self
 

@@ -48,7 +48,13 @@ def test_demo_is_the_cpu_embedded_default():
 
 def test_paper_recipe_mirrors_the_official_setup():
     recipe = load_recipe(PROJECT_ROOT / "configs" / "paper-qwen2.5-7b.yaml")
-    assert recipe.policy.model == "Qwen/Qwen2.5-7B-Instruct"
+    # RL starts from the SFT writer, as the paper; the Instruct model is an evaluation row.
+    assert recipe.policy.model == "AQuarterMile/Writing-Model-Qwen-7B"
+    candidates = {c.name: c for c in recipe.evaluation.candidates}
+    assert (
+        candidates["instruct"].model == "Qwen/Qwen2.5-7B-Instruct"
+        and candidates["base"].from_training == "base"
+    )
     assert {g.model for g in recipe.generators if g.role == "competitor"} == {
         "qwen-plus",
         "gpt-4o",
@@ -263,3 +269,16 @@ def test_paper_recipes_select_order_and_validate_as_the_paper(name):
     assert (
         recipe.reward.judge.prompt_version == "official" and recipe.reward.judge.decoding.temperature == 0.1
     )
+
+
+def test_paper_recipes_start_rl_from_an_sft_writer_and_evaluate_the_papers_rows():
+    qwen = load_recipe(PROJECT_ROOT / "configs" / "paper-qwen2.5-7b.yaml")
+    llama = load_recipe(PROJECT_ROOT / "configs" / "paper-llama3.1-8b.yaml")
+    # Qwen: the released WritingBench SFT writer is the policy; Llama: the sft_writer stage makes it.
+    assert qwen.sft.writer is None and qwen.policy.model == "AQuarterMile/Writing-Model-Qwen-7B"
+    assert llama.sft.writer is not None and llama.policy.model == "meta-llama/Llama-3.1-8B-Instruct"
+    for recipe in (qwen, llama):
+        assert recipe.sft.reference.enabled and (recipe.sft.gpus, recipe.sft.distributed) == (8, "zero3")
+        rows = {c.name: (c.model, c.from_training, c.from_sft) for c in recipe.evaluation.candidates}
+        assert rows["instruct"][0].endswith("Instruct") and rows["base"][1] == "base"
+        assert rows["reference-sft"][2] == "reference" and rows["writing-rl"][1] == "final"

@@ -110,7 +110,9 @@ def test_the_command_prints_the_arithmetic_and_fails_when_it_does_not_fit():
 def test_validate_checks_memory_and_says_when_it_cannot(tmp_path):
     paper = PROJECT_ROOT / "configs" / PAPER[0]
     own = tmp_path / "own-model.yaml"  # a GPU recipe whose policy's architecture nobody can read here
-    own.write_text(paper.read_text().replace("model: Qwen/Qwen2.5-7B-Instruct", "model: org/own-7b", 1))
+    own.write_text(
+        paper.read_text().replace("model: AQuarterMile/Writing-Model-Qwen-7B", "model: org/own-7b", 1)
+    )
     one_gpu = tmp_path / "one-gpu.yaml"
     one_gpu.write_text(paper.read_text().replace("  gpus: 8\n", "  gpus: 1\n"))
     result = wrl("config", "validate", str(paper), str(own), str(one_gpu))

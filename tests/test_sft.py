@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.loading import ConfigError, load_recipe
-from configs.schema import SFTConfig, SFTDataConfig
+from configs.schema import Recipe, SFTConfig, SFTDataConfig
 from storage import DatasetRef, open_storage
 from tasks.instructions import InstructionDataError
 from tasks.instructions.sft_pairs import load_sft_pairs
@@ -24,6 +24,7 @@ from tasks.stages import generate, sft, train
 from tasks.stages.runner import run_stage, stage_keys
 from tasks.training.sft import SFTExample, run_sft
 from tests.conftest import PROJECT_ROOT, write_recipe
+from tests.support.accelerate_files import assert_accelerate_reads
 
 PAIRS = [
     {"prompt": f"Write one line about {topic}.", "response": f"{topic.capitalize()} is quiet and kind. " * 2}
@@ -257,6 +258,108 @@ def test_the_writer_stage_caches_registers_its_model_and_records_lineage(tmp_pat
     assert stage_keys(sft.WRITER_SPEC, recipe, {})[1] == first.cache_key
 
 
+def test_the_writer_stage_trains_on_two_cpu_ranks_as_on_one(tmp_path, tiny_model_dir):
+    """`sft.processes: 2`: the stage launches two gloo ranks (DDP), each taking one pair of every
+    two-pair batch. Rank 0's losses come back, the model is loadable and registered, and it learned
+    what one rank learns (same pairs per update, same losses); so the layout is not in the key."""
+    from transformers import AutoModelForCausalLM
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    path = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(data) + "  processes: 2\n")
+    recipe = load_recipe(path)
+    storage = open_storage(recipe.storage)
+    result = run_stage(
+        sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=_run(storage, recipe), storage=storage
+    )
+    assert result.summary["steps"] == 3 and result.summary["ranks"] == 2 and not result.summary["reused"]
+    (row,) = storage.datasets.read(result.outputs["sft_models"]).to_pylist()
+    assert row["final_loss"] < row["first_loss"]
+    assert storage.training.model(row["model_id"])["path"] == row["path"]
+    AutoModelForCausalLM.from_pretrained(row["path"])
+    record = json.loads((Path(row["path"]) / "wrl_sft.json").read_text())
+    assert record["ranks"] == 2 and [s for s, _ in record["losses"]] == [1, 2, 3]
+    assert not list((storage.root / "sft").glob("*"))  # the work folder (checkpoints, spec, log) is gone
+
+    one_rank = run_sft(
+        base_model=str(tiny_model_dir), examples=_examples(), sft=recipe.sft.model_copy(update={"processes": 1}),
+        work_dir=tmp_path / "w1", model_dir=tmp_path / "m1",
+    )  # fmt: skip
+    assert one_rank.ranks == 1
+    assert [s for s, _ in one_rank.losses] == [1, 2, 3]
+    assert [loss for _, loss in one_rank.losses] == pytest.approx(
+        [loss for _, loss in record["losses"]], rel=1e-4
+    )
+    # Where it runs is not in the key; the engine is (its checkpoints are not each other's).
+    key = stage_keys(sft.WRITER_SPEC, recipe, {})[1]
+    layouts = ({"sft.processes": 1}, {"sft.gpus": 2})
+    for override in layouts:
+        assert stage_keys(sft.WRITER_SPEC, load_recipe(path, override), {})[1] == key, override
+    assert stage_keys(sft.WRITER_SPEC, load_recipe(path, {"sft.distributed": "zero3"}), {})[1] != key
+
+
+def test_a_failed_sft_rank_fails_the_stage_with_its_error(tmp_path, tiny_model_dir, monkeypatch):
+    from tasks.training.launch import TrainerFailedError
+
+    monkeypatch.setenv("WRL_TRAINER_PLUGINS", "tests.support.sft_plugin")
+    monkeypatch.setenv("WRL_TEST_SFT_FAIL_RANK", "1")
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    recipe = load_recipe(_sft_recipe(tmp_path, tiny_model_dir, _writer_block(data) + "  processes: 2\n"))
+    storage = open_storage(recipe.storage)
+    with pytest.raises(TrainerFailedError, match="sft: rank 1: RuntimeError: rank 1 broke on purpose"):
+        run_stage(sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=_run(storage, recipe), storage=storage)
+    assert storage.training.models() == [] and not (storage.root / "models").exists()
+    with storage.catalog.connect() as con:
+        assert con.execute("SELECT status FROM stage_runs").fetchall() == [("failed",)]
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ({"distributed": "zero3"},
+         {"distributed_type": "DEEPSPEED", "num_processes": 8, "mixed_precision": "bf16",
+          "deepspeed_config.zero_stage": 3, "deepspeed_config.offload_optimizer_device": "none",
+          "deepspeed_config.zero3_save_16bit_model": True}),
+        ({"distributed": "zero3", "cpu_offload": True}, {"deepspeed_config.offload_optimizer_device": "cpu"}),
+        ({"distributed": "fsdp2"},
+         {"distributed_type": "FSDP", "num_processes": 8, "fsdp_config.fsdp_version": 2,
+          "fsdp_config.fsdp_offload_params": False, "fsdp_config.fsdp_state_dict_type": "FULL_STATE_DICT"}),
+        ({"distributed": "ddp", "gpus": 4}, {"distributed_type": "MULTI_GPU", "num_processes": 4}),
+        ({"gpus": 1}, {"distributed_type": "NO", "num_processes": 1, "use_cpu": False}),
+        ({"device": "cpu", "processes": 2}, {"distributed_type": "MULTI_GPU", "num_processes": 2,
+                                             "mixed_precision": "no", "use_cpu": False}),
+    ],
+)  # fmt: skip
+def test_the_sft_accelerate_configuration_follows_the_sft_block_and_accelerate_reads_it(
+    override, expected, tmp_path
+):
+    """The paper-size SFT layout (a full 7B fine-tune on 8 GPUs, sharded) as accelerate reads it."""
+
+    from tasks.training.launch import accelerate_config
+    from tasks.training.sft import SFTLaunchSpec, sft_layout
+
+    block = {"reference": {"enabled": True}, "device": "cuda", "bf16": True, "gradient_checkpointing": True,
+             "gpus": 8, "batch_size": 8, **override}  # fmt: skip
+    layout = sft_layout(SFTConfig(**block))
+    config = accelerate_config(layout, port=29512, section="sft")
+    assert_accelerate_reads(config, expected, tmp_path, port=29512)
+    assert SFTLaunchSpec.worker == "tasks.training.sft_worker"
+
+
+def test_sft_layouts_that_cannot_run_are_refused():
+    from tasks.training.launch import accelerate_config
+    from tasks.training.sft import sft_args
+
+    with pytest.raises(ValueError, match=r"sft\.distributed: zero3 needs GPUs"):
+        accelerate_config(SFTConfig(reference={"enabled": True}, device="cpu", processes=2, distributed="zero3"),
+                          port=0, section="sft")  # fmt: skip
+    with pytest.raises(ValueError, match=r"sft\.batch_size \(4\) must divide evenly over 8 rank\(s\)"):
+        SFTConfig(reference={"enabled": True}, device="cuda", gpus=8, batch_size=4)
+    # The pairs of one forward pass over all ranks: each of 8 takes one.
+    args = sft_args(SFTConfig(reference={"enabled": True}, batch_size=8, gpus=8), Path("unused"), cpu=True,
+                    world_size=8)  # fmt: skip
+    assert args.per_device_train_batch_size == 1
+
+
 def test_generate_writes_with_the_sft_model_through_the_flow(prefect_harness, tmp_path, tiny_model_dir):
     from flows.build_dataset import build_dataset
 
@@ -340,23 +443,24 @@ def _fixed_inputs(spec, recipe):
     return {role: DatasetRef.parse(refs[role]) for role in spec.inputs_for(recipe)}
 
 
+def _with_sft(recipe: Recipe, sft_block: dict | None) -> Recipe:
+    return Recipe.model_validate({**recipe.model_dump(mode="json"), "sft": sft_block})
+
+
 @pytest.mark.parametrize("config", ["demo.yaml", "paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml"])
 def test_recipes_without_sft_keep_their_generate_and_train_cache_keys(config, tmp_path):
-    recipe = load_recipe(PROJECT_ROOT / "configs" / config)
-    assert recipe.sft is None
+    # The shipped recipes without their `sft` block (the paper recipes have one since issue 17).
+    recipe = _with_sft(load_recipe(PROJECT_ROOT / "configs" / config), None)
     for spec in (generate.SPEC, train.SPEC):
         # The inputs the pipeline wires are the ones it wired before `sft` existed, so the key is too.
         assert spec.inputs_for(recipe) == spec.inputs
         before = stage_keys(replace(spec, extra_inputs=lambda r: ()), recipe, _fixed_inputs(spec, recipe))
         assert stage_keys(spec, recipe, _fixed_inputs(spec, recipe)) == before
         # The Reference-SFT baseline alone does not touch them either ...
-        baseline = load_recipe(PROJECT_ROOT / "configs" / config, {"sft": {"reference": {"enabled": True}}})
+        baseline = _with_sft(recipe, {"reference": {"enabled": True}})
         assert stage_keys(spec, baseline, _fixed_inputs(spec, baseline)) == before
         # ... the SFT writer does: its model is an input (its version changes the key).
-        writer = load_recipe(
-            PROJECT_ROOT / "configs" / config,
-            {"sft": {"writer": {"data": {"path": str(tmp_path / "p.jsonl")}}}},
-        )
+        writer = _with_sft(recipe, {"writer": {"data": {"path": str(tmp_path / "p.jsonl")}}})
         assert "sft_models" in spec.inputs_for(writer)
         assert stage_keys(spec, writer, _fixed_inputs(spec, writer))[1] != before[1]
         other = {**_fixed_inputs(spec, writer), "sft_models": DatasetRef.parse("sft_models@2")}

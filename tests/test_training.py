@@ -13,6 +13,7 @@ from configs.loading import load_recipe
 from flows.train import train_policy
 from storage import DatasetRef, open_storage
 from tests.conftest import PROJECT_ROOT
+from tests.support.accelerate_files import assert_accelerate_reads
 
 
 # The expected logprob reward is continuous, so a group's rollouts never all tie and every step
@@ -349,8 +350,6 @@ def test_the_training_report_shows_every_instructions_rung_per_step_and_at_the_e
 def test_the_accelerate_configuration_follows_the_recipe_and_accelerate_reads_it(
     override, expected, tmp_path
 ):
-    import yaml
-    from accelerate.commands.config.config_args import load_config_from_file
 
     from tasks.training.launch import accelerate_config
 
@@ -358,15 +357,7 @@ def test_the_accelerate_configuration_follows_the_recipe_and_accelerate_reads_it
         update=override
     )
     config = accelerate_config(training, port=29511)
-    for dotted, value in expected.items():
-        node = config
-        for key in dotted.split("."):
-            node = node[key]
-        assert node == value, dotted
-    path = tmp_path / "accelerate.yaml"
-    path.write_text(yaml.safe_dump(config))
-    parsed = load_config_from_file(str(path))  # accelerate's own reader refuses unknown keys
-    assert parsed.num_processes == config["num_processes"] and parsed.main_process_port == 29511
+    assert_accelerate_reads(config, expected, tmp_path, port=29511)
 
 
 def test_sharded_strategies_on_cpu_ranks_are_refused():

@@ -13,9 +13,11 @@ A pair's prompt is the direct strategy's messages for the policy generator (its 
 any, then the instruction), whatever the policy's strategy: the responses are plain answers. Each
 stage writes a one-row table (`sft_models`, `sft_reference_models`: model id, mode, path, base,
 examples, steps, final loss, data fingerprint) and registers the model in the catalog's `models`
-(`wrl models`, `wrl serve model:<id>`, evaluation's `from_sft`). The cache key is the `sft` block's
-shared settings and the mode's own block, the policy's model and system prompt, and the data: the
-source file's sha256 (writer) or the ladders version (+ the SFT writer's version, reference).
+(`wrl models`, `wrl serve model:<id>`, evaluation's `from_sft`). The trainer runs as its own process
+tree (`accelerate launch`, one rank or several: `sft.gpus` / `sft.processes`, `sft.distributed`), the
+stage waiting on it as the train stage does. The cache key is the `sft` block's shared settings less
+the layout (gpus, processes) and the mode's own block, the policy's model and system prompt, and the
+data: the source file's sha256 (writer) or the ladders version (+ the SFT writer's version, reference).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.loading import ConfigError
-from configs.schema import GeneratorConfig, Recipe, SFTConfig
+from configs.schema import LAYOUT_FIELDS, GeneratorConfig, Recipe, SFTConfig
 from storage import DatasetRef
 from tasks.generation import STRATEGIES
 from tasks.instructions import Instruction
@@ -76,7 +78,10 @@ def writer_inputs(recipe: Recipe) -> tuple[str, ...]:
 
 
 def _shared(sft: SFTConfig) -> dict[str, Any]:
-    return sft.model_dump(mode="json", exclude={"writer", "reference"})
+    """The settings both modes share, less the layout (gpus, processes): where it runs, not what it
+    learns (`batch_size` counts the pairs over all ranks). The engine (`distributed`, `cpu_offload`)
+    stays in, as in the train stage's key: a resume reads checkpoints of the same engine."""
+    return sft.model_dump(mode="json", exclude={"writer", "reference", *LAYOUT_FIELDS})
 
 
 def _policy(recipe: Recipe) -> dict[str, Any]:
@@ -179,7 +184,7 @@ def _check_process(stage: str) -> None:
     if world_size() > 1:
         raise ConfigError(
             f"{stage}: this process is one of {world_size()} (WORLD_SIZE={world_size()}); run `wrl` as one "
-            "process: SFT trains in the stage's own process on one device"
+            "process: the stage launches the SFT trainer's ranks itself (sft.gpus / sft.processes)"
         )
 
 
@@ -219,7 +224,7 @@ def _train(
     dataset = WRITER_DATASET if mode == "writer" else REFERENCE_DATASET
     summary = {"model_id": paths.model_id, "examples": outcome.examples, "steps": outcome.steps,
                "final_loss": None if outcome.final_loss is None else round(outcome.final_loss, 4),
-               "resumed_from": outcome.resumed_from, "reused": outcome.reused}  # fmt: skip
+               "resumed_from": outcome.resumed_from, "ranks": outcome.ranks, "reused": outcome.reused}  # fmt: skip
     return StageOutput(
         tables={dataset: pa.Table.from_pylist([row], schema=SFT_MODELS_SCHEMA)}, summary=summary
     )

@@ -28,7 +28,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.loading import ConfigError
-from configs.schema import JudgeConfig, Recipe
+from configs.schema import LAYOUT_FIELDS, JudgeConfig, Recipe
 from storage import DatasetRef
 from tasks.curriculum import validate_static_rung
 from tasks.llm.embedded import resolve_model_path_once
@@ -49,8 +49,7 @@ def _reward_judge(recipe: Recipe) -> JudgeConfig | None:
 
 # How many ranks train is not part of a run's identity: a run killed on 8 GPUs resumes on 4 (or a
 # CPU run on 1 rank on 2), its curriculum exactly as checkpointed. The engine (`distributed`,
-# `cpu_offload`) is: its checkpoints are not each other's.
-LAYOUT_FIELDS = {"gpus", "processes", "gpu_memory_gib"}
+# `cpu_offload`) is: its checkpoints are not each other's (configs/schema.py: LAYOUT_FIELDS).
 
 
 def _config_slice(recipe: Recipe) -> dict[str, Any]:

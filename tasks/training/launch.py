@@ -1,9 +1,11 @@
-"""Runs the trainer as its own process tree: `accelerate launch` with a configuration written from
-the recipe, one rank per GPU (or per CPU process over gloo), each rank `tasks.training.worker`.
+"""Runs a trainer as its own process tree: `accelerate launch` with a configuration written from
+the recipe, one rank per GPU (or per CPU process over gloo), each rank the spec's worker module:
+`tasks.training.worker` for RL (LaunchSpec), `tasks.training.sft_worker` for SFT
+(tasks/training/sft.py: SFTLaunchSpec).
 
-The train stage stays in the orchestrating process: it writes the job's spec, waits here for the
+The stage stays in the orchestrating process: it writes the job's spec, waits here for the
 trainer, logs each step's line as rank 0 reports it, and records the exit. The ranks never run
-Prefect, never take stage claims, and only rank 0 opens the catalog.
+Prefect, never take stage claims, and only rank 0 opens the catalog (the SFT ranks open none).
 
 Nothing is orphaned:
 - the launcher leads a process group of its own, and gets SIGTERM when the orchestrating process
@@ -34,11 +36,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Protocol
 
 import yaml
 
-from configs.schema import JudgeConfig, Recipe, TrainingConfig
+from configs.schema import JudgeConfig, Recipe
 from tasks.processes import die_with_parent, stop_group
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,29 @@ class TrainerFailedError(RuntimeError):
     """The trainer's process tree exited with an error; the message ends with its output's tail."""
 
 
+class Layout(Protocol):
+    """Where a trainer runs: the layout fields `training:` and `sft:` share (configs/schema.py)."""
+
+    device: str
+    bf16: bool
+    gpus: int
+    processes: int | None
+    distributed: Literal["ddp", "fsdp2", "zero3"]
+    cpu_offload: bool
+
+
+class Spec(Protocol):
+    """A job run_trainer launches: pickled into its work folder, read by `worker` on every rank."""
+
+    worker: ClassVar[str]  # the module each rank runs: `python -m <worker> <spec file>`
+    work_dir: Path
+
+    @property
+    def layout(self) -> Layout: ...
+
+    def write(self, path: Path) -> Path: ...
+
+
 @dataclass
 class LaunchSpec:
     """Everything a rank needs, pickled into the work folder by the train stage (same code, same
@@ -73,24 +98,40 @@ class LaunchSpec:
     lineage: dict[str, Any] = field(default_factory=dict)
     validation_items: dict[str, Any] = field(default_factory=dict)  # the held-out ladders
 
+    worker: ClassVar[str] = "tasks.training.worker"
+
+    @property
+    def layout(self) -> Layout:
+        assert self.recipe.training is not None
+        return self.recipe.training
+
     @property
     def usage_file(self) -> Path:
         """Where rank 0 leaves its judge's usage rows for the stage run's meter."""
         return Path(self.work_dir) / f"usage-{self.stage_run_id}.json"
 
     def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(pickle.dumps(self))
-        partial.replace(path)
-        return path
+        return write_spec(self, path)
 
     @staticmethod
     def read(path: Path) -> LaunchSpec:
-        return pickle.loads(Path(path).read_bytes())
+        return read_spec(path)
 
 
-def processes(training: TrainingConfig) -> int:
+def write_spec(spec: Any, path: Path) -> Path:
+    """Pickle `spec` to `path` (written aside and renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(pickle.dumps(spec))
+    partial.replace(path)
+    return path
+
+
+def read_spec(path: Path) -> Any:
+    return pickle.loads(Path(path).read_bytes())
+
+
+def processes(training: Layout) -> int:
     """Ranks to launch: `training.processes`, else one per GPU the recipe declares on a GPU and one
     on the CPU."""
     if training.processes is not None:
@@ -98,9 +139,10 @@ def processes(training: TrainingConfig) -> int:
     return 1 if training.device == "cpu" else training.gpus
 
 
-def accelerate_config(training: TrainingConfig, *, port: int) -> dict[str, Any]:
-    """The accelerate configuration for this recipe: TRL's shipped file for its strategy, with the
-    recipe's processes, precision and offload written over it."""
+def accelerate_config(training: Layout, *, port: int, section: str = "training") -> dict[str, Any]:
+    """The accelerate configuration for this layout (a recipe's `training` or `sft` block, named by
+    `section` in errors): TRL's shipped file for its strategy, with the layout's processes,
+    precision and offload written over it."""
     ranks, cpu = processes(training), training.device == "cpu"
     if ranks == 1:
         base = "single_gpu"
@@ -116,7 +158,7 @@ def accelerate_config(training: TrainingConfig, *, port: int) -> dict[str, Any]:
     if cpu:
         if training.distributed != "ddp" and ranks > 1:
             raise ValueError(
-                f"training.distributed: {training.distributed} needs GPUs; on the CPU the ranks run DDP over gloo"
+                f"{section}.distributed: {training.distributed} needs GPUs; on the CPU the ranks run DDP over gloo"
             )
         # accelerate launches several CPU processes only through MPI (MULTI_CPU); its torchrun
         # launcher (MULTI_GPU) starts them without, and each rank's TrainingArguments(use_cpu=True)
@@ -131,10 +173,10 @@ def accelerate_config(training: TrainingConfig, *, port: int) -> dict[str, Any]:
     return config
 
 
-def launch_command(config_file: Path, spec_file: Path) -> list[str]:
+def launch_command(config_file: Path, spec_file: Path, worker: str = LaunchSpec.worker) -> list[str]:
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-        "-m", "tasks.training.worker", str(spec_file),
+        "-m", worker, str(spec_file),
     ]  # fmt: skip
 
 
@@ -163,27 +205,29 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def run_trainer(
-    spec: LaunchSpec,
+    spec: Spec,
     *,
     on_event: Callable[[dict[str, Any]], None],
     env: dict[str, str] | None = None,
+    section: str = "training",
 ) -> None:
-    """Launch the trainer for `spec` and wait until it has trained and saved (TrainerFailedError
-    otherwise). Rank 0's events go to `on_event` as they arrive; every other line of output goes to
+    """Launch the trainer for `spec` (its `worker` on every rank, laid out by `spec.layout`, the
+    recipe block `section`) and wait until it has trained and saved (TrainerFailedError otherwise).
+    Rank 0's events go to `on_event` as they arrive; every other line of output goes to
     `<work_dir>/trainer_output.log`, whose tail a failure's message carries."""
-    training = spec.recipe.training
-    assert training is not None
+    layout = spec.layout
     work_dir = Path(spec.work_dir)
+    config = accelerate_config(layout, port=_free_port(), section=section)
     spec_file = spec.write(work_dir / SPEC_FILE)
     config_file = work_dir / ACCELERATE_FILE
-    config_file.write_text(yaml.safe_dump(accelerate_config(training, port=_free_port()), sort_keys=True))
-    command = launch_command(config_file, spec_file)
+    config_file.write_text(yaml.safe_dump(config, sort_keys=True))
+    command = launch_command(config_file, spec_file, spec.worker)
     project_root = Path(__file__).resolve().parents[2]
     child_env = {**os.environ, **(env or {}), "TOKENIZERS_PARALLELISM": "false"}
     # The ranks import this project's packages whatever the working directory.
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root), child_env.get("PYTHONPATH")]))
     tail: deque[str] = deque(maxlen=60)
-    logger.info("train: launching %d rank(s): %s", processes(training), " ".join(command))
+    logger.info("%s: launching %d rank(s): %s", section, processes(layout), " ".join(command))
     with _sigterm_raises(), (work_dir / OUTPUT_LOG).open("a") as output:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,

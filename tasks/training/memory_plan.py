@@ -87,6 +87,8 @@ class Architecture:
 # The paper's policies, from their published config.json (no hub on the machines that plan).
 KNOWN_ARCHITECTURES = {
     "Qwen/Qwen2.5-7B-Instruct": Architecture(3584, 28, 28, 4, 18944, 152064),
+    # WritingBench's SFT writer: Qwen2.5-7B-Instruct fine-tuned, the same shapes.
+    "AQuarterMile/Writing-Model-Qwen-7B": Architecture(3584, 28, 28, 4, 18944, 152064),
     "meta-llama/Llama-3.1-8B-Instruct": Architecture(4096, 32, 32, 8, 14336, 128256),
 }
 

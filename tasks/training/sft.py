@@ -1,17 +1,23 @@
 """Supervised fine-tuning with TRL's SFTTrainer: the policy's SFT starting point (`sft.writer`) and
 the Reference-SFT baseline (`sft.reference`), run by tasks/stages/sft.py.
 
-In process, on one device: the stage calls `run_sft` and waits (the RL trainer's accelerate process
-tree is for multi-GPU rollouts; a single-device SFT needs none of it). Every pair is one
-prompt-completion conversational row (the prompt's messages, then the response as the assistant's
-turn), so the loss is on the response only. On the CPU the model trains in float32, without bf16 or
-gradient checkpointing (both only cost time there), as the train stage does.
+As its own process tree, always (one rank too, so one code path): `run_sft` pickles an
+SFTLaunchSpec into the work folder and runs `accelerate launch -m tasks.training.sft_worker <spec>`
+through tasks/training/launch.py, laid out by the `sft` block as the RL trainer is by `training`
+(`gpus` / `processes`, `distributed`: ddp | fsdp2 | zero3, `cpu_offload`; several CPU ranks run DDP
+over gloo). Rank 0 reports each log line and a rank's failure as events; the stage waits, logs and
+records. `sft.batch_size` counts the pairs of one forward pass over all ranks (each takes its share),
+so an update is the same pairs whatever the layout. Every pair is one prompt-completion
+conversational row (the prompt's messages, then the response as the assistant's turn), so the loss
+is on the response only. On the CPU the model trains in float32, without bf16 or gradient
+checkpointing (both only cost time there), as the train stage does.
 
 Restartable: checkpoints go to the run's work folder, keyed on the stage's cache key, and a killed run
 resumes from the newest complete one. The final model is a plain folder (a LoRA adapter merged into
-the base), written aside and renamed into place, with `wrl_sft.json` (steps, losses) and
-`wrl_lineage.json`; a folder that holds `wrl_sft.json` is finished, and a stage run with the same key
-takes it as it is. The checkpoints are deleted once the model is in place: they only served a resume.
+the base), written aside by rank 0 (after `save_model` gathered sharded weights on every rank) and
+renamed into place, with `wrl_sft.json` (steps, losses, ranks) and `wrl_lineage.json`; a folder that
+holds `wrl_sft.json` is finished, and a stage run with the same key takes it as it is. The work
+folder (checkpoints, spec, the ranks' output log) is deleted once the model is in place.
 """
 
 from __future__ import annotations
@@ -23,13 +29,12 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from configs.schema import SFTConfig
-from tasks.training.args import peft_lora_config
-from tasks.training.checkpoints import latest_checkpoint, merge_adapter
+from tasks.training.launch import TrainerFailedError, read_spec, run_trainer, write_spec
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class SFTOutcome:
     final_loss: float | None  # the last logged training loss
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), every logged step
     resumed_from: int | None = None
+    ranks: int = 1  # the processes it trained on (its last run's, after a resume)
     reused: bool = False  # the model folder was already there (same key): nothing trained
 
     def record(self) -> dict[str, Any]:
@@ -81,9 +87,52 @@ def on_cpu(sft: SFTConfig) -> bool:
     return not torch.cuda.is_available()
 
 
-def sft_args(sft: SFTConfig, output_dir: Path, *, cpu: bool):
-    """TRL's SFTConfig from the recipe's `sft` block (TRL defaults bf16 and gradient checkpointing on:
-    both are set here, and off on the CPU)."""
+def sft_layout(sft: SFTConfig) -> SFTConfig:
+    """The `sft` block with its device resolved (auto: cuda when there is a GPU here), what the
+    launcher lays the ranks out by and what every rank trains with."""
+    return sft.model_copy(update={"device": "cpu" if on_cpu(sft) else "cuda"})
+
+
+@dataclass
+class SFTLaunchSpec:
+    """Everything an SFT rank needs, pickled into the work folder by `run_sft` (same code, same
+    machine: pickle is the handoff, not a format anyone keeps)."""
+
+    sft: SFTConfig  # device resolved (sft_layout)
+    base_model: str
+    examples: list[SFTExample]
+    work_dir: Path
+    model_dir: Path
+    partial_dir: Path  # where rank 0 writes the model before renaming it into model_dir
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    worker: ClassVar[str] = "tasks.training.sft_worker"
+
+    @property
+    def layout(self) -> SFTConfig:
+        return self.sft
+
+    def write(self, path: Path) -> Path:
+        return write_spec(self, path)
+
+    @staticmethod
+    def read(path: Path) -> SFTLaunchSpec:
+        return read_spec(path)
+
+
+def per_device_batch(sft: SFTConfig, world_size: int) -> int:
+    """Each rank's share of `sft.batch_size`, the pairs of one forward pass over all ranks."""
+    if sft.batch_size % world_size:
+        raise ValueError(
+            f"sft.batch_size ({sft.batch_size}) must divide evenly over {world_size} rank(s): it counts the "
+            "pairs of one forward pass over all of them"
+        )
+    return sft.batch_size // world_size
+
+
+def sft_args(sft: SFTConfig, output_dir: Path, *, cpu: bool, world_size: int = 1):
+    """TRL's SFTConfig from the recipe's `sft` block for one of `world_size` ranks (TRL defaults bf16
+    and gradient checkpointing on: both are set here, and off on the CPU)."""
     from trl import SFTConfig as TRLSFTConfig
 
     return TRLSFTConfig(
@@ -94,7 +143,7 @@ def sft_args(sft: SFTConfig, output_dir: Path, *, cpu: bool):
         weight_decay=sft.weight_decay,
         num_train_epochs=sft.epochs,
         max_steps=sft.max_steps if sft.max_steps is not None else -1,
-        per_device_train_batch_size=sft.batch_size,
+        per_device_train_batch_size=per_device_batch(sft, world_size),
         gradient_accumulation_steps=sft.gradient_accumulation_steps,
         max_length=sft.max_seq_tokens,
         packing=False,
@@ -144,10 +193,14 @@ def run_sft(
     model_dir: Path,
     lineage: dict[str, Any] | None = None,
     on_log: Callable[[int, int, dict[str, float]], None] | None = None,
+    env: dict[str, str] | None = None,
 ) -> SFTOutcome:
-    """Fine-tune `base_model` on `examples` (resuming from the newest checkpoint in `work_dir`) and
-    save a plain model folder in `model_dir`. A `model_dir` finished before is returned as it is.
-    `on_log(step, max_steps, logs)` gets each of the trainer's log dicts (loss, grad_norm, ...)."""
+    """Fine-tune `base_model` on `examples` as a process tree laid out by `sft` (resuming from the
+    newest checkpoint in `work_dir`) and save a plain model folder in `model_dir`. A `model_dir`
+    finished before is returned as it is. `on_log(step, max_steps, logs)` gets each of the trainer's
+    log dicts (loss, grad_norm, ...) as rank 0 reports it. A failed job raises the error of the first
+    rank that reported one: a ValueError as such (a length limit that leaves no response), anything
+    else as TrainerFailedError with that rank's error and the tail of the ranks' output."""
     work_dir, model_dir = Path(work_dir), Path(model_dir)
     done = finished_outcome(model_dir)
     if done is not None:
@@ -155,17 +208,72 @@ def run_sft(
         return done
     if not examples:
         raise ValueError("sft: no examples to train on")
+    spec = SFTLaunchSpec(
+        sft=sft_layout(sft), base_model=base_model, examples=list(examples), work_dir=work_dir,
+        model_dir=model_dir, partial_dir=model_dir.with_name(f".{model_dir.name}.partial-{os.getpid()}"),
+        lineage=dict(lineage or {}),
+    )  # fmt: skip
+    failures: list[dict[str, Any]] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "log" and on_log is not None:
+            on_log(event["step"], event["max_steps"], event["logs"])
+        elif kind == "resumed":
+            logger.info("sft: resuming from %s", event["checkpoint"])
+        elif kind == "dropped":
+            logger.warning(
+                "sft: %d of %d pairs have no response tokens within sft.max_seq_tokens=%d (their prompt fills "
+                "it); training on the other %d", event["total"] - event["kept"], event["total"],
+                sft.max_seq_tokens, event["kept"],
+            )  # fmt: skip
+        elif kind == "failed":
+            failures.append(event)
+
+    try:
+        run_trainer(spec, on_event=on_event, env=env, section="sft")
+    except TrainerFailedError as exc:
+        if not failures:
+            raise TrainerFailedError(f"sft: {exc}") from None
+        # The first rank to report: the others' errors follow from it (a peer gone mid-collective).
+        first = failures[0]
+        if first["type"] == "ValueError":  # the data or the settings, as the rank found them
+            raise ValueError(first["error"]) from exc
+        raise TrainerFailedError(
+            f"sft: rank {first['rank']}: {first['type']}: {first['error']}\n{exc}"
+        ) from None
+    outcome = finished_outcome(model_dir)
+    if outcome is None:
+        raise TrainerFailedError(
+            f"sft: the trainer exited cleanly without writing {model_dir / OUTCOME_FILE}"
+        )
+    shutil.rmtree(work_dir, ignore_errors=True)  # the checkpoints only served a resume
+    return replace(outcome, reused=False)
+
+
+def train_rank(spec: SFTLaunchSpec) -> None:
+    """One rank's share of the SFT job (tasks/training/sft_worker.py): build TRL's SFTTrainer, train
+    (resuming from the newest checkpoint), `save_model` on every rank (it gathers sharded weights),
+    and on rank 0 merge a LoRA adapter, write the record and lineage, and rename the model into place."""
     from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
-    cpu = on_cpu(sft)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    from tasks.training.args import peft_lora_config, world_size
+    from tasks.training.checkpoints import latest_checkpoint, merge_adapter
+    from tasks.training.launch import emit
+
+    sft, examples = spec.sft, spec.examples
+    work_dir, model_dir, partial = Path(spec.work_dir), Path(spec.model_dir), Path(spec.partial_dir)
+    cpu = sft.device == "cpu"
+    ranks = world_size()
+    args = sft_args(sft, work_dir, cpu=cpu, world_size=ranks)
+    main = args.process_index == 0  # sets up accelerate's state, and with it the process group
     log_path = work_dir / LOSS_LOG
     checkpoint = latest_checkpoint(work_dir)
     resumed_from = None if checkpoint is None else checkpoint[1]
-    if checkpoint is not None:
-        logger.info("sft: resuming from %s", checkpoint[0])
+    if checkpoint is not None and main:
+        emit("resumed", checkpoint=str(checkpoint[0]), step=checkpoint[1])
 
     class _Log(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -173,18 +281,18 @@ def run_sft(
                 k: float(v) for k, v in (logs or {}).items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
             }  # fmt: skip
-            if numeric and state.global_step > 0:
+            # Rank 0 reports; its logged loss is already the ranks' mean (the Trainer gathers it).
+            if numeric and state.global_step > 0 and state.is_world_process_zero:
                 with log_path.open("a") as handle:
                     handle.write(json.dumps({"step": state.global_step, **numeric}) + "\n")
-                if on_log is not None:
-                    on_log(state.global_step, state.max_steps, numeric)
+                emit("log", step=state.global_step, max_steps=state.max_steps, logs=numeric)
             return control
 
     peft_config = peft_lora_config(sft.lora)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     trainer = SFTTrainer(
-        model=base_model,
-        args=sft_args(sft, work_dir, cpu=cpu),
+        model=spec.base_model,
+        args=args,
         train_dataset=sft_dataset(examples),
         processing_class=tokenizer,
         peft_config=peft_config,
@@ -193,41 +301,38 @@ def run_sft(
     trainer.remove_callback(ProgressCallback)  # the stage logs its own lines
     trainer.remove_callback(PrinterCallback)
     kept = len(trainer.train_dataset)  # TRL drops pairs whose response the length limit cuts away entirely
-    if kept < len(examples):
-        logger.warning(
-            "sft: %d of %d pairs have no response tokens within sft.max_seq_tokens=%d (their prompt fills it); "
-            "trained on the other %d", len(examples) - kept, len(examples), sft.max_seq_tokens, kept,
-        )  # fmt: skip
     if kept == 0:
-        del trainer
         raise ValueError(f"sft: sft.max_seq_tokens={sft.max_seq_tokens} leaves no response token of any pair")
+    if kept < len(examples) and main:
+        emit("dropped", kept=kept, total=len(examples))
+    saved = partial.with_name(partial.name + "-adapter") if peft_config is not None else partial
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint[0]) if checkpoint else None)
         steps = int(trainer.state.global_step)
-        partial = model_dir.with_name(f".{model_dir.name}.partial-{os.getpid()}")
-        saved = partial.with_name(partial.name + "-adapter") if peft_config is not None else partial
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(saved, ignore_errors=True)
-        trainer.save_model(str(saved))  # the weights and the tokenizer
+        if main:  # a killed run's leftovers
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(saved, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(saved))  # every rank: it gathers ZeRO-3 / FSDP shards; rank 0 writes
     finally:
         del trainer
         _release_memory()
+    if not main:
+        return
     if peft_config is not None:
-        merge_adapter(saved, base_model, partial, dtype="bfloat16" if sft.bf16 and not cpu else "float32")
+        merge_adapter(
+            saved, spec.base_model, partial, dtype="bfloat16" if sft.bf16 and not cpu else "float32"
+        )
         shutil.rmtree(saved)
     losses = _losses(log_path, steps)
     outcome = SFTOutcome(
         steps=steps, examples=len(examples), final_loss=losses[-1][1] if losses else None, losses=losses,
-        resumed_from=resumed_from,
+        resumed_from=resumed_from, ranks=ranks,
     )  # fmt: skip
     (partial / OUTCOME_FILE).write_text(json.dumps(outcome.record(), indent=2))
-    (partial / LINEAGE_FILE).write_text(
-        json.dumps({**(lineage or {}), "step": steps}, indent=2, sort_keys=True)
-    )
+    (partial / LINEAGE_FILE).write_text(json.dumps({**spec.lineage, "step": steps}, indent=2, sort_keys=True))
     shutil.rmtree(model_dir, ignore_errors=True)  # an unfinished leftover (no OUTCOME_FILE)
     partial.rename(model_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)  # the checkpoints only served a resume
-    return outcome
 
 
 def _losses(log_path: Path, last_step: int) -> list[tuple[int, float]]:

@@ -26,7 +26,7 @@ from tasks.processes import die_with_parent
 JUDGE_FAILED_EXIT = 3
 
 
-def _die_with_launcher() -> None:
+def die_with_launcher() -> None:
     """The elastic agent starts ranks in sessions of their own: a rank whose launcher is gone
     (SIGKILLed with the stage) must not train on alone."""
     die_with_parent(signal.SIGKILL)
@@ -35,7 +35,7 @@ def _die_with_launcher() -> None:
 
 
 def main(spec_path: str) -> int:
-    _die_with_launcher()
+    die_with_launcher()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from tasks.training.launch import PLUGINS_ENV
 

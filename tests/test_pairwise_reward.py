@@ -91,19 +91,26 @@ class SectionJudge(FakeLLM):
     """Prefers the response with more lanterns; quotes both in its rationale, so the rationale
     carries every verdict token a response planted, and writes its own verdict last."""
 
+    # How this judge names the answers and quotes them; the official layout's judge words it its way.
+    label, quoted, before_verdict = "Response {x}", "{label} reads:", ""
+
     def __init__(self):
         super().__init__(self.reply)
         self.seen: list[tuple[dict[str, str], int]] = []
 
+    def read(self, user: str) -> tuple[dict[str, str], int]:
+        return sections(user)
+
     def reply(self, call: FakeCall) -> str:
-        found, count = sections(call.user)
+        found, count = self.read(call.user)
         self.seen.append((found, count))
         a, b = found.get("A", ""), found.get("B", "")
         qa, qb = quality(a), quality(b)
         letter = "A" if qa > qb else "B" if qb > qa else "C"
+        la, lb = self.label.format(x="A"), self.label.format(x="B")
         return (
-            f"Response A mentions a lantern {qa} times and Response B {qb} times.\n"
-            f"Response A reads:\n{a}\nResponse B reads:\n{b}\n[[{letter}]]"
+            f"{la} mentions a lantern {qa} times and {lb} {qb} times.\n"
+            f"{self.quoted.format(label=la)}\n{a}\n{self.quoted.format(label=lb)}\n{b}\n{self.before_verdict}[[{letter}]]"
         )
 
 
@@ -772,24 +779,15 @@ def official_sections(user: str) -> dict[str, str]:
     return found
 
 
-class OfficialSectionJudge(FakeLLM):
+class OfficialSectionJudge(SectionJudge):
     """SectionJudge for the official layout: the answers as `official_sections` reads them, the
     same lantern taste, a rationale quoting both, then the verdict last (the official format)."""
 
-    def __init__(self):
-        super().__init__(self.reply)
-        self.seen: list[tuple[dict[str, str], int]] = []
+    label, quoted, before_verdict = "Assistant {x}", "{label}'s answer:", "\n"
 
-    def reply(self, call: FakeCall) -> str:
-        found = official_sections(call.user)
-        self.seen.append((found, len(found)))
-        a, b = found.get("A", ""), found.get("B", "")
-        qa, qb = quality(a), quality(b)
-        letter = "A" if qa > qb else "B" if qb > qa else "C"
-        return (
-            f"Assistant A mentions a lantern {qa} times and Assistant B {qb} times.\n"
-            f"Assistant A's answer:\n{a}\nAssistant B's answer:\n{b}\n\n[[{letter}]]"
-        )
+    def read(self, user: str) -> tuple[dict[str, str], int]:
+        found = official_sections(user)
+        return found, len(found)
 
 
 def corpus_outcomes(version: str, position: str) -> list[dict[str, object]]:

@@ -100,12 +100,13 @@ def compute(ctx: StageContext) -> StageOutput:
             f"recipe '{recipe.name}': reward judge prompt_version '{judge.prompt_version}' is not a pairwise "
             f"judge prompt (registered: {', '.join(sorted(PAIRWISE_PROMPTS))})"
         )
-    items = training_items(ctx.read("ladders"), ctx.read("instructions"))
+    ladders, instructions = ctx.read("ladders"), ctx.read("instructions")  # read once, both splits
+    items = training_items(ladders, instructions)
     if not items:
         raise ValueError(f"{ctx.inputs['ladders']}: no ladders to train on")
     validate_static_rung(recipe.curriculum, {iid: item.shape for iid, item in items.items()})
     # The held-out ladders: validation only (training.eval_steps); the curriculum never holds them.
-    validation_items = training_items(ctx.read("ladders"), ctx.read("instructions"), split="validation")
+    validation_items = training_items(ladders, instructions, split="validation")
     if recipe.training.eval_steps is not None and not validation_items:
         raise ConfigError(
             f"{ctx.inputs['ladders']}: training.eval_steps needs held-out ladders, and this table has none "

@@ -50,16 +50,13 @@ class TokenCounter:
 def families() -> dict[str, list[tuple[list[dict[str, str]], tuple[str, ...]]]]:
     """name -> [(messages, candidate tokens)], in the order a stage submits them."""
     from configs.schema import BenchmarkConfig, DataConfig, RewardConfig
-    from tasks.benchmarks import creative_writing_v3 as cw3
-    from tasks.benchmarks import longbench_write as lbw
-    from tasks.benchmarks import writingbench as wb
-    from tasks.evaluation.suites import (
-        SUITES,
-        WB_DIGIT_ANSWER,
-        cw3_criterion_messages,
-        lbw_dimension_messages,
-        wb_logprob_messages,
-    )
+    from tasks.evaluation import creative_writing_v3 as cw3
+    from tasks.evaluation import longbench_write as lbw
+    from tasks.evaluation import writingbench as wb
+    from tasks.evaluation.creative_writing_v3 import cw3_criterion_messages
+    from tasks.evaluation.longbench_write import lbw_dimension_messages
+    from tasks.evaluation.registry import SUITES
+    from tasks.evaluation.writingbench import WB_DIGIT_ANSWER, wb_logprob_messages
     from tasks.instructions.loaders import load_builtin
     from tasks.judging.pointwise import LOGPROB_DIGITS, POINTWISE_PROMPTS
     from tasks.rewards.pairwise import PAIRWISE_PROMPTS, POLICY_POSITIONS, VERDICT_LETTERS

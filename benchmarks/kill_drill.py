@@ -54,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support (n
 
 from configs.loading import load_recipe
 from storage import DatasetRef, open_storage
-from tests.conftest import write_recipe
 from tests.support import train_worker
+from tests.support.recipes import train_recipe, write_recipe
 from tests.support.tiny_model import build_tiny_llama
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -65,10 +65,9 @@ TRAIN_STEPS = 6
 
 def _recipe(root: Path, model: Path, stage: str) -> Path:
     judge = f"judge: {{backend: local, model: {model}, mode: logprob}}\n" if stage == "score" else ""
-    path = write_recipe(root / "r.yaml", store=root / "store", model=str(model), limit=INSTRUCTIONS,
-                        max_tokens=48, extra=judge)  # fmt: skip
-    path.write_text(path.read_text().replace("max_batch_size: 4", "max_batch_size: 1"))  # one call at a time
-    return path
+    # max_batch_size 1: one call at a time.
+    return write_recipe(root / "r.yaml", store=root / "store", model=str(model), limit=INSTRUCTIONS,
+                        max_tokens=48, max_batch_size=1, extra=judge)  # fmt: skip
 
 
 def _start(recipe: Path, calls: Path, stage: str) -> subprocess.Popen:
@@ -179,8 +178,6 @@ def _wait_for_no_ranks(root: Path, timeout_s: float = 30.0) -> list[int]:
 
 def train_drill(points: int, rng: random.Random, model: Path, ranks: int = 1) -> int:
     """The training kill points; prints one row each and returns the number that failed."""
-    from tests.test_training import train_recipe
-
     extra = f"  processes: {ranks}\n"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -137,7 +137,7 @@ def main(
 ) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from configs.loading import load_recipe, parse_set_option
-    from flows.cli import _provision_embedded_models
+    from tasks.llm.embedded import ensure_recipe_models
     from tests.support.train_worker import run_curation, run_train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +153,7 @@ def main(
         recipe = load_recipe(config, overrides)
         if recipe.training is None or recipe.training.algorithm != "grpo":
             raise SystemExit(f"{config}: needs a `training:` block with algorithm grpo")
-        _provision_embedded_models(recipe)
+        ensure_recipe_models(recipe)
         outputs = run_curation(recipe)
         result = run_train(recipe, outputs)
         rows = (

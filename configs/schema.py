@@ -2,8 +2,10 @@
 
 Pure pydantic; this package imports nothing else from the project. Every model is frozen and
 forbids unknown keys, so a typo fails at load time instead of silently falling back to a default.
-Registries in `tasks/` (loaders, strategies, backends) must list exactly the names allowed here;
-tests/test_registries.py keeps the two in step.
+Registries in `tasks/` (loaders, strategies, backends, benchmark suites) must list exactly the names
+allowed here: `tasks.registry.Registry` refuses any other name, and tests/test_instruction_loaders.py,
+tests/test_strategies.py, tests/test_transformers_backend.py and tests/test_evaluation_suites.py keep
+the two in step.
 
 Secrets never appear in a recipe: a remote backend names the environment variable that holds its
 key (`api_key_env`), and the key is read from the environment at call time only.
@@ -13,13 +15,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 # Names used across the pipeline; the registries in tasks/ are checked against these.
 DATA_FORMATS = ("builtin", "jsonl", "parquet", "hf", "writingbench", "longbench_write", "creative_writing_v3")
 STRATEGIES = ("direct", "agentwrite", "think-then-write")
+# The built-in benchmarks, in the comparison table's order. Not a closed list: a recipe may name
+# any suite registered in tasks/evaluation/registry.py, which the evaluate stage checks.
 BENCHMARKS = ("writingbench", "longbench_write", "creative_writing_v3", "longbench_v2")
 EMBEDDED_MODEL_PREFIX = "embedded:"
 
@@ -90,13 +103,6 @@ class DataConfig(StrictModel):
 
 class _BackendBase(StrictModel):
     max_concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    requests_per_minute: int | None = Field(None, ge=1, description="Rate limit; none when unset.")
-    tokens_per_minute: int | None = Field(None, ge=1, description="Token rate limit; none when unset.")
-    max_retries: int = Field(6, ge=0, description="Retries of a 429/5xx/timeout before the call fails.")
-    timeout_s: float = Field(600.0, gt=0, description="Per-request timeout.")
-    max_consecutive_failures: int = Field(
-        25, ge=1, description="Stop the stage after this many failures in a row: the endpoint is down."
-    )
 
     # Operational knobs change how fast calls run, never what they return: they stay out of cache keys.
     OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = frozenset(
@@ -117,6 +123,23 @@ class _BackendBase(StrictModel):
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.OPERATIONAL_FIELDS}
 
 
+class _APIBackendBase(_BackendBase):
+    """The limits of a backend reached over HTTP (tasks/llm/limits.py, remote.py). In-process
+    backends have none of these: a recipe that sets one there is refused rather than ignored."""
+
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="Requests per minute; no limit when unset."
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Estimated tokens per minute; no limit when unset."
+    )
+    max_retries: int = Field(6, ge=0, description="Retries of a 429/5xx/timeout before the call fails.")
+    timeout_s: float = Field(600.0, gt=0, description="Per-request timeout in seconds.")
+    max_consecutive_failures: int = Field(
+        25, ge=1, description="Stop the stage after this many failed calls in a row (the endpoint is down)."
+    )
+
+
 def _check_env_name(value: str) -> str:
     if not _ENV_NAME.match(value):
         raise ValueError(
@@ -132,9 +155,15 @@ EnvVarName = Annotated[str, AfterValidator(_check_env_name)]
 class LocalServer(StrictModel):
     """`transformers serve` started by the pipeline itself for an openai-compatible backend."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    startup_timeout_s: float = Field(300.0, gt=0, description="How long loading may take.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="The server's `--device`: cpu, cuda, or auto (the GPU when there is one)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="The server's `--dtype`: the weights' precision; auto lets transformers choose."
+    )
+    startup_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds the server may take to load the model and answer."
+    )
     threads: int | None = Field(
         None,
         ge=1,
@@ -158,8 +187,10 @@ class LocalServer(StrictModel):
     )
 
 
-class OpenAICompatibleBackend(_BackendBase):
-    kind: Literal["openai-compatible"]
+class OpenAICompatibleBackend(_APIBackendBase):
+    kind: Literal["openai-compatible"] = Field(
+        description="An OpenAI-style chat completions endpoint (OpenAI, DashScope, vLLM or `wrl serve`)."
+    )
     base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1 or a vLLM server.")
     api_key_env: EnvVarName | None = Field(None, description="Environment variable holding the API key.")
     serve_locally: LocalServer | None = Field(
@@ -186,18 +217,32 @@ class OpenAICompatibleBackend(_BackendBase):
         return identity
 
 
-class AnthropicBackend(_BackendBase):
-    kind: Literal["anthropic"]
-    base_url: str | None = None
-    api_key_env: EnvVarName = "ANTHROPIC_API_KEY"
+class AnthropicBackend(_APIBackendBase):
+    kind: Literal["anthropic"] = Field(description="Anthropic's Messages API (Claude).")
+    base_url: str | None = Field(
+        None, description="Another Messages API endpoint; api.anthropic.com when unset."
+    )
+    api_key_env: EnvVarName = Field(
+        "ANTHROPIC_API_KEY", description="Environment variable holding the API key."
+    )
 
 
 class TransformersBackend(_BackendBase):
-    kind: Literal["transformers"]
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    kind: Literal["transformers"] = Field(
+        description="In-process generation with transformers, one shared model per process (CPU or GPU)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs: cpu, cuda, or auto (cuda when available)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights' precision; auto: bfloat16 (float16 without bf16 support) on a GPU, float32 "
+        "on the CPU.",
+    )
     max_batch_size: int = Field(8, ge=1, description="Requests generated together in one forward batch.")
-    max_concurrency: int = Field(64, ge=1)
+    max_concurrency: int = Field(
+        64, ge=1, description="Requests a stage keeps in flight; they queue for the batches."
+    )
     prefix_cache_tokens: int = Field(
         4096,
         ge=0,
@@ -208,12 +253,22 @@ class TransformersBackend(_BackendBase):
 
 
 class VLLMBackend(_BackendBase):
-    kind: Literal["vllm"]
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    max_model_len: int | None = Field(None, ge=256)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_concurrency: int = Field(256, ge=1)
+    kind: Literal["vllm"] = Field(
+        description="In-process offline vLLM (`vllm.LLM`) on CUDA GPUs; the optional `vllm` extra."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine shards the model over.")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="Share of each GPU's memory the engine takes (weights and KV cache)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=256, description="Context length (prompt + output tokens); the model's own when unset."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights' precision; auto: vLLM's choice from the checkpoint."
+    )
+    max_concurrency: int = Field(
+        256, ge=1, description="Requests in flight, and the most that go to the engine in one call."
+    )
 
 
 Backend = Annotated[
@@ -223,48 +278,103 @@ Backend = Annotated[
 
 
 class Decoding(StrictModel):
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(1024, ge=1, le=200_000)
-    stop: tuple[str, ...] = ()
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the probability mass sampled from.")
+    max_tokens: int = Field(1024, ge=1, le=200_000, description="Cap on the tokens one call generates.")
+    stop: tuple[str, ...] = Field((), description="Strings that end the generation where they appear.")
     seed: int | None = Field(0, description="Sampling seed; part of every cache key.")
-    n: int = Field(1, ge=1, le=64, description="Samples per prompt; each is cached separately.")
     logprobs: int | None = Field(None, ge=0, le=20, description="Top logprobs per token, where supported.")
+
+    # Decoding had a field `n` (samples per prompt) that nothing read: several samples of a prompt
+    # are several requests, told apart by `sample_index`. It was in every dump, so in every cache
+    # key (responses and stages) as 1; the dump keeps `"n": 1` so those keys, and the responses
+    # and stage results paid for under them, still match. A dump that carries it loads; another
+    # value is refused, since no stage would honour it.
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_n(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "n" in data:
+            if data["n"] != 1:
+                raise ValueError(
+                    "n: samples per prompt are not a decoding setting (several samples are several "
+                    "requests, told apart by sample_index); remove it"
+                )
+            data = {k: v for k, v in data.items() if k != "n"}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump_with_n(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {**handler(self), "n": 1}
 
 
 class GeneratorConfig(StrictModel):
     name: str = Field(pattern=_SLUG, description="Stable name; appears in every generation row.")
-    role: Literal["policy", "competitor"] = "competitor"
+    role: Literal["policy", "competitor"] = Field(
+        "competitor",
+        description="policy: the model RL trains (exactly one generator); its own response is s_policy in "
+        "selection and a rung of every ladder. competitor: writes reference responses.",
+    )
     backend: str = Field(description="A key of `backends`.")
     model: str = Field(description=f"Model name, local folder, or '{EMBEDDED_MODEL_PREFIX}<name>'.")
-    strategy: Literal[STRATEGIES] = "direct"  # type: ignore[valid-type]
+    strategy: Literal[STRATEGIES] = Field(  # type: ignore[valid-type]
+        "direct",
+        description="How it writes (tasks/generation/): direct (one call), agentwrite (a plan, "
+        "then section by section) or think-then-write. The policy needs a one-call strategy to be trained.",
+    )
     strategy_options: dict[str, int | float | str] = Field(
         default_factory=dict,
         description="The strategy's settings that differ from its defaults, e.g. agentwrite's "
-        "max_sections or fallback_section_words (tasks/generation/strategies.py lists them). Part of "
+        "max_sections or fallback_section_words (tasks/generation/agentwrite.py lists them). Part of "
         "the generation cache key.",
     )
-    system_prompt: str | None = None
-    decoding: Decoding = Decoding()
+    system_prompt: str | None = Field(
+        None,
+        description="System message of its requests; the policy's is also in its RL training prompts and the "
+        "verl export. None: no system message.",
+    )
+    decoding: Decoding = Field(Decoding(), description="Sampling settings of its generation calls.")
 
 
 class JudgeConfig(StrictModel):
     backend: str = Field(description="A key of `backends`.")
-    model: str
+    model: str = Field(description=f"Judge model name, local folder, or '{EMBEDDED_MODEL_PREFIX}<name>'.")
     mode: Literal["json", "logprob"] = Field(
         "json",
         description="json: strict JSON replies (API judges); logprob: expected score over score tokens.",
     )
-    prompt_version: str = Field("v1", description="Bump to invalidate cached judgments of an edited prompt.")
-    decoding: Decoding = Decoding(temperature=0.0, max_tokens=1024)
+    prompt_version: str = Field(
+        "v1",
+        description="Which registered judge prompt to use: tasks/judging/pointwise.py (scoring) and "
+        "tasks/rewards/pairwise.py (the reward: v1, or official, the official code's template); part "
+        "of cache keys.",
+    )
+    decoding: Decoding = Field(
+        Decoding(temperature=0.0, max_tokens=1024),
+        description="Sampling settings of the judge's replies (json mode); greedy by default. A benchmark "
+        "harness may use its own.",
+    )
     max_parse_retries: int = Field(2, ge=0, description="Re-asks after an unparsable reply, then a failure.")
+
+    @property
+    def label(self) -> str:
+        return judge_label(self.backend, self.model, self.mode, self.prompt_version)
+
+
+def judge_label(backend: str, model: str, mode: str, prompt_version: str) -> str:
+    """The one way a judge is named in results, artifacts and lineage: `backend/model/mode/prompt`."""
+    return f"{backend}/{model}/{mode}/{prompt_version}"
 
 
 class CriteriaWriterConfig(StrictModel):
-    backend: str
-    model: str
-    num_criteria: int = Field(5, ge=1, le=10)
-    decoding: Decoding = Decoding(temperature=0.0, max_tokens=1024)
+    backend: str = Field(description="A key of `backends`.")
+    model: str = Field(description=f"Model name, local folder, or '{EMBEDDED_MODEL_PREFIX}<name>'.")
+    num_criteria: int = Field(
+        5, ge=1, le=10, description="Criteria written per instruction (WritingBench writes 5)."
+    )
+    decoding: Decoding = Field(
+        Decoding(temperature=0.0, max_tokens=1024),
+        description="Sampling settings of its calls; greedy by default.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,12 +383,21 @@ class CriteriaWriterConfig(StrictModel):
 
 
 class SelectionConfig(StrictModel):
-    strategy: Literal["margin", "difficulty", "random", "full"] = "margin"
+    strategy: Literal["margin", "difficulty", "random", "full"] = Field(
+        "margin",
+        description="How instructions are ranked before the cut: margin (the paper's learning potential, "
+        "max_j s_j - s_policy, highest first), difficulty (lowest s_policy first), random (seeded), or "
+        "full (keep every instruction).",
+    )
     competitor_floor: float = Field(
         0.0, ge=0, le=10, description="Drop an instruction when every competitor scores below this."
     )
-    top_k: int | None = Field(None, ge=1)
-    top_fraction: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(
+        None, ge=1, description="Keep the first k ranked instructions (the paper: 1,500 per source)."
+    )
+    top_fraction: float | None = Field(
+        None, gt=0, le=1, description="Keep this share of the ranked instructions (rounded half up)."
+    )
     per_source: bool = Field(
         False,
         description="Apply top_k / top_fraction within each data source (the instructions' `source`: the "
@@ -291,7 +410,7 @@ class SelectionConfig(StrictModel):
         "permutation seeded by `seed` (recorded per instruction), or instruction id ascending, which is "
         "lexicographic and biased for ids like wb-<index>. Integer judge scores make large tie blocks.",
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the random strategy's permutation and the shuffle tie-break.")
 
     @model_validator(mode="after")
     def _one_size(self) -> SelectionConfig:
@@ -334,8 +453,18 @@ class OrderingConfig(StrictModel):
 
 
 class RewardConfig(StrictModel):
-    kind: Literal["pairwise", "pointwise"] = "pairwise"
-    position: Literal["position-disadvantage", "position-advantage", "swap"] = "position-disadvantage"
+    kind: Literal["pairwise", "pointwise"] = Field(
+        "pairwise",
+        description="pairwise (the paper): the judge compares the rollout with the instruction's current "
+        "reference, 1 win / 0.5 tie / 0 loss. pointwise (ablation): the rollout's own score s_j / 10, no "
+        "reference.",
+    )
+    position: Literal["position-disadvantage", "position-advantage", "swap"] = Field(
+        "position-disadvantage",
+        description="pairwise: where the rollout sits in the judge's prompt. position-disadvantage (the "
+        "paper): second, the reference first; position-advantage: first; swap: both orders, the mean "
+        "(twice the calls).",
+    )
     judge: JudgeConfig | None = Field(None, description="Defaults to the top-level judge.")
     tie_margin: float = Field(
         0.05, ge=0, le=1, description="logprob verdicts: |P(A)-P(B)| below this is a tie."
@@ -346,8 +475,18 @@ class RewardConfig(StrictModel):
         "tie_margin); 'expected' rewards P(policy wins) + 0.5 P(tie), a continuous reward for small local "
         "judges whose verdict hardly moves (use with position: swap to cancel their position bias).",
     )
-    length_weight: float = Field(0.0, ge=0)
-    format_weight: float = Field(0.0, ge=0)
+    length_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the length reward (LongBench-Write's S_l against the instruction's required "
+        "length), folded in as (judge + sum w_i c_i) / (1 + sum w_i); 0: off (the paper).",
+    )
+    format_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the format reward (repetition; with think-then-write, a well-formed think "
+        "block), folded in as length_weight is; 0: off (the paper).",
+    )
 
 
 class CurriculumConfig(StrictModel):
@@ -358,7 +497,12 @@ class CurriculumConfig(StrictModel):
         "up one rung at each of `stage_steps` (the paper's static-curriculum ablation, section 6.4). "
         "random: a reference drawn per rollout.",
     )
-    promotion: Literal["any-win", "majority", "mean-threshold"] = "any-win"
+    promotion: Literal["any-win", "majority", "mean-threshold"] = Field(
+        "any-win",
+        description="dynamic: when a step's rollouts promote an instruction to its next rung. any-win: one "
+        "of them beat the reference; majority: over half of the judged ones won; mean-threshold: their "
+        "mean reward >= `threshold`. Judge failures never count.",
+    )
     threshold: float = Field(0.5, ge=0, le=1, description="mean-threshold: promote when mean reward >= this.")
     static_rung: Literal["self", "best"] | int = Field(
         "self",
@@ -395,10 +539,14 @@ class CurriculumConfig(StrictModel):
 
 
 class LoraConfig(StrictModel):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    r: int = Field(16, ge=1, description="LoRA rank (peft's r).")
+    alpha: int = Field(32, ge=1, description="LoRA scaling (peft's lora_alpha): updates scale by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA inputs (peft's lora_dropout).")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+        description="Names of the modules that get adapters (peft's target_modules): by default the "
+        "attention projections of Llama/Qwen-style models.",
+    )
 
 
 # Where a trainer runs, not what it learns: a run killed on 8 GPUs resumes on 4 (or a CPU run on 1
@@ -437,8 +585,14 @@ class TrainingConfig(ProcessLayout):
     `updates_per_step` optimizer updates (TRL's optimizer steps are RL steps x updates_per_step,
     tasks/training/args.py). docs/training.md compares each setting with the official run's."""
 
-    algorithm: Literal["grpo", "rloo"] = "grpo"
-    learning_rate: float = Field(1e-6, gt=0)
+    algorithm: Literal["grpo", "rloo"] = Field(
+        "grpo",
+        description="TRL trainer: grpo (GRPOTrainer, the critic-free stand-in for the official run's PPO, "
+        "docs/training.md) or rloo (RLOOTrainer).",
+    )
+    learning_rate: float = Field(
+        1e-6, gt=0, description="AdamW's peak learning rate (1e-6 in the official run)."
+    )
     lr_scheduler: Literal["linear", "constant", "constant_with_warmup", "cosine"] = Field(
         "linear",
         description="The learning rate over the optimizer updates (transformers' lr_scheduler_type): linear "
@@ -482,8 +636,17 @@ class TrainingConfig(ProcessLayout):
         description="Optimizer updates per RL step: its rollouts are split into this many mini-batches, "
         "each one update (verl's train_batch_size / ppo_mini_batch_size; 2 in the official run).",
     )
-    max_prompt_tokens: int = Field(2048, ge=16)
-    max_response_tokens: int = Field(10_000, ge=1)
+    max_prompt_tokens: int = Field(
+        2048,
+        ge=16,
+        description="Prompt tokens (chat template included); longer prompts are cut on the left, as the "
+        "official loader does (4,096 in the official run).",
+    )
+    max_response_tokens: int = Field(
+        10_000,
+        ge=1,
+        description="Cap on each rollout's tokens (TRL's max_completion_length; 10,000 officially).",
+    )
     max_steps: int = Field(405, ge=1, description="RL steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many RL steps (and at the last).")
     eval_steps: int | None = Field(
@@ -506,16 +669,38 @@ class TrainingConfig(ProcessLayout):
         "num_generations / (ranks x this) sequences); a multiple of updates_per_step, each update "
         "accumulating this / updates_per_step of them.",
     )
-    temperature: float = Field(1.0, gt=0, le=2)
-    seed: int = 0
-    lora: LoraConfig | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    use_vllm: bool = False
-    vllm_mode: Literal["server", "colocate"] = "colocate"
+    temperature: float = Field(
+        1.0, gt=0, le=2, description="Rollout sampling temperature (1.0 in the official run)."
+    )
+    seed: int = Field(
+        0,
+        description="TRL's seed (data order, initialisation) and the seed of the curriculum's random draws.",
+    )
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train a LoRA adapter with these settings; None: full fine-tuning (the official run).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where the trainer runs: cpu, cuda, or auto (cuda when available). On the CPU it trains "
+        "in float32, without bf16 or gradient checkpointing.",
+    )
+    use_vllm: bool = Field(
+        False, description="Generate the rollouts with vLLM (TRL's use_vllm) instead of transformers."
+    )
+    vllm_mode: Literal["server", "colocate"] = Field(
+        "colocate",
+        description="use_vllm: colocate runs vLLM inside the trainer's processes, on their GPUs; server "
+        "calls a separate `trl vllm-serve` (vllm_server_base_url).",
+    )
     vllm_server_base_url: str | None = Field(None, description="server mode: the `trl vllm-serve` URL.")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate mode: vLLM's share.")
-    gradient_checkpointing: bool = False
-    bf16: bool = False
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass to save memory (on a GPU only; on in the "
+        "official run).",
+    )
+    bf16: bool = Field(False, description="bf16 weights and autocast on a GPU; always float32 on the CPU.")
     # Also the process tree's layout (ProcessLayout) and what `wrl config plan` / `wrl config validate`
     # size it for (tasks/training/memory_plan.py):
     gpu_memory_gib: float = Field(80.0, gt=0, description="Memory of each of those GPUs.")
@@ -569,7 +754,10 @@ class SFTWriterConfig(StrictModel):
     """Mode 1: fine-tune the policy generator's model on `data`. The result replaces it: it writes the
     policy's generations (rung 0, s_policy) and RL training starts from it."""
 
-    data: SFTDataConfig
+    data: SFTDataConfig = Field(
+        description="The (prompt, response) pairs to fine-tune on (the paper's writers: WritingBench's SFT "
+        "data)."
+    )
 
 
 class SFTReferenceConfig(StrictModel):
@@ -578,20 +766,28 @@ class SFTReferenceConfig(StrictModel):
     is not the policy's own response. Registered as a model; an evaluation candidate with
     `from_sft: reference`."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Run the sft_reference stage; false skips it (the block stays).")
 
 
 class SFTConfig(ProcessLayout):
     """The `sft` stages' trainer (TRL's SFTTrainer, loss on the response only), shared by both modes."""
 
-    writer: SFTWriterConfig | None = None
-    reference: SFTReferenceConfig | None = None
-    learning_rate: float = Field(1e-5, gt=0)
-    lr_scheduler: Literal["linear", "constant", "constant_with_warmup", "cosine"] = "linear"
+    writer: SFTWriterConfig | None = Field(
+        None, description="Mode 1: fine-tune the policy's model before generate; RL starts from the result."
+    )
+    reference: SFTReferenceConfig | None = Field(
+        None, description="Mode 2: the Reference-SFT baseline, trained on the ladders' top rungs."
+    )
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW's peak learning rate.")
+    lr_scheduler: Literal["linear", "constant", "constant_with_warmup", "cosine"] = Field(
+        "linear",
+        description="The learning rate over the updates (transformers' lr_scheduler_type): linear decays "
+        "to 0 at the last update.",
+    )
     warmup_ratio: float = Field(
         0.0, ge=0, lt=1, description="Share of the updates the learning rate warms up over."
     )
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's weight decay.")
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs (unless `max_steps` is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer updates; overrides `epochs`.")
     batch_size: int = Field(
@@ -607,11 +803,16 @@ class SFTConfig(ProcessLayout):
         description="Prompt + response tokens per pair (chat template included); longer pairs are "
         "cut at the end.",
     )
-    lora: LoraConfig | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train a LoRA adapter with these settings (merged when saved); None: full fine-tuning.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where it trains: cpu, cuda, or auto (cuda when available)."
+    )
     bf16: bool = Field(False, description="bf16 weights and autocast on a GPU; always float32 on the CPU.")
     gradient_checkpointing: bool = Field(False, description="On a GPU only (on the CPU it only costs time).")
-    seed: int = 0
+    seed: int = Field(0, description="TRL's seed: data order and initialisation.")
     save_steps: int = Field(
         100, ge=1, description="Checkpoint every this many updates (a killed run resumes there)."
     )
@@ -697,7 +898,9 @@ class CandidateConfig(StrictModel):
     strategy: Literal[STRATEGIES] = Field(
         "direct", description="How the candidate writes (writing benchmarks)."
     )  # type: ignore[valid-type]
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(
+        None, description="System message of the candidate's requests; None: no system message."
+    )
     tokenizer: str | None = Field(
         None,
         description="longbench_v2 with an API model: a local tokenizer folder or hub name to count "
@@ -754,8 +957,16 @@ class EvaluationConfig(StrictModel):
     judge: JudgeConfig | None = Field(
         None, description="The benchmarks' judge; the top-level judge when unset."
     )
-    candidates: tuple[CandidateConfig, ...] = Field(min_length=1)
-    benchmarks: dict[Literal[BENCHMARKS], BenchmarkConfig] = Field(min_length=1)  # type: ignore[valid-type]
+    candidates: tuple[CandidateConfig, ...] = Field(
+        min_length=1,
+        description="The models to evaluate, one row each in the comparison table (unique names).",
+    )
+    benchmarks: dict[Annotated[str, Field(pattern=_SLUG)], BenchmarkConfig] = Field(
+        min_length=1,
+        description="The benchmarks every candidate runs, by name (the built-in writingbench, "
+        "longbench_write, creative_writing_v3, longbench_v2, or any registered suite), each with "
+        "its data file and settings.",
+    )
     seed: int | None = Field(0, description="Sampling seed of every candidate's generations.")
     nightly: NightlySchedule | None = Field(
         None, description="Register a nightly evaluation deployment with this schedule (docs/operations.md)."
@@ -790,24 +1001,51 @@ class Price(StrictModel):
 
 
 class Recipe(StrictModel):
-    name: str = Field(pattern=_SLUG)
-    description: str = ""
-    storage: StorageConfig = StorageConfig()
-    data: DataConfig = DataConfig()
-    backends: dict[str, Backend]
-    generators: tuple[GeneratorConfig, ...]
-    judge: JudgeConfig | None = None
-    criteria_writer: CriteriaWriterConfig | None = None
-    selection: SelectionConfig = SelectionConfig(strategy="full")
-    ordering: OrderingConfig = OrderingConfig()
-    reward: RewardConfig = RewardConfig()
-    curriculum: CurriculumConfig = CurriculumConfig()
-    training: TrainingConfig | None = None
+    name: str = Field(
+        pattern=_SLUG,
+        description="The recipe's name: recorded with its runs and models, and in deployment names and tags.",
+    )
+    description: str = Field("", description="Free text for readers; no stage reads it.")
+    storage: StorageConfig = Field(
+        StorageConfig(), description="Where the catalog, datasets and models live."
+    )
+    data: DataConfig = Field(DataConfig(), description="The instructions the ingest stage loads.")
+    backends: dict[str, Backend] = Field(
+        description="Named LLM endpoints (API or in-process); generators, judges and candidates name a key."
+    )
+    generators: tuple[GeneratorConfig, ...] = Field(
+        description="The models that write responses: exactly one policy, and the competitors whose "
+        "responses become the references."
+    )
+    judge: JudgeConfig | None = Field(
+        None,
+        description="The score stage's judge; also the reward's and the benchmarks' when theirs are unset. "
+        "Without it the flows stop after generate.",
+    )
+    criteria_writer: CriteriaWriterConfig | None = Field(
+        None,
+        description="Writes criteria for instructions whose data has none; unset, they get one holistic "
+        "criterion.",
+    )
+    selection: SelectionConfig = Field(
+        SelectionConfig(strategy="full"),
+        description="The select stage (margin-aware data selection); keeps every instruction when unset.",
+    )
+    ordering: OrderingConfig = Field(
+        OrderingConfig(), description="How the order stage builds the reference ladders."
+    )
+    reward: RewardConfig = Field(RewardConfig(), description="The RL reward: how a rollout is judged.")
+    curriculum: CurriculumConfig = Field(
+        CurriculumConfig(), description="Reference scheduling: which rung each rollout is judged against."
+    )
+    training: TrainingConfig | None = Field(None, description="The RL trainer; the train stage needs it.")
     sft: SFTConfig | None = Field(
         None,
         description="Supervised fine-tuning: the policy's SFT starting point and/or the Reference-SFT baseline.",
     )
-    evaluation: EvaluationConfig | None = None
+    evaluation: EvaluationConfig | None = Field(
+        None, description="Candidates x benchmarks for the evaluate flow; the evaluate stage needs it."
+    )
     prices: dict[str, Price] = Field(default_factory=dict, description="Per-model token prices, for cost.")
 
     @field_validator("backends")
@@ -907,3 +1145,59 @@ class Recipe(StrictModel):
 
     def backend_identity(self, name: str) -> dict[str, Any]:
         return {"name": name, **self.backends[name].identity()}
+
+    def call_identity(self, block: JudgeConfig | CriteriaWriterConfig | None) -> dict[str, Any] | None:
+        """A judge's or the criteria writer's settings with its backend's identity, as stage
+        config slices (cache keys) hold them; None for None."""
+        if block is None:
+            return None
+        return {**block.model_dump(mode="json"), "backend": self.backend_identity(block.backend)}
+
+    def judge_for(self, use: str) -> JudgeConfig | None:
+        """Which judge applies, the one answer every stage and the CLI ask for:
+
+        - "score" (curation's pointwise judge): the top-level `judge`;
+        - "reward" (training): `reward.judge`, else the top-level `judge`;
+        - a benchmark name: `evaluation.benchmarks.<name>.judge`, else `evaluation.judge`, else the
+          top-level `judge` (whether the benchmark calls a judge at all is its suite's business).
+        None when none is configured."""
+        if use == "score":
+            return self.judge
+        if use == "reward":
+            return self.reward.judge or self.judge
+        evaluation = self.evaluation
+        if evaluation is None or use not in evaluation.benchmarks:
+            known = ", ".join(["score", "reward", *(evaluation.benchmarks if evaluation else ())])
+            raise KeyError(
+                f"judge_for: '{use}' is neither a judge use nor a benchmark of this recipe ({known})"
+            )
+        return evaluation.benchmarks[use].judge or evaluation.judge or self.judge
+
+    def models(self) -> tuple[ModelUse, ...]:
+        """Every model this recipe calls, and where: generators, the criteria writer, the judges of
+        scoring, reward and each benchmark, and the evaluation candidates named by `model`.
+        Candidates from training or SFT are the policy's own checkpoints, not listed."""
+        uses = [ModelUse(f"generators.{g.name}", g.backend, g.model) for g in self.generators]
+        if self.criteria_writer is not None:
+            uses.append(ModelUse("criteria_writer", self.criteria_writer.backend, self.criteria_writer.model))
+        judges = {"judge": self.judge_for("score")}
+        if self.training is not None:
+            judges["reward.judge"] = self.judge_for("reward")
+        if self.evaluation is not None:
+            judges |= {
+                f"evaluation.benchmarks.{b}.judge": self.judge_for(b) for b in self.evaluation.benchmarks
+            }
+            for c in self.evaluation.candidates:
+                if c.model is not None:
+                    uses.append(ModelUse(f"evaluation.candidates.{c.name}", c.backend or self.policy.backend,
+                                         c.model))  # fmt: skip
+        uses += [ModelUse(where, j.backend, j.model) for where, j in judges.items() if j is not None]
+        return tuple(uses)
+
+
+class ModelUse(NamedTuple):
+    """One place a recipe calls a model (`Recipe.models`)."""
+
+    where: str  # the recipe path, e.g. "generators.policy" or "evaluation.benchmarks.writingbench.judge"
+    backend: str
+    model: str

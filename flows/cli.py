@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.local_api import LocalAPIError, start_local_api
+from tasks.stages import STAGE_ORDER
 
 app = typer.Typer(
     name="wrl",
@@ -105,7 +106,9 @@ def _run_flow(
     # Once the input is known to be good (a refused recipe starts and writes nothing), and before
     # the model checks and the flow's imports, which its start overlaps.
     api_ready = start_local_api()
-    _provision_embedded_models(recipe)
+    from tasks.llm.embedded import ensure_recipe_models
+
+    ensure_recipe_models(recipe)
     try:
         if flow_name == "evaluate":
             from flows.evaluate import evaluate_candidates
@@ -169,7 +172,9 @@ def evaluate(
     recipe, overrides = _load(config, sets)
     _check_evaluation(recipe, config)
     api_ready = start_local_api()  # see _run_flow
-    _provision_embedded_models(recipe)
+    from tasks.llm.embedded import ensure_recipe_models
+
+    ensure_recipe_models(recipe)
     started = time.perf_counter()
     from flows.evaluate import evaluate_candidates
 
@@ -236,51 +241,34 @@ def run_flow(
         raise _UserFacingError(f"unknown flow '{flow_name}'; available: {', '.join(FLOWS)}")
     started = time.perf_counter()
     summary = _run_flow(flow_name, config, sets, refresh or [])
-    if flow_name == "evaluate":
-        _print_evaluation(summary, time.perf_counter() - started)
-    else:
-        _print_summary(summary, time.perf_counter() - started)
+    _print_flow_summary(flow_name, summary, time.perf_counter() - started)
 
 
 @app.command("stage")
 def run_one_stage(
-    name: Annotated[
-        str, typer.Argument(help="Stage to run: ingest, sft_writer, generate, ..., sft_reference, train.")
-    ],
+    name: Annotated[str, typer.Argument(help=f"Stage to run: {', '.join((*STAGE_ORDER, 'evaluate'))}.")],
     config: ConfigOpt = DEFAULT_CONFIG,
     sets: SetOpt = None,
     refresh: Annotated[bool, typer.Option(help="Recompute even when the cache is valid.")] = False,
 ) -> None:
     """Run one stage. Its upstream stages are served from the cache (computed if missing)."""
-    from tasks.stages import STAGE_ORDER
+    from flows.stage import flow_for_stage
 
-    if name not in (*STAGE_ORDER, "evaluate"):
-        raise _UserFacingError(f"unknown stage '{name}'; stages are {', '.join(STAGE_ORDER)}, evaluate")
+    try:
+        flow_name = flow_for_stage(name)
+    except ValueError as exc:
+        raise _UserFacingError(str(exc)) from None
     started = time.perf_counter()
-    if name == "evaluate":
-        _print_evaluation(_run_flow("evaluate", config, sets, ["evaluate"] if refresh else []),
-                          time.perf_counter() - started)  # fmt: skip
-        return
-    flow_name = "train" if name == "train" else "build-dataset"
-    summary = _run_flow(flow_name, config, sets, [name] if refresh else [], None if name == "train" else name)
-    _print_summary(summary, time.perf_counter() - started)
+    # `until` stops the build-dataset flow after the stage; the train and evaluate flows end with it.
+    summary = _run_flow(flow_name, config, sets, [name] if refresh else [], until=name)
+    _print_flow_summary(flow_name, summary, time.perf_counter() - started)
 
 
-def _provision_embedded_models(recipe) -> None:
-    from configs.schema import EMBEDDED_MODEL_PREFIX
-    from tasks.llm.embedded import ensure_embedded_model
-
-    models = {g.model for g in recipe.generators}
-    models |= {j.model for j in (recipe.judge, recipe.reward.judge) if j is not None}
-    if recipe.evaluation is not None:
-        models |= {c.model for c in recipe.evaluation.candidates if c.model}
-        models |= {recipe.evaluation.judge.model} if recipe.evaluation.judge else set()
-    for model in sorted(m for m in models if m.startswith(EMBEDDED_MODEL_PREFIX)):
-        # Converted now (once per machine), outside any stage; the content is verified when a
-        # stage loads the weights, so a run whose stages are all cache hits never hashes them.
-        ensure_embedded_model(
-            model.removeprefix(EMBEDDED_MODEL_PREFIX), Path(recipe.storage.model_cache), verify_content=False
-        )
+def _print_flow_summary(flow_name: str, summary: dict[str, Any], elapsed: float) -> None:
+    if flow_name == "evaluate":
+        _print_evaluation(summary, elapsed)
+    else:
+        _print_summary(summary, elapsed)
 
 
 def _print_summary(summary: dict[str, Any], elapsed: float) -> None:
@@ -397,6 +385,13 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
                 configured_strategy(generator, where=f"generators[{i}]")
             except ConfigError as exc:
                 problems.append(str(exc))
+        if recipe.evaluation is not None:  # a benchmark name without a registered suite
+            from tasks.evaluation.registry import check_benchmark_names
+
+            try:
+                check_benchmark_names(recipe.evaluation.benchmarks)
+            except ConfigError as exc:
+                problems.append(str(exc))
         if recipe.training is not None:
             # TRL's own config checks, on 1-8 devices and the ranks the recipe launches, without
             # needing the hardware here; then the accelerate configuration the stage would write.
@@ -477,20 +472,22 @@ def config_plan(
 
 @config_app.command("show")
 def config_show(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
-    """Print the resolved recipe (defaults filled in) and each stage's config hash."""
+    """Print the resolved recipe (defaults filled in) and each stage's config hash: the hash of
+    the config slice in its cache key (evaluate's is per candidate and benchmark; see the note)."""
     import yaml
-
-    from tasks.stages.generate import SPEC as GENERATE
-    from tasks.stages.ingest import SPEC as INGEST
 
     recipe, _ = _load(config, sets)
     console.print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), highlight=False)
-    from configs.loading import stable_hash
+    from flows.stage import stage_config_hashes
 
-    for spec in (INGEST, GENERATE):
-        console.print(
-            f"{spec.name} v{spec.version} config hash: {stable_hash(spec.config_slice(recipe))[:16]}"
-        )
+    try:
+        rows = stage_config_hashes(recipe)
+    except (FileNotFoundError, *_user_errors()) as exc:  # ingest's and sft_writer's slices hash their data
+        raise _UserFacingError(str(exc)) from None
+    for row in rows:
+        label = f"{row['stage']} v{row['version']}" + (f" [{row['benchmark']}]" if row["benchmark"] else "")
+        value = row["config_hash"][:16] if row["config_hash"] else row["note"]
+        console.print(f"{label} config hash: {value}", highlight=False, markup=False)
 
 
 # -- data, models, storage ----------------------------------------------------------------------
@@ -519,7 +516,9 @@ def data_check(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
 def model_provision(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Convert the embedded model(s) the recipe uses into the local model cache (idempotent)."""
     recipe, _ = _load(config, None)
-    _provision_embedded_models(recipe)
+    from tasks.llm.embedded import ensure_recipe_models
+
+    ensure_recipe_models(recipe)
     console.print(f"[green]ok[/] models ready under {recipe.storage.model_cache}")
 
 
@@ -529,17 +528,7 @@ def list_runs(config: ConfigOpt = DEFAULT_CONFIG, limit: int = 10) -> None:
     from storage import open_storage
 
     recipe, _ = _load(config, None)
-    storage = open_storage(recipe.storage)
-    df = storage.catalog.query(
-        "SELECT left(r.run_id, 12) AS run, r.flow, r.recipe, r.status AS run_status,"
-        " strftime(r.started_at, '%Y-%m-%d %H:%M:%S') AS started, s.stage, s.status AS stage_status,"
-        " round(epoch(s.ended_at - s.started_at), 1) AS seconds, left(s.config_hash, 12) AS config"
-        " FROM runs r LEFT JOIN stage_runs s USING (run_id)"
-        " WHERE r.run_id IN (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT ?)"
-        " ORDER BY r.started_at DESC, s.started_at",
-        [limit],
-    )
-    _print_frame(df, "runs")
+    _print_rows(open_storage(recipe.storage).catalog.recent_runs(limit=limit), RUN_COLUMNS, "runs")
 
 
 @app.command("datasets")
@@ -548,13 +537,8 @@ def list_datasets(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     from storage import open_storage
 
     recipe, _ = _load(config, None)
-    storage = open_storage(recipe.storage)
-    df = storage.catalog.query(
-        "SELECT d.dataset, d.version, d.num_rows AS rows, s.stage, left(s.stage_run_id, 12) AS stage_run,"
-        " left(s.config_hash, 12) AS config, strftime(d.created_at, '%Y-%m-%d %H:%M:%S') AS created"
-        " FROM dataset_versions d LEFT JOIN stage_runs s USING (stage_run_id) ORDER BY d.dataset, d.version"
-    )
-    _print_frame(df, "dataset versions")
+    rows = open_storage(recipe.storage).catalog.dataset_versions_summary()
+    _print_rows(rows, DATASET_VERSION_COLUMNS, "dataset versions")
 
 
 @app.command("show")
@@ -586,12 +570,19 @@ def show_dataset(
         console.print(f"  {key}: {value}", highlight=False)
 
 
-def _print_frame(df, title: str) -> None:
+# The columns of `wrl runs` and `wrl datasets`: the keys of the catalog's rows, in this order (the
+# header is printed even when there are no rows).
+RUN_COLUMNS = ("run", "flow", "recipe", "run_status", "started", "stage", "stage_status", "seconds", "config")
+DATASET_VERSION_COLUMNS = ("dataset", "version", "rows", "stage", "stage_run", "config", "created")
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], title: str) -> None:
     table = Table(title=title)
-    for column in df.columns:
-        table.add_column(str(column), overflow="fold", max_width=60)
-    for row in df.itertuples(index=False):
-        table.add_row(*(str(v)[:200] for v in row))
+    for column in columns:
+        table.add_column(column, overflow="fold", max_width=60)
+    for row in rows:
+        # A missing value prints as "nan", as it did when these tables were pandas frames.
+        table.add_row(*("nan" if row[c] is None else str(row[c])[:200] for c in columns))
     console.print(table)
 
 
@@ -599,17 +590,6 @@ def _print_frame(df, title: str) -> None:
 
 
 _SERVE_DEVICES = ("auto", "cpu", "cuda")
-TRAINED_MODEL_PREFIX = "model:"
-
-
-def _trained_model_path(model_id: str, config: Path) -> str:
-    from storage import open_storage
-
-    recipe, _ = _load(config, None)
-    found = open_storage(recipe.storage).training.model(model_id)
-    if found is None:
-        raise _UserFacingError(f"no trained model '{model_id}' in {recipe.storage.root} (see `wrl models`)")
-    return found["path"]
 
 
 @app.command("lineage")
@@ -696,84 +676,52 @@ def serve(
 
     An embedded model is resolved (converted on first use) into the recipe's model cache.
     """
-    import json
-    import shlex
-    import signal
-
     from rich.markup import escape
 
-    from configs.schema import EMBEDDED_MODEL_PREFIX, StorageConfig
-    from tasks.llm.embedded import EmbeddedModelError, resolve_model_path
-    from tasks.llm.serving import LocalModelServer, ServerStartError, continuous_batching_args
+    from configs.loading import ConfigError
+    from tasks.llm.embedded import EmbeddedModelError
+    from tasks.llm.serve_command import (
+        ServerExitedError,
+        UnknownTrainedModelError,
+        client_examples,
+        foreground_server,
+        resolve_model_folder,
+        serve_until_stopped,
+    )
+    from tasks.llm.serving import ServerStartError
 
-    folder = model_dir
-    if model_dir.startswith(TRAINED_MODEL_PREFIX):
-        folder = _trained_model_path(model_dir.removeprefix(TRAINED_MODEL_PREFIX), config)
-    elif model_dir.startswith(EMBEDDED_MODEL_PREFIX):
-        # The recipe only says where converted models live; without one, the default cache.
-        cache = (
-            _load(config, None)[0].storage.model_cache if config.is_file() else StorageConfig().model_cache
-        )
-        try:
-            folder = resolve_model_path(model_dir, Path(cache))
-        except EmbeddedModelError as exc:
-            raise _UserFacingError(str(exc)) from None
     try:
-        server = LocalModelServer(
-            folder,
-            host=host,
-            port=port,
-            device=device,
-            log_path=Path(".wrl/logs") / f"serve-{port}.log",
-            startup_timeout_s=startup_timeout,
-            extra_args=continuous_batching_args(cache_tokens) if continuous_batching else (),
-        )
+        folder = resolve_model_folder(model_dir, config)
+    except (ConfigError, UnknownTrainedModelError, EmbeddedModelError) as exc:
+        raise _UserFacingError(str(exc)) from None
+    try:
+        server = foreground_server(
+            folder, host=host, port=port, device=device, startup_timeout_s=startup_timeout,
+            continuous_batching=continuous_batching, cache_tokens=cache_tokens,
+        )  # fmt: skip
     except ValueError as exc:
         raise _UserFacingError(escape(str(exc))) from None
 
-    def _on_sigterm(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one orderly shutdown; stop() bounds its time
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    console.print(
-        f"Starting transformers serve for {escape(server.model_name)} on {device} ...", highlight=False
-    )
-    try:
-        server.start()
-        body = {
-            "model": server.model_name,
-            "messages": [{"role": "user", "content": "Write a haiku about the sea."}],
-            "max_tokens": 64,
-        }
-        url = f"{server.base_url}/chat/completions"
-        curl = f"curl {url} -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
-        sdk = (
-            f"from openai import OpenAI; client = OpenAI(base_url={server.base_url!r}, api_key='unused')\n"
-            f"  client.chat.completions.create(model={server.model_name!r}, "
-            "messages=[{'role': 'user', 'content': 'Hello'}], max_tokens=64)"
-        )
-        backend = f"backends: {{local-server: {{kind: openai-compatible, base_url: {server.base_url}}}}}"
+    def on_ready() -> None:
         # soft_wrap: commands stay on one line, ready to copy; every value is escaped from markup.
+        examples = "".join(f"{name}:\n  {escape(text)}\n" for name, text in client_examples(server).items())
         console.print(
             f"[green]ready[/] (pid {server.pid}, log {escape(str(server.log_path))})\n"
             f"  base_url: [bold]{escape(server.base_url)}[/]\n"
             f"  model:    [bold]{escape(server.model_name)}[/]\n\n"
-            f"curl:\n  {escape(curl)}\n"
-            f"openai SDK:\n  {escape(sdk)}\n"
-            f"recipe backend:\n  {escape(backend)}\n\n"
+            f"{examples}\n"
             "Serving until Ctrl-C.",
             highlight=False,
             soft_wrap=True,
         )
-        code = server.wait()
-        message = f"the server exited on its own (code {code}). Last lines of its log:\n{server.log_tail()}"
-        raise _UserFacingError(escape(message))
-    except KeyboardInterrupt:
-        console.print("stopping ...")
-    except ServerStartError as exc:  # its message ends with the server's log: no markup in it
+
+    console.print(
+        f"Starting transformers serve for {escape(server.model_name)} on {device} ...", highlight=False
+    )
+    try:
+        code = serve_until_stopped(
+            server, on_ready=on_ready, on_stopping=lambda: console.print("stopping ...")
+        )
+    except (ServerStartError, ServerExitedError) as exc:  # their messages end with the server's log
         raise _UserFacingError(escape(str(exc))) from None
-    finally:
-        code = server.stop()
-        signal.signal(signal.SIGTERM, previous)
     console.print(f"[green]stopped[/] the server (exit code {code}: SIGTERM is the orderly way)")

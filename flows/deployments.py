@@ -34,7 +34,8 @@ SINGLE_STAGES = ("sft_writer", "generate", "score", "select", "order", "sft_refe
 def deployment_specs(recipe_path: str, recipe: Recipe) -> list[dict[str, Any]]:
     """What to register for one recipe: flow, deployment name, parameters, tags, schedule."""
     base = {"recipe_path": recipe_path}
-    tags = [f"recipe:{recipe.name}"] + ([f"judge:{recipe.judge.model}"] if recipe.judge else [])
+    judge = recipe.judge_for("score")
+    tags = [f"recipe:{recipe.name}"] + ([f"judge:{judge.model}"] if judge else [])
     specs = [
         {"flow": full_pipeline, "name": recipe.name, "parameters": base},
         {"flow": build_dataset, "name": recipe.name, "parameters": base},

@@ -74,7 +74,7 @@ def run_evaluation(
     )  # fmt: skip
     pairs: list[tuple[Candidate, StageResult]] = []
     try:
-        tag_flow_run(run_tags(recipe, [evaluate_stage.evaluation_judge(recipe, b) for b in chosen]))
+        tag_flow_run(run_tags(recipe, [recipe.judge_for(b) for b in chosen]))
         for candidate in resolved:
             for benchmark in chosen:
                 stage_task = evaluate_stage.evaluate.with_options(
@@ -107,7 +107,7 @@ def _release_candidate_models(recipe) -> None:
         return
     keep = set()
     for benchmark in recipe.evaluation.benchmarks:
-        judge = evaluate_stage.evaluation_judge(recipe, benchmark)
+        judge = recipe.judge_for(benchmark)
         if judge is not None and recipe.backends[judge.backend].kind == "transformers":
             keep.add(resolve_model_path_once(judge.model, Path(recipe.storage.model_cache)))
     release_models(keep)

@@ -42,7 +42,7 @@ assert set(StageName.__args__) == set(STAGE_ORDER)  # type: ignore[attr-defined]
 
 def run_tags(recipe, judges: Iterable[Any] = ()) -> list[str]:
     """The flow run's tags (the UI's Runs page filters by them): the recipe and its judges."""
-    models = {j.model for j in (recipe.judge, *judges) if j is not None}
+    models = {j.model for j in (recipe.judge_for("score"), *judges) if j is not None}
     return [f"recipe:{recipe.name}"] + [f"judge:{model}" for model in sorted(models)]
 
 
@@ -92,7 +92,7 @@ def run_pipeline(
     recipe = load_recipe(recipe_path, overrides)
     forced = check_stage_names(refresh or (), "refresh")
     check_stage_names([until] if until else [], "until")
-    last = until or (default_last if recipe.judge is not None else "generate")
+    last = until or (default_last if recipe.judge_for("score") is not None else "generate")
     if not STAGE_TASKS[last][0].enabled(recipe):
         raise ConfigError(
             f"{recipe_path}: stage '{last}' is not configured (it needs "
@@ -100,7 +100,7 @@ def run_pipeline(
         )
     stages = [s for s in STAGE_ORDER[: STAGE_ORDER.index(last) + 1] if STAGE_TASKS[s][0].enabled(recipe)]
     wanted = set(stages) | {s for s in forced if STAGE_TASKS[s][0].enabled(recipe)}
-    if recipe.judge is None and wanted & NEEDS_JUDGE:
+    if recipe.judge_for("score") is None and wanted & NEEDS_JUDGE:
         raise ConfigError(
             f"{recipe_path}: stage(s) {sorted(wanted & NEEDS_JUDGE)} need a `judge:` block in the recipe "
             "(backend, model, mode); without one the flow stops after generate"
@@ -119,7 +119,7 @@ def run_pipeline(
     )
     results: dict[str, StageResult] = {}
     try:
-        tag_flow_run(run_tags(recipe, [recipe.reward.judge] if "train" in wanted else []))
+        tag_flow_run(run_tags(recipe, [recipe.judge_for("reward")] if "train" in wanted else []))
         for stage in stages:
             spec, stage_task = STAGE_TASKS[stage]
             inputs = {role: _output_of(results, role) for role in spec.inputs_for(recipe)}

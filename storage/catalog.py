@@ -173,6 +173,24 @@ class Catalog:
                 fixed += len(dead)
         return fixed
 
+    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The `limit` most recently started runs, newest first, one row per stage run (a run without
+        any: one row with no stage): run (id prefix), flow, recipe, run_status, started, stage,
+        stage_status, seconds (None while running), config (config hash prefix)."""
+        with self.connect("recent runs") as con:
+            return _records(
+                con.execute(
+                    "SELECT left(r.run_id, 12) AS run, r.flow, r.recipe, r.status AS run_status,"
+                    " strftime(r.started_at, '%Y-%m-%d %H:%M:%S') AS started, s.stage,"
+                    " s.status AS stage_status, round(epoch(s.ended_at - s.started_at), 1) AS seconds,"
+                    " left(s.config_hash, 12) AS config"
+                    " FROM runs r LEFT JOIN stage_runs s USING (run_id)"
+                    " WHERE r.run_id IN (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT ?)"
+                    " ORDER BY r.started_at DESC, s.started_at",
+                    [limit],
+                )
+            )
+
     # -- stage runs ------------------------------------------------------------------------------
 
     def start_stage_run(
@@ -315,6 +333,21 @@ class Catalog:
 
     # -- datasets --------------------------------------------------------------------------------
 
+    def dataset_versions_summary(self) -> list[dict[str, Any]]:
+        """Every registered dataset version, by dataset then version, with the stage run that wrote
+        it: dataset, version, rows, stage, stage_run (id prefix), config (config hash prefix),
+        created. A version written outside a stage has no stage, stage_run or config."""
+        with self.connect("dataset versions") as con:
+            return _records(
+                con.execute(
+                    "SELECT d.dataset, d.version, d.num_rows AS rows, s.stage,"
+                    " left(s.stage_run_id, 12) AS stage_run, left(s.config_hash, 12) AS config,"
+                    " strftime(d.created_at, '%Y-%m-%d %H:%M:%S') AS created"
+                    " FROM dataset_versions d LEFT JOIN stage_runs s USING (stage_run_id)"
+                    " ORDER BY d.dataset, d.version"
+                )
+            )
+
     def register_dataset_version(self, ref: DatasetRef, *, num_rows: int, stage_run_id: str | None) -> None:
         with self.connect("register dataset version") as con:
             con.execute(
@@ -337,6 +370,12 @@ class Catalog:
                 [[r.name for r in wanted], [r.version for r in wanted]],
             ).fetchall()
         return {DatasetRef(row[0], int(row[1])): dict(zip(names, row[2:], strict=True)) for row in rows}
+
+
+def _records(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The rows of an executed query as dicts keyed by column name, in column order."""
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _insert_links(

@@ -34,6 +34,12 @@ class Registry(Mapping[str, T], Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> T:
+        """Remove an entry and return it (e.g. a test's temporary registration)."""
+        entry = self[name]
+        del self._entries[name]
+        return entry
+
     def __getitem__(self, name: str) -> T:
         try:
             return self._entries[name]

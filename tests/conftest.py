@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCHMARKS = PROJECT_ROOT.parent / "shared" / "benchmarks"
+from tests.support.paths import PROJECT_ROOT, SHARED_BENCHMARKS
+from tests.support.recipes import write_recipe
+
+# Helpers live in tests/support/; these two names stay importable from here only for
+# tests/test_sft.py, which still imports them from tests.conftest.
+__all__ = ["PROJECT_ROOT", "write_recipe"]
 
 
 @pytest.fixture(autouse=True)
@@ -50,36 +54,6 @@ def prefect_harness(tmp_path_factory):
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
-
-
-def write_recipe(
-    path: Path, *, store: Path, model: str, limit: int = 4, max_tokens: int = 8, extra: str = ""
-) -> Path:
-    """A small recipe on a local model folder, for flow tests."""
-    path.write_text(
-        f"""\
-name: test
-storage:
-  root: {store}
-  model_cache: {store.parent / "models"}
-data:
-  format: builtin
-  limit: {limit}
-backends:
-  local:
-    kind: transformers
-    device: cpu
-    dtype: float32
-    max_batch_size: 4
-generators:
-  - name: policy
-    role: policy
-    backend: local
-    model: {model}
-    decoding: {{temperature: 0.0, max_tokens: {max_tokens}, seed: 0}}
-{extra}"""
-    )
-    return path
 
 
 @pytest.fixture(scope="session")

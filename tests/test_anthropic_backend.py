@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from configs.schema import Decoding, Recipe
+from configs.schema import Decoding
 from tasks.llm.base import Completion, LLMClient
 from tasks.llm.limits import reset_limits
 from tasks.llm.registry import create_client
 from tests.support.fault_server import Fault, FaultServer
+from tests.support.recipes import policy_recipe
 
 MODEL = "claude-test"
 KEY_ENV = "WRL_TEST_ANTHROPIC_KEY"
@@ -21,22 +22,14 @@ KEY = "test-anthropic-key"
 
 
 def client_for(server: FaultServer, **backend: Any) -> LLMClient:
-    recipe = Recipe.model_validate(
-        {
-            "name": "t",
-            "backends": {
-                "claude": {
-                    "kind": "anthropic",
-                    "base_url": server.base_url,
-                    "api_key_env": KEY_ENV,
-                    "timeout_s": 5.0,
-                    **backend,
-                }
-            },
-            "generators": [{"name": "policy", "role": "policy", "backend": "claude", "model": MODEL}],
-        }
-    )
-    return create_client(recipe, "claude", MODEL)
+    claude = {
+        "kind": "anthropic",
+        "base_url": server.base_url,
+        "api_key_env": KEY_ENV,
+        "timeout_s": 5.0,
+        **backend,
+    }
+    return create_client(policy_recipe({"claude": claude}, MODEL), "claude", MODEL)
 
 
 def chat(client: LLMClient, messages, params: Decoding) -> Completion:

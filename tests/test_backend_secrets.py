@@ -17,6 +17,7 @@ from tasks.llm.limits import reset_limits
 from tasks.llm.registry import create_client
 from tasks.llm.remote import MissingAPIKeyError
 from tests.support.fault_server import Fault, FaultServer
+from tests.support.recipes import policy_recipe
 
 KEY_ENV = "WRL_TEST_PLANTED_KEY"
 NOISY_LOGGERS = ("openai", "anthropic", "httpx", "httpx2", "httpcore", "httpcore2", "tasks", "uvicorn")
@@ -24,13 +25,7 @@ KINDS = ("openai-compatible", "anthropic")
 
 
 def recipe(kind: str, base_url: str, **backend: Any) -> Recipe:
-    return Recipe.model_validate(
-        {
-            "name": "t",
-            "backends": {"remote": {"kind": kind, "base_url": base_url, "api_key_env": KEY_ENV, **backend}},
-            "generators": [{"name": "policy", "role": "policy", "backend": "remote", "model": "m"}],
-        }
-    )
+    return policy_recipe({"remote": {"kind": kind, "base_url": base_url, "api_key_env": KEY_ENV, **backend}})
 
 
 def base_url(server: FaultServer, kind: str) -> str:

@@ -14,7 +14,7 @@ from storage import open_storage
 from tasks.instructions.loaders import InstructionDataError
 from tasks.stages import ingest
 from tasks.stages.runner import run_stage
-from tests.conftest import write_recipe
+from tests.support.recipes import write_recipe
 
 # (case, file name, content, what the error must say)
 BAD_DATASETS = [

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tasks.benchmarks import creative_writing_v3 as cw
-from tasks.benchmarks import longbench_v2 as lb
+from tasks.evaluation import creative_writing_v3 as cw
+from tasks.evaluation import longbench_v2 as lb
 
 # ----------------------------------------------------------------------------- Creative Writing v3
 

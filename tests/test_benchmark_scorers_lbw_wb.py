@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from tasks.benchmarks import longbench_write as lbw
-from tasks.benchmarks import writingbench as wb
+from tasks.evaluation import longbench_write as lbw
+from tasks.evaluation import writingbench as wb
 from tasks.judging.pointwise import ParseFailure
 
 DIMS = lbw.DIMENSIONS
@@ -41,7 +41,7 @@ def test_count_words_is_the_official_counter(text, expected):
 
 
 def test_count_words_differs_from_the_project_counter():
-    from tasks.generation.strategies import count_words as project_count_words
+    from tasks.text import count_words as project_count_words
 
     text = "In 2024, GPT-4o wrote 日本語のテキスト."
     assert lbw.count_words(text) == 1 + 1 + 0 + 1 + 3  # In, GPT, wrote, 日本語

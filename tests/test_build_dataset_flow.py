@@ -11,7 +11,7 @@ from configs.loading import load_recipe
 from flows.build_dataset import build_dataset
 from storage import DatasetRef, open_storage
 from tasks.stages import generate, ingest
-from tests.conftest import write_recipe
+from tests.support.recipes import write_recipe
 
 
 @pytest.fixture

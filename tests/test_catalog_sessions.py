@@ -67,3 +67,51 @@ def test_a_process_migrates_a_catalog_file_once(tmp_path, opens):
     assert len(opens) == 2
     storage.datasets.write("t", pa.table({"a": [1]}), lineage={})  # its tables are there
     assert storage.catalog.query("SELECT dataset FROM dataset_versions")["dataset"].tolist() == ["t"]
+
+
+def test_recent_runs_and_dataset_versions_summary_return_the_catalogs_rows(tmp_path):
+    import time
+
+    catalog = open_storage(StorageConfig(root=tmp_path / "store")).catalog
+    common = dict(recipe="r", recipe_path=None, code_version="c", prefect_flow_run_id=None)
+    older = catalog.start_run(flow="build-dataset", config_hash="o" * 64, **common)
+    done = catalog.start_stage_run(
+        run_id=older, stage="ingest", stage_version=1, config_hash="a" * 64, cache_key="k1", code_version="c",
+        prefect_flow_run_id=None, prefect_task_run_id=None, inputs={},
+    )  # fmt: skip
+    catalog.finish_stage_run(
+        done, status="completed", outputs={"instructions": DatasetRef("instructions", 0)}
+    )
+    catalog.finish_run(older, status="completed")
+    time.sleep(0.01)
+    newer = catalog.start_run(flow="train", config_hash="n" * 64, **common)
+    running = catalog.start_stage_run(
+        run_id=newer, stage="train", stage_version=3, config_hash="b" * 64, cache_key="k2", code_version="c",
+        prefect_flow_run_id=None, prefect_task_run_id=None, inputs={},
+    )  # fmt: skip
+
+    latest = catalog.recent_runs(limit=1)
+    assert len(latest) == 1 and list(latest[0]) == [
+        "run", "flow", "recipe", "run_status", "started", "stage", "stage_status", "seconds", "config",
+    ]  # fmt: skip
+    assert latest[0] | {"started": None} == {
+        "run": newer[:12], "flow": "train", "recipe": "r", "run_status": "running", "started": None,
+        "stage": "train", "stage_status": "running", "seconds": None, "config": "b" * 12,
+    }  # fmt: skip
+    both = catalog.recent_runs()
+    assert [(r["run"], r["stage"], r["stage_status"]) for r in both] == [
+        (newer[:12], "train", "running"), (older[:12], "ingest", "completed"),
+    ]  # fmt: skip
+    assert both[1]["seconds"] >= 0 and len(both[1]["started"]) == len("2025-01-01 00:00:00")
+
+    catalog.register_dataset_version(DatasetRef("instructions", 0), num_rows=7, stage_run_id=done)
+    catalog.register_dataset_version(DatasetRef("sample", 2), num_rows=3, stage_run_id=None)
+    catalog.register_dataset_version(DatasetRef("instructions", 1), num_rows=9, stage_run_id=running)
+    summary = [{k: v for k, v in row.items() if k != "created"} for row in catalog.dataset_versions_summary()]
+    assert summary == [
+        {"dataset": "instructions", "version": 0, "rows": 7, "stage": "ingest", "stage_run": done[:12],
+         "config": "a" * 12},
+        {"dataset": "instructions", "version": 1, "rows": 9, "stage": "train", "stage_run": running[:12],
+         "config": "b" * 12},
+        {"dataset": "sample", "version": 2, "rows": 3, "stage": None, "stage_run": None, "config": None},
+    ]  # fmt: skip

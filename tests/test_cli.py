@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-from tests.conftest import PROJECT_ROOT
-
-
-def wrl(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "flows", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+from tests.support.cli import wrl
+from tests.support.paths import PROJECT_ROOT
 
 
 def test_help_lists_the_commands():
@@ -106,3 +96,38 @@ def test_evaluate_without_an_evaluation_block_is_refused(tmp_path):
     result = wrl("evaluate", "--config", str(recipe), "--set", f"storage.root={tmp_path / 's'}", cwd=tmp_path)
     assert result.returncode == 2 and "no `evaluation:` block" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_config_show_prints_every_stages_config_hash(tmp_path):
+    from configs.loading import load_recipe, parse_set_option, stable_hash
+    from flows.pipeline import STAGE_TASKS
+    from storage import open_storage
+    from tasks.stages import STAGE_ORDER, ingest
+    from tasks.stages.runner import run_stage
+
+    pairs = tmp_path / "sft.jsonl"
+    pairs.write_text('{"prompt": "Write a poem.", "response": "A poem."}\n')
+    sets = [f"sft.writer.data.path={pairs}", "sft.reference.enabled=true", f"storage.root={tmp_path / 's'}"]
+    demo = PROJECT_ROOT / "configs" / "demo.yaml"
+    result = wrl("config", "show", "--config", str(demo), *(arg for s in sets for arg in ("--set", s)))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    recipe = load_recipe(demo, dict(parse_set_option(s) for s in sets))
+    for name in STAGE_ORDER:  # every stage, the optional sft ones included (the recipe configures them)
+        spec = STAGE_TASKS[name][0]
+        assert f"{name} v{spec.version} config hash: {stable_hash(spec.config_slice(recipe))[:16]}" in lines
+    for benchmark in recipe.evaluation.benchmarks:  # evaluate: keyed per candidate, one line per benchmark
+        note = "one per candidate (base, trained), known once they resolve at run time (see `wrl runs`)"
+        assert f"evaluate v1 [{benchmark}] config hash: {note}" in lines
+    # It is the hash a stage run records: run ingest and read the catalog's row for what it wrote.
+    ran = run_stage(ingest.SPEC, ingest.compute, recipe)
+    written = open_storage(recipe.storage).catalog.dataset_versions_summary()
+    assert [(r["dataset"], r["stage"], r["config"]) for r in written] == [
+        ("instructions", "ingest", ran.config_hash[:12])
+    ]
+    assert f"ingest v1 config hash: {ran.config_hash[:16]}" in lines
+
+    without = wrl("config", "show", "--config", str(demo))  # the demo runs neither sft stage
+    assert "sft_writer v1 config hash: not configured (an optional stage this recipe does not run)" in (
+        without.stdout.splitlines()
+    )

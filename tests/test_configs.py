@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 from configs.loading import ConfigError, load_recipe, parse_set_option, stable_hash
 from configs.schema import Recipe
-from tests.conftest import PROJECT_ROOT
+from tests.support.paths import PROJECT_ROOT
+from tests.support.recipes import MINIMAL_YAML as MINIMAL
+from tests.support.recipes import write_yaml as _write
 
 SHIPPED = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
-
-
-def _write(tmp_path, text: str):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-MINIMAL = """\
-name: t
-backends:
-  local:
-    kind: transformers
-generators:
-  - name: policy
-    role: policy
-    backend: local
-    model: embedded:smollm2-135m-instruct
-"""
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -282,3 +263,66 @@ def test_paper_recipes_start_rl_from_an_sft_writer_and_evaluate_the_papers_rows(
         rows = {c.name: (c.model, c.from_training, c.from_sft) for c in recipe.evaluation.candidates}
         assert rows["instruct"][0].endswith("Instruct") and rows["base"][1] == "base"
         assert rows["reference-sft"][2] == "reference" and rows["writing-rl"][1] == "final"
+
+
+def test_every_field_of_every_recipe_model_says_what_it_is():
+    """Each field of each model reachable from `Recipe` (through unions, Annotated, dicts and tuples)
+    has a description, as TRL's dataclass fields have help strings."""
+    import typing
+
+    from pydantic import BaseModel
+
+    models: dict[str, type[BaseModel]] = {}
+
+    def walk(annotation: typing.Any) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation.__name__ not in models:
+                models[annotation.__name__] = annotation
+                for field in annotation.model_fields.values():
+                    walk(field.annotation)
+            return
+        for arg in typing.get_args(annotation):  # X | Y, Annotated[X, ...], dict[K, V], tuple[X, ...]
+            walk(arg)
+
+    walk(Recipe)
+    # The walk reaches the nested blocks (a walker that stopped early would pass vacuously).
+    assert {"StorageConfig", "VLLMBackend", "LocalServer", "Decoding", "LoraConfig", "SFTDataConfig",
+            "BenchmarkConfig", "NightlySchedule", "Price"} <= set(models)  # fmt: skip
+    missing = [
+        f"{name}.{field_name}"
+        for name, model in sorted(models.items())
+        for field_name, field in model.model_fields.items()
+        if not (field.description or "").strip()
+    ]
+    assert not missing, f"fields without a description: {', '.join(missing)}"
+
+
+def test_api_limits_on_an_in_process_backend_are_refused_not_ignored(tmp_path):
+    # max_retries, timeouts and rate limits only mean something over HTTP (tasks/llm/remote.py).
+    path = _write(
+        tmp_path, MINIMAL.replace("    kind: transformers\n", "    kind: transformers\n    max_retries: 3\n")
+    )
+    with pytest.raises(ConfigError, match="max_retries"):
+        load_recipe(path)
+
+
+def test_decoding_n_is_gone_but_keys_paid_for_with_it_still_match():
+    from configs.schema import Decoding
+
+    with pytest.raises(ValueError, match="several samples are several requests"):
+        Decoding(n=2)
+    legacy = Decoding.model_validate({"temperature": 0.2, "n": 1})  # a dump written when n existed
+    assert legacy == Decoding(temperature=0.2)
+    # Cache keys hash the dump: it still holds n=1, as every key written before did.
+    assert legacy.model_dump(mode="json")["n"] == 1
+    assert stable_hash(Decoding()) == stable_hash(
+        {
+            "temperature": 0.7,
+            "top_p": 1.0,
+            "max_tokens": 1024,
+            "stop": [],
+            "seed": 0,
+            "n": 1,
+            "logprobs": None,
+        }
+    )

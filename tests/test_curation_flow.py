@@ -9,23 +9,7 @@ import pytest
 from configs.loading import load_recipe
 from flows.build_dataset import build_dataset
 from storage import DatasetRef, open_storage
-
-
-def _recipe(tmp_path, model, *, judge_extra="", selection="strategy: full") -> str:
-    path = tmp_path / "curation.yaml"
-    path.write_text(f"""\
-name: curation-test
-storage: {{root: {tmp_path / "store"}, model_cache: {tmp_path / "models"}}}
-data: {{format: builtin, limit: 4}}
-backends:
-  local: {{kind: transformers, device: cpu, dtype: float32, max_batch_size: 8}}
-generators:
-  - {{name: policy, role: policy, backend: local, model: {model}, decoding: {{temperature: 0.0, max_tokens: 8}}}}
-  - {{name: rival, backend: local, model: {model}, decoding: {{temperature: 0.0, max_tokens: 16}}}}
-judge: {{backend: local, model: {model}, mode: logprob{judge_extra}}}
-selection: {{{selection}}}
-""")
-    return str(path)
+from tests.support.recipes import curation_recipe as _recipe
 
 
 @pytest.fixture

@@ -106,8 +106,8 @@ def test_no_selection_no_plot(tmp_path):
 
 def test_the_flow_publishes_the_report_as_artifacts(prefect_harness, tiny_model_dir, tmp_path):
     from flows.build_dataset import build_dataset
-    from tests.conftest import write_recipe
     from tests.support.artifacts import latest_artifacts
+    from tests.support.recipes import write_recipe
 
     judge = f"judge: {{backend: local, model: {tiny_model_dir}, mode: logprob}}\n"
     rival = (f"  - {{name: rival, backend: local, model: {tiny_model_dir}, "

@@ -14,7 +14,7 @@ import pytest
 
 from configs.loading import load_recipe
 from storage import open_storage
-from tests.conftest import write_recipe
+from tests.support.recipes import write_recipe
 from tests.support.services import local_prefect, run
 
 pytestmark = pytest.mark.slow

@@ -11,33 +11,10 @@ import pytest
 
 from configs.loading import load_recipe
 from storage import open_storage
-from tests.conftest import write_recipe
 from tests.support.artifacts import latest_artifacts
-
-BENCH_FILES = {
-    "writingbench": "writingbench/length_subset.jsonl",
-    "longbench_write": "longbench_write/longbench_write.jsonl",
-    "creative_writing_v3": "creative_writing_v3",
-    "longbench_v2": "longbench_v2/sample.json",
-}
-
-
-def _recipe(tmp_path: Path, model: Path, benchmarks: Path, candidates: str, training: str = "") -> Path:
-    slices = {"writingbench": "limit: 1", "longbench_write": "limit: 2",
-              "creative_writing_v3": "limit: 1, iterations: 1", "longbench_v2": "limit: 2, max_input_tokens: 256"}  # fmt: skip
-    bench = "".join(
-        f"    {name}: {{path: {benchmarks / rel}, {slices[name]}, max_tokens: 6}}\n"
-        for name, rel in BENCH_FILES.items()
-    )
-    extra = (
-        f"judge: {{backend: local, model: {model}, mode: logprob}}\n{training}"
-        f"evaluation:\n  candidates:\n{candidates}  benchmarks:\n{bench}"
-    )
-    return write_recipe(tmp_path / "r.yaml", store=tmp_path / "store", model=str(model), extra=extra)
-
-
-def _candidates(model: Path, *names: str) -> str:
-    return "".join(f"    - {{name: {n}, model: {model}, system_prompt: 'You are {n}.'}}\n" for n in names)
+from tests.support.recipes import BENCH_FILES
+from tests.support.recipes import eval_candidates as _candidates
+from tests.support.recipes import evaluation_recipe as _recipe
 
 
 def _stage_statuses(storage, run_id: str) -> list[str]:
@@ -203,7 +180,7 @@ def test_training_checkpoints_are_evaluated_and_plotted_over_steps(
 def test_ids_pick_items_in_file_order_and_an_unknown_id_is_named(shared_benchmarks):
     from configs.loading import ConfigError
     from configs.schema import BenchmarkConfig
-    from tasks.evaluation.suites import SUITES
+    from tasks.evaluation.registry import SUITES
     from tasks.stages.evaluate import select_items
 
     path = shared_benchmarks / BENCH_FILES["writingbench"]

@@ -13,18 +13,15 @@ import shutil
 import pytest
 
 from configs.schema import BENCHMARKS, BenchmarkConfig, JudgeConfig
-from tasks.benchmarks import creative_writing_v3 as cw3
-from tasks.benchmarks import longbench_v2 as lbv2
-from tasks.benchmarks import longbench_write as lbw
-from tasks.benchmarks import writingbench as wb
+from tasks.evaluation import creative_writing_v3 as cw3
+from tasks.evaluation import longbench_v2 as lbv2
+from tasks.evaluation import longbench_write as lbw
+from tasks.evaluation import writingbench as wb
 from tasks.evaluation.base import BenchItem, ItemScore
-from tasks.evaluation.suites import (
-    CW3_CRITERION_ANSWER,
-    LBW_DIMENSION_ANSWER,
-    SUITES,
-    WB_DIGIT_ANSWER,
-    data_fingerprint,
-)
+from tasks.evaluation.creative_writing_v3 import CW3_CRITERION_ANSWER
+from tasks.evaluation.longbench_write import LBW_DIMENSION_ANSWER
+from tasks.evaluation.registry import SUITES, data_fingerprint
+from tasks.evaluation.writingbench import WB_DIGIT_ANSWER
 from tasks.instructions.loaders import InstructionDataError
 from tasks.llm.base import EndpointFailingError
 from tests.support.fake_llm import FakeCall, FakeLLM, fail

@@ -21,7 +21,8 @@ from tasks.instructions import (
     load_instructions,
     source_fingerprint,
 )
-from tasks.instructions.loaders import RUBRIC_BANDS, detect_language, register_loader
+from tasks.instructions.loaders import RUBRIC_BANDS, register_loader
+from tasks.text import detect_language
 
 
 def _cfg(fmt: str, path, **kw) -> DataConfig:

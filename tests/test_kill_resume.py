@@ -13,7 +13,8 @@ import pytest
 
 from configs.loading import load_recipe
 from storage import DatasetRef, open_storage
-from tests.conftest import PROJECT_ROOT, write_recipe
+from tests.support.paths import PROJECT_ROOT
+from tests.support.recipes import write_recipe
 
 # A drill with real processes (tens of seconds): run by `make test` after the fast suite.
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ import pytest
 
 from configs.loading import load_recipe
 from storage import DatasetRef, open_storage
-from tests.conftest import write_recipe
 from tests.support.artifacts import latest_artifacts
+from tests.support.recipes import write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,8 @@ def test_ladders_and_a_checkpoint_walk_back_to_the_judge_and_the_generations(bui
     score = next(hop for hop in found["chain"] if hop["stage"] == "score")
     assert {str(r) for r in score["inputs"].values()} == {"instructions@0", "generations@0"}
     assert score["config"]["judge"]["model"] == str(tiny_model_dir)
-    assert describe_config("score", score["config"]).startswith(f"judge local/{tiny_model_dir} (logprob")
+    # The one judge label (JudgeConfig.label), as eval_results stores it.
+    assert describe_config("score", score["config"]).startswith(f"judge local/{tiny_model_dir}/logprob/v1")
     generate = next(hop for hop in found["chain"] if hop["stage"] == "generate")
     assert "rival=" in describe_config("generate", generate["config"])
 
@@ -104,7 +105,7 @@ def test_each_stage_artifact_links_its_inputs_to_the_task_run_that_wrote_them(bu
     generate_link = f"(/runs/task-run/{_task_run_of(storage, 'generate')})"
     assert "| input (generations) | `generations@0` | [generate · stage run" in score.data
     assert generate_link in score.data
-    assert f"judge: `local/{tiny_model_dir} (logprob, prompt v" in score.data
+    assert f"judge: `local/{tiny_model_dir}/logprob/v1`" in score.data  # JudgeConfig.label
     assert "| output (judgments) | `judgments@0` | this run |" in score.data
 
     # Run again: every stage is a cache hit, and its artifact links the outputs to the run that wrote them.

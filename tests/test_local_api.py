@@ -12,7 +12,7 @@ import time
 import pytest
 
 from flows import local_api
-from tests.conftest import PROJECT_ROOT
+from tests.support.paths import PROJECT_ROOT
 
 
 @pytest.fixture

@@ -18,12 +18,9 @@ import openai
 import pytest
 
 from tasks.llm.serving import LocalModelServer, ServerStartError
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.chat import ask
+from tests.support.recipes import policy_recipe
+from tests.support.services import free_port
 
 
 def port_is_free(port: int) -> bool:
@@ -42,19 +39,6 @@ def process_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-async def ask(base_url: str, model: str) -> openai.types.chat.ChatCompletion:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
-    try:
-        return await client.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": "Write a haiku about the sea."}],
-            max_tokens=12,
-            temperature=0,
-        )
-    finally:
-        await client.close()
 
 
 @pytest.mark.slow  # starts `transformers serve` (~10 s)
@@ -77,15 +61,13 @@ def test_server_answers_the_openai_sdk_with_usage(tiny_model_dir, tmp_path):
 
 async def through_our_backend(base_url: str, model: str) -> list:
     """The project's own OpenAI-compatible backend, via the registry, over real HTTP."""
-    from configs.schema import Decoding, Recipe
+    from configs.schema import Decoding
     from tasks.llm.base import ChatRequest, chat_many
     from tasks.llm.registry import create_client
 
-    recipe = Recipe.model_validate({
-        "name": "t",
-        "backends": {"served": {"kind": "openai-compatible", "base_url": base_url, "timeout_s": 120}},
-        "generators": [{"name": "policy", "role": "policy", "backend": "served", "model": model}],
-    })  # fmt: skip
+    recipe = policy_recipe(
+        {"served": {"kind": "openai-compatible", "base_url": base_url, "timeout_s": 120}}, model
+    )
     client = create_client(recipe, "served", model)
     params = Decoding(temperature=0.0, max_tokens=8)
     requests = [ChatRequest(({"role": "user", "content": p},), params) for p in ("Hello!", "Write a haiku.")]
@@ -183,14 +165,11 @@ def test_wrl_serve_answers_and_stops_cleanly_on_sigterm(tiny_model_dir, tmp_path
 
 
 def _served_recipe(tmp_path, model_dir, **serve_locally):
-    from configs.schema import Recipe
-
-    return Recipe.model_validate({
-        "name": "served",
-        "storage": {"root": str(tmp_path / "store"), "model_cache": str(tmp_path / "models")},
-        "backends": {"served": {"kind": "openai-compatible", "serve_locally": {"device": "cpu", **serve_locally}}},
-        "generators": [{"name": "policy", "role": "policy", "backend": "served", "model": str(model_dir)}],
-    })  # fmt: skip
+    return policy_recipe(
+        {"served": {"kind": "openai-compatible", "serve_locally": {"device": "cpu", **serve_locally}}},
+        model_dir, name="served",
+        storage={"root": str(tmp_path / "store"), "model_cache": str(tmp_path / "models")},
+    )  # fmt: skip
 
 
 @pytest.mark.slow  # starts `transformers serve` (~10 s)

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from configs.loading import load_recipe
 from configs.schema import LoraConfig
 from tasks.training.memory_plan import GIB, KNOWN_ARCHITECTURES, architecture_of, plan_training
-from tests.conftest import PROJECT_ROOT
-from tests.test_cli import wrl
+from tests.support.cli import wrl
+from tests.support.paths import PROJECT_ROOT
+from tests.support.recipes import shipped_recipe as _recipe
 
 PAPER = ["paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml"]
-
-
-def _recipe(name: str):
-    return load_recipe(PROJECT_ROOT / "configs" / name)
 
 
 def test_the_parameter_count_is_the_models():

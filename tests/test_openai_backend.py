@@ -16,6 +16,7 @@ from tasks.llm.base import ChatRequest, Completion, EndpointFailingError, LLMCli
 from tasks.llm.limits import estimate_tokens, reset_limits
 from tasks.llm.registry import create_client
 from tests.support.fault_server import Fault, FaultServer
+from tests.support.recipes import policy_recipe
 
 MODEL = "test-model"
 GREEDY = Decoding(temperature=0.0, max_tokens=64)
@@ -27,14 +28,8 @@ def user(text: str, system: str | None = None) -> tuple[dict[str, str], ...]:
 
 
 def recipe_for(server: FaultServer, **backend: Any) -> Recipe:
-    return Recipe.model_validate(
-        {
-            "name": "t",
-            "backends": {
-                "fault": {"kind": "openai-compatible", "base_url": server.openai_base_url, **backend}
-            },
-            "generators": [{"name": "policy", "role": "policy", "backend": "fault", "model": MODEL}],
-        }
+    return policy_recipe(
+        {"fault": {"kind": "openai-compatible", "base_url": server.openai_base_url, **backend}}, MODEL
     )
 
 

@@ -29,8 +29,8 @@ from tasks.rewards.pairwise import (
     parse_verdict,
     verdict_messages,
 )
-from tests.conftest import PROJECT_ROOT
 from tests.support.fake_llm import FakeCall, FakeLLM, fail
+from tests.support.paths import PROJECT_ROOT
 
 CORPUS = Path(__file__).parent / "support" / "injection_corpus.jsonl"
 INSTRUCTION = "Write a short scene about a lighthouse keeper on a stormy night."

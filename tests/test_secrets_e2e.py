@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 from flows.build_dataset import build_dataset
-from tests.conftest import write_recipe
 from tests.support.fault_server import Fault, FaultServer
+from tests.support.recipes import write_recipe
 
 ENV = "WRL_PLANTED_TEST_KEY"
 

@@ -11,24 +11,14 @@ import pytest
 from configs.schema import Recipe
 from storage import DatasetRef, open_storage
 from tasks.stages.runner import StageOutput, StageSpec, run_stage
+from tests.support.recipes import policy_recipe
 
 
 def _recipe(tmp_path, **decoding) -> Recipe:
-    return Recipe.model_validate(
-        {
-            "name": "t",
-            "storage": {"root": str(tmp_path / "store")},
-            "backends": {"local": {"kind": "transformers"}},
-            "generators": [
-                {
-                    "name": "policy",
-                    "role": "policy",
-                    "backend": "local",
-                    "model": "m",
-                    "decoding": {"max_tokens": 8, **decoding},
-                }
-            ],
-        }
+    return policy_recipe(
+        {"local": {"kind": "transformers"}},
+        decoding={"max_tokens": 8, **decoding},
+        storage={"root": str(tmp_path / "store")},
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from configs.schema import StorageConfig
 from storage import DatasetRef, open_storage
-from tests.conftest import PROJECT_ROOT
+from tests.support.paths import PROJECT_ROOT
 
 # A drill with real processes (tens of seconds): run by `make test` after the fast suite.
 pytestmark = pytest.mark.slow

@@ -17,12 +17,11 @@ from tasks.generation import (
     PlanSection,
     Strategy,
     configured_strategy,
-    count_words,
     parse_plan,
-    split_think,
 )
 from tasks.instructions.schema import Instruction
 from tasks.llm.base import Completion, EndpointFailingError, LLMClient
+from tasks.text import count_words, detect_language, prompt_language, split_think
 from tests.support.fake_llm import FakeCall, FakeLLM, fail
 
 EN = Instruction(
@@ -466,6 +465,22 @@ def test_split_think_variants():
     no_open = split_think("reasoning here</think>The piece.")
     assert no_open.visible == "The piece." and no_open.think == "reasoning here" and no_open.format_ok
     assert split_think("").visible == "" and not split_think("").format_ok
+
+
+@pytest.mark.parametrize(
+    ("prompt", "detected", "prompted"),
+    [
+        ("Write a story.", "en", "en"),
+        ("写一篇关于灯塔的散文。", "zh", "zh"),
+        # The two rules differ here; each keeps its outputs (ingest data and generation messages).
+        ("한국어로 에세이를 써 주세요", "en", "zh"),  # Hangul and kana count only for prompt_language
+        ("写 an essay 关于 tea", "en", "zh"),  # 3 Han vs 3 words, but 3/13 characters are CJK
+        ("Internationalization 国际化", "zh", "en"),  # 3 Han vs 1 word, but 3/23 characters
+    ],
+)
+def test_the_two_language_rules_keep_their_outputs(prompt, detected, prompted):
+    assert detect_language(prompt) == detected
+    assert prompt_language(Instruction(id="x", prompt=prompt, source="test")) == prompted
 
 
 def test_think_then_write_uses_chinese_instructions_for_chinese_prompts():

@@ -12,53 +12,9 @@ import pytest
 from configs.loading import load_recipe
 from flows.train import train_policy
 from storage import DatasetRef, open_storage
-from tests.conftest import PROJECT_ROOT
 from tests.support.accelerate_files import assert_accelerate_reads
-
-
-# The expected logprob reward is continuous, so a group's rollouts never all tie and every step
-# has a gradient: the weight-change assertions below cannot pass or fail by luck.
-def train_recipe(
-    tmp_path,
-    model,
-    *,
-    training_extra="",
-    curriculum="schedule: dynamic, promotion: any-win",
-    max_steps=3,
-    batch_size=2,
-    num_generations=2,
-    backends_extra="",
-    reward="{kind: pairwise, position: position-disadvantage, logprob_reward: expected}",
-    ordering="{}",
-    limit=3,
-) -> str:
-    path = tmp_path / "train.yaml"
-    path.write_text(f"""\
-name: train-test
-storage: {{root: {tmp_path / "store"}, model_cache: {tmp_path / "models"}}}
-data: {{format: builtin, limit: {limit}}}
-backends:
-  local: {{kind: transformers, device: cpu, dtype: float32, max_batch_size: 8}}
-{backends_extra}generators:
-  - {{name: policy, role: policy, backend: local, model: {model}, decoding: {{temperature: 0.0, max_tokens: 8}}}}
-  - {{name: rival, backend: local, model: {model}, decoding: {{temperature: 0.7, max_tokens: 16}}}}
-  - {{name: rival2, backend: local, model: {model}, decoding: {{temperature: 1.0, max_tokens: 12}}}}
-judge: {{backend: local, model: {model}, mode: logprob}}
-selection: {{strategy: full}}
-ordering: {ordering}
-reward: {reward}
-curriculum: {{{curriculum}}}
-training:
-  learning_rate: 1.0e-3
-  batch_size: {batch_size}
-  num_generations: {num_generations}
-  max_response_tokens: 8
-  max_steps: {max_steps}
-  save_steps: 2
-  device: cpu
-  lora: {{r: 4, alpha: 8}}
-{training_extra}""")
-    return str(path)
+from tests.support.paths import PROJECT_ROOT
+from tests.support.recipes import train_recipe
 
 
 def _stages(summary):
@@ -149,14 +105,14 @@ def test_training_updates_the_policy_and_records_steps_and_curriculum(
     import asyncio
 
     from tasks.llm.serving import LocalModelServer
-    from tests.test_local_server import ask
+    from tests.support.chat import ask
 
     with LocalModelServer(model["path"], device="cpu") as server:
         reply = asyncio.run(ask(server.base_url, server.model_name))
     assert reply.choices[0].message.content is not None and reply.usage.completion_tokens > 0
 
     # `wrl models` lists it; `wrl serve model:<id>` resolves it (an unknown id is a clear error).
-    from tests.test_cli import wrl
+    from tests.support.cli import wrl
 
     listed = wrl("models", "--config", recipe_path)
     assert listed.returncode == 0 and train["model_id"] in listed.stdout.replace("\n", "")
@@ -219,7 +175,7 @@ def test_a_recipe_without_training_cannot_run_the_train_stage(prefect_harness, t
 @pytest.mark.parametrize("recipe", ["paper-qwen2.5-7b.yaml", "paper-llama3.1-8b.yaml", "demo.yaml"])
 def test_the_shipped_training_blocks_pass_trls_own_checks(recipe):
     from tasks.training.args import policy_dtype, trainer_args, validate_training
-    from tests.conftest import PROJECT_ROOT
+    from tests.support.paths import PROJECT_ROOT
 
     training = load_recipe(PROJECT_ROOT / "configs" / recipe).training
     devices = 1 if training.device == "cpu" else 8

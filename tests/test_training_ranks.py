@@ -14,7 +14,7 @@ from configs.loading import load_recipe
 from flows.train import train_policy
 from storage import open_storage
 from tests.support.fault_server import FaultServer
-from tests.test_training import train_recipe
+from tests.support.recipes import train_recipe
 
 RPM = 120  # the judge's limit: one request per 0.5 s, for the whole job
 

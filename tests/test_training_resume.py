@@ -11,9 +11,9 @@ import pytest
 
 from configs.loading import load_recipe
 from storage import open_storage
+from tests.support.recipes import train_recipe
 from tests.support.train_worker import start as _start
 from tests.support.train_worker import summary_of, weights_digest
-from tests.test_training import train_recipe
 
 # A drill with real processes (tens of seconds): run by `make test` after the fast suite.
 pytestmark = pytest.mark.slow

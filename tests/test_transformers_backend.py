@@ -11,10 +11,11 @@ import pytest
 from configs.schema import Decoding, Recipe, TransformersBackend
 from tasks.llm import registry
 from tasks.llm import transformers_backend as tb
-from tasks.llm.base import ChatRequest, Completion, LLMClient, chat_many
+from tasks.llm.base import BackendUnavailableError, ChatRequest, Completion, LLMClient, chat_many
 from tasks.llm.embedded import EmbeddedModelError, resolve_model_path
-from tasks.llm.registry import BackendUnavailableError, create_client, register_backend
+from tasks.llm.registry import create_client, register_backend
 from tasks.llm.transformers_backend import TransformersClient
+from tests.support.recipes import policy_recipe
 
 GREEDY = Decoding(temperature=0.0, max_tokens=12)
 PROMPTS = [
@@ -300,17 +301,11 @@ def test_resolve_model_path_passes_non_embedded_names_through(tmp_path):
 
 
 def _recipe(tmp_path: Path) -> Recipe:
-    return Recipe.model_validate(
-        {
-            "name": "t",
-            "storage": {"model_cache": str(tmp_path / "cache")},
-            "backends": {
-                "local": {"kind": "transformers", "device": "cpu"},
-                "api": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:1/v1"},
-            },
-            "generators": [{"name": "policy", "role": "policy", "backend": "local", "model": "m"}],
-        }
-    )
+    backends = {
+        "local": {"kind": "transformers", "device": "cpu"},
+        "api": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:1/v1"},
+    }
+    return policy_recipe(backends, policy_backend="local", storage={"model_cache": str(tmp_path / "cache")})
 
 
 def test_registry_creates_transformers_clients(tmp_path):

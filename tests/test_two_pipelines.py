@@ -13,8 +13,8 @@ import pytest
 
 from configs.loading import load_recipe
 from storage import DatasetRef, open_storage
-from tests.conftest import PROJECT_ROOT
-from tests.test_curation_flow import _recipe
+from tests.support.paths import PROJECT_ROOT
+from tests.support.recipes import curation_recipe as _recipe
 
 pytestmark = pytest.mark.slow
 

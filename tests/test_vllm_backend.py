@@ -22,8 +22,9 @@ import pytest
 from configs.schema import Decoding, Recipe, VLLMBackend
 from tasks.llm import embedded
 from tasks.llm import vllm_backend as vb
-from tasks.llm.base import ChatRequest, LLMClient, chat_many
-from tasks.llm.registry import BackendUnavailableError, create_client
+from tasks.llm.base import BackendUnavailableError, ChatRequest, LLMClient, chat_many
+from tasks.llm.registry import create_client
+from tests.support.recipes import policy_recipe
 
 VOCAB = 128  # the fake tokenizer: one token per ASCII character; 0 is EOS
 
@@ -33,13 +34,8 @@ def user(text: str) -> tuple[dict[str, str], ...]:
 
 
 def _recipe(tmp_path: Path, **backend: Any) -> Recipe:
-    return Recipe.model_validate(
-        {
-            "name": "t",
-            "storage": {"model_cache": str(tmp_path / "cache")},
-            "backends": {"gpu": {"kind": "vllm", **backend}},
-            "generators": [{"name": "policy", "role": "policy", "backend": "gpu", "model": "m"}],
-        }
+    return policy_recipe(
+        {"gpu": {"kind": "vllm", **backend}}, storage={"model_cache": str(tmp_path / "cache")}
     )
 
 

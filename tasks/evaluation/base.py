@@ -50,6 +50,9 @@ class BenchmarkSuite(Protocol):
     version: int  # bump when prompts, parsing or aggregation change: it is part of the cache key
     needs_judge: bool
     truncates_input: bool  # the stage fits `prompt` to the candidate's context (middle truncation)
+    # False for tasks that are answered, not written (multiple choice): the candidate answers
+    # directly whatever its writing strategy (AgentWrite would plan an essay about an answer letter).
+    uses_writing_strategy: bool
 
     def load(self, config: BenchmarkConfig) -> list[BenchItem]:
         """The first `config.limit` items (in file order), with errors naming file, row and field."""

@@ -10,7 +10,7 @@ averaging fewer numbers than the other rows.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,19 @@ TITLES = {
 }
 
 
+def title(benchmark: str) -> str:
+    """A column's title: the built-in benchmarks' names as their papers write them, else the key."""
+    return TITLES.get(benchmark, benchmark)
+
+
+def _in_order(names: Iterable[str]) -> list[str]:
+    """The built-in benchmarks in their usual order, then any other (a registered suite) by name."""
+    present = set(names)
+    return [b for b in BENCHMARKS if b in present] + sorted(present - set(BENCHMARKS))
+
+
 def _ordered_benchmarks(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    present = {r["benchmark"] for r in rows}
-    return [b for b in BENCHMARKS if b in present]
+    return _in_order(r["benchmark"] for r in rows)
 
 
 def comparison_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -46,7 +56,7 @@ def comparison_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "candidate": candidate,
                 "step": step,
                 **{
-                    TITLES[b]: (None if s is None else round(s, 2))
+                    title(b): (None if s is None else round(s, 2))
                     for b, s in zip(benchmarks, scores, strict=True)
                 },
                 "average": round(sum(scores) / len(scores), 2) if complete and scores else None,
@@ -76,7 +86,7 @@ def comparison_markdown(table: Sequence[Mapping[str, Any]], rows: Sequence[Mappi
         "",
         f"**Benchmark versions**: {', '.join(versions)}",
         "",
-        "**Items per cell**: " + ", ".join(f"{TITLES[b]} {items[b]}" for b in BENCHMARKS if b in items),
+        "**Items per cell**: " + ", ".join(f"{title(b)} {items[b]}" for b in _in_order(items)),
         "",
         f"**Items without a score**: {failed} (excluded or counted wrong per benchmark; see docs/evaluation.md)",
         "",
@@ -98,7 +108,7 @@ def score_over_steps(
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for (benchmark, step), score in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         series[benchmark].append((step, score))
-    return {b: series[b] for b in BENCHMARKS if b in series}
+    return {b: series[b] for b in _in_order(series)}
 
 
 def plot_score_over_steps(
@@ -114,7 +124,7 @@ def plot_score_over_steps(
     with png_figure(path, 1, (7, 4), before) as ax:
         for benchmark, points in series.items():
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", label=TITLES[benchmark])
+            ax.plot(xs, ys, marker="o", label=title(benchmark))
         ax.set_xlabel("training step (0 = before training)")
         ax.set_ylabel("score (0-100)")
         ax.set_title(f"Benchmark score over training: {train_run_id}")

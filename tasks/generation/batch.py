@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from configs.schema import GeneratorConfig
 from tasks.generation.strategies import Strategy, StrategyResult
 from tasks.instructions.schema import Instruction
-from tasks.llm.base import Completion, EndpointFailingError, LLMClient
+from tasks.llm.base import Completion, EndpointFailingError, LLMClient, gather_or_stop
 
 
 async def generate_many(
@@ -43,11 +43,7 @@ async def generate_many(
         bar.update(1)
 
     try:
-        async with asyncio.TaskGroup() as group:
-            for i, instruction in enumerate(instructions):
-                group.create_task(one(i, instruction))
-    except* EndpointFailingError as failing:
-        raise failing.exceptions[0] from None
+        await gather_or_stop(one(i, instruction) for i, instruction in enumerate(instructions))
     finally:
         bar.close()
     return [r for r in results if r is not None]

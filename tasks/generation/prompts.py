@@ -5,14 +5,10 @@ plain `str.format` string: a prompt is a deterministic function of the instructi
 and earlier step outputs, so the response cache can serve each step again on a restart.
 
 Changing any text here changes what models answer: bump the version of the strategy that uses
-it (`tasks.generation.strategies`), which goes into cache keys.
+it (`tasks.generation.agentwrite`, `tasks.generation.strategies`), which goes into cache keys.
 """
 
 from __future__ import annotations
-
-from typing import Literal
-
-Lang = Literal["en", "zh"]
 
 # ---------------------------------------------------------------------------------------------
 # agentwrite: plan

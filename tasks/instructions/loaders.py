@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
@@ -23,12 +22,12 @@ from pydantic import ValidationError
 from configs.schema import DATA_FORMATS, DataConfig
 from tasks.instructions.schema import Criterion, Instruction
 from tasks.registry import Registry
+from tasks.text import detect_language
 
 __all__ = [
     "LOADERS",
     "InstructionDataError",
     "RowProblem",
-    "detect_language",
     "load_instructions",
     "register_loader",
     "source_fingerprint",
@@ -40,8 +39,6 @@ LOADERS: Registry[Loader] = Registry("instruction loader", allowed=DATA_FORMATS)
 BUILTIN_SAMPLE = "builtin_sample.jsonl"
 RUBRIC_BANDS = ("1-2", "3-4", "5-6", "7-8", "9-10")
 SEED_SLOT = "<SEED>"
-_CJK = re.compile(r"[\u4e00-\u9fff]")
-_LATIN_WORD = re.compile(r"[A-Za-z]+")
 _BAD = object()  # a field that failed validation (its problem is already recorded)
 
 
@@ -110,15 +107,6 @@ def source_fingerprint(cfg: DataConfig) -> str:
         # Length-prefix the name so (name, content) pairs cannot run into one another.
         h.update(len(rel).to_bytes(8, "big") + rel + _file_sha256(f))
     return h.hexdigest()
-
-
-def detect_language(text: str) -> str:
-    """'zh' when CJK characters outnumber Latin words (each counts one, as in length scoring), else 'en'.
-
-    A plain "any CJK character" test misfiles English prompts that quote a few Chinese names and
-    Chinese requests for an English essay; the majority rule gets both right.
-    """
-    return "zh" if len(_CJK.findall(text)) > len(_LATIN_WORD.findall(text)) else "en"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +211,7 @@ def _length(c: _Collector, loc: str, field: str, value: Any, *, required: bool =
 
 
 def _language(c: _Collector, loc: str, value: Any, prompt: Any) -> Any:
-    """The row's own language when given, else detected from the prompt."""
+    """The row's own language when given, else detected from the prompt (`tasks.text.detect_language`)."""
     value = _text(c, loc, "language", value)
     if value is _BAD:
         return _BAD

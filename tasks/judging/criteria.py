@@ -9,10 +9,12 @@ is deliberately no fixed fallback: a failure is a failure, and the instruction t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from configs.schema import CriteriaWriterConfig
 from tasks.instructions.schema import Criterion, Instruction
-from tasks.judging.pointwise import ParseFailure, ask_until_parsed, load_strict_json
+from tasks.judging.judgment import Ask, ParseFailure, ask
+from tasks.judging.pointwise import load_strict_json
 from tasks.llm.base import Completion, LLMClient, Message
 
 CRITERION_KEYS = ("name", "description")
@@ -93,16 +95,14 @@ async def write_criteria(
 ) -> tuple[Criterion, ...] | CriteriaFailure:
     """Ask for `cfg.num_criteria` criteria; re-ask an unusable reply up to `max_parse_retries`
     times, then a `CriteriaFailure`. Raises only `EndpointFailingError`."""
-    asked = await ask_until_parsed(
-        client, criteria_messages(instruction, cfg.num_criteria), cfg.decoding,
+    question = Ask(
+        criteria_messages(instruction, cfg.num_criteria),
         lambda text: parse_criteria_reply(text, cfg.num_criteria),
-        lambda error: CRITERIA_REASK.format(error=error, n=cfg.num_criteria), max_parse_retries,
-    )  # fmt: skip
-    attempts = len(asked.calls)
-    if asked.call_error is not None:
-        return CriteriaFailure(f"criteria writer call failed: {asked.call_error}", attempts, asked.calls)
-    if asked.parse_error is not None:
-        return CriteriaFailure(
-            f"unparsable criteria after {attempts} asks: {asked.parse_error}", attempts, asked.calls
-        )
-    return asked.parsed
+        partial(CRITERIA_REASK.format, n=cfg.num_criteria),
+        caller="criteria writer",
+        reply="criteria",
+    )
+    judgment = await ask(client, question, cfg.decoding, max_parse_retries)
+    if judgment.value is None:
+        return CriteriaFailure(judgment.error or "no criteria", judgment.calls, judgment.completions)
+    return judgment.value

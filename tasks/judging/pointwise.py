@@ -25,17 +25,16 @@ score means.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from configs.schema import Decoding, JudgeConfig
+from configs.schema import JudgeConfig
 from tasks.instructions.schema import Criterion, Instruction
-from tasks.llm.base import Completion, EndpointFailingError, LLMClient, Message
+from tasks.judging.judgment import Ask, Judge, Judgment, ParseFailure, Probe, expected_value
+from tasks.llm.base import Completion, LLMClient, Message, gather_or_stop
 from tasks.registry import Registry
 
 SCORE_MIN, SCORE_MAX = 1, 10
@@ -54,11 +53,6 @@ LOGPROB_DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))  # grade 0-9 
 # ---------------------------------------------------------------------------------------------
 
 _FENCE = re.compile(r"\A```(?:json)?\s*(?P<body>.*?)\s*```\Z", re.DOTALL | re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class ParseFailure:
-    error: str
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -215,17 +209,41 @@ POINTWISE_PROMPTS.register("v1")(
 
 @dataclass(frozen=True)
 class CriterionScore:
+    """One criterion's judgment, named. The judgment's value is a `ParsedScore` (json mode) or the
+    expected score (logprob mode)."""
+
     criterion: str  # the criterion's name
-    score: float | None  # an int 1-10 in json mode, an expectation in [1, 10] in logprob mode
-    reason: str | None = None  # the judge's reason (json mode)
-    error: str | None = None  # set iff score is None
-    attempts: int = 0  # asks made: 1 + re-asks (json), 1 probe (logprob)
-    llm_calls: tuple[Completion, ...] = ()  # every chat completion, in order (usage, cached, raw text)
-    candidate_mass: float | None = None  # logprob mode: probability the model put on the digits
+    judgment: Judgment[Any]
+
+    @property
+    def score(self) -> float | None:
+        """An int 1-10 in json mode, an expectation in [1, 10] in logprob mode; None on failure."""
+        value = self.judgment.value
+        return None if value is None else getattr(value, "score", value)
+
+    @property
+    def reason(self) -> str | None:  # the judge's reason (json mode)
+        return getattr(self.judgment.value, "reason", None)
+
+    @property
+    def error(self) -> str | None:  # set iff score is None
+        return self.judgment.error
+
+    @property
+    def attempts(self) -> int:  # asks made: 1 + re-asks (json), 1 probe (logprob)
+        return self.judgment.calls
+
+    @property
+    def llm_calls(self) -> tuple[Completion, ...]:  # every chat completion, in order
+        return self.judgment.completions
+
+    @property
+    def candidate_mass(self) -> float | None:  # logprob mode: probability the model put on the digits
+        return self.judgment.mass
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.score is not None
+        return self.judgment.ok
 
 
 @dataclass(frozen=True)
@@ -262,137 +280,42 @@ def aggregate(results: Sequence[CriterionScore]) -> ResponseScore:
 # Judging
 # ---------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Asked:
-    """What `ask_until_parsed` got: the parsed value, or why there is none."""
-
-    parsed: Any  # None unless a reply parsed
-    calls: tuple[Completion, ...]
-    call_error: str | None = None  # an LLM call failed (the backend already retried)
-    parse_error: str | None = None  # the last reply stayed unparsable after the re-asks
-
-
-async def ask_until_parsed(
-    client: LLMClient,
-    messages: list[Message],
-    decoding: Decoding,
-    parse: Callable[[str], Any],
-    reask: Callable[[str], str],
-    max_parse_retries: int,
-) -> Asked:
-    """Ask, parse strictly, and re-ask an unusable reply up to `max_parse_retries` times.
-
-    The bad reply and what was wrong join the conversation, so the next ask is a new request (a
-    new cache key), not a replay of the same bad reply; deterministic given the replies. A failed
-    call is not re-asked: the backend already retried. Raises only `EndpointFailingError`."""
-    calls: list[Completion] = []
-    error = ""
-    for _ in range(max_parse_retries + 1):
-        try:
-            completion = await client.chat(messages, decoding)
-        except EndpointFailingError:
-            raise
-        except Exception as exc:  # the contract says chat does not raise; record it if one does
-            completion = Completion.failure(f"{type(exc).__name__}: {exc}")
-        calls.append(completion)
-        if not completion.ok:
-            return Asked(None, tuple(calls), call_error=completion.error)
-        text = completion.text or ""
-        parsed = parse(text)
-        if not isinstance(parsed, ParseFailure):
-            return Asked(parsed, tuple(calls))
-        error = parsed.error
-        if completion.finish_reason == "length":
-            error += " (the reply was cut off at max_tokens)"
-        messages = [
-            *messages,
-            {"role": "assistant", "content": text},
-            {"role": "user", "content": reask(error)},
-        ]
-    return Asked(None, tuple(calls), parse_error=error)
-
-
-async def _judge_json(
-    client: LLMClient, judge: JudgeConfig, prompt: PointwisePrompt, messages: list[Message], name: str
-) -> CriterionScore:
-    asked = await ask_until_parsed(
-        client, messages, judge.decoding, parse_score_reply,
-        lambda error: prompt.reask.format(error=error), judge.max_parse_retries,
-    )  # fmt: skip
-    attempts = len(asked.calls)
-    if asked.call_error is not None:
-        error = f"judge call failed: {asked.call_error}"
-    elif asked.parse_error is not None:
-        error = f"unparsable judge reply after {attempts} asks: {asked.parse_error}"
-    else:
-        return CriterionScore(
-            name, asked.parsed.score, reason=asked.parsed.reason, attempts=attempts, llm_calls=asked.calls
-        )
-    return CriterionScore(name, None, error=error, attempts=attempts, llm_calls=asked.calls)
+_DIGIT_VALUES = {d: float(d) for d in LOGPROB_DIGITS}
 
 
 def expected_score(logprobs: dict[str, float]) -> tuple[float, float] | ParseFailure:
     """(1 + E[grade] over the digits 0-9 renormalised, mass on the digits) from their logprobs."""
-    values = [logprobs.get(d) for d in LOGPROB_DIGITS]
-    if any(v is None for v in values):
-        missing = [d for d, v in zip(LOGPROB_DIGITS, values, strict=True) if v is None]
-        return ParseFailure(f"no logprob for digit(s) {', '.join(missing)}")
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite or any(v is not None and (math.isnan(v) or v == math.inf) for v in values):
-        return ParseFailure("no usable probability on the digits 0-9")
-    top = max(finite)
-    weights = [math.exp(v - top) if v is not None and math.isfinite(v) else 0.0 for v in values]
-    total = sum(weights)
-    grade = sum(int(d) * w for d, w in zip(LOGPROB_DIGITS, weights, strict=True)) / total
-    mass = math.exp(top) * total
+    result = expected_value(logprobs, _DIGIT_VALUES)
+    if isinstance(result, ParseFailure):
+        return result
+    grade, mass = result
     return SCORE_MIN + grade, mass
 
 
-def require_logprob_probe(client: LLMClient, judge: JudgeConfig) -> None:
-    """A logprob judge needs `next_token_logprobs` (in-process backends): refuse before any call."""
-    if judge.mode == "logprob" and not callable(getattr(client, "next_token_logprobs", None)):
-        raise TypeError(
-            f"judge mode 'logprob' needs an in-process backend with next_token_logprobs; "
-            f"{client.backend_name!r} ({client.model}) has none: use mode 'json'"
-        )
+@dataclass(frozen=True)
+class CriterionForm:
+    """One response on one criterion: the pointwise prompt, parsed as a score in either mode."""
 
+    prompt: PointwisePrompt
+    instruction: Instruction
+    response_text: str
+    criterion: Criterion
 
-async def probe_logprobs(
-    client: LLMClient, messages: list[Message], candidates: Sequence[str]
-) -> dict[str, float] | str:
-    """The candidates' next-token logprobs, or the failure's message. `next_token_logprobs` raises
-    on failure; that is a failure of the judgment, never a score or a verdict. Only
-    `EndpointFailingError` propagates."""
-    probe = client.next_token_logprobs  # type: ignore[attr-defined]  # see require_logprob_probe
-    try:
-        return await probe(messages, candidates)
-    except EndpointFailingError:
-        raise
-    except Exception as exc:
-        return f"logprob probe failed: {type(exc).__name__}: {exc}"
+    def asks(self) -> list[Ask[ParsedScore]]:
+        messages = self.prompt.messages(self.instruction, self.response_text, self.criterion, "json")
+        return [Ask(messages, parse_score_reply, self.prompt.reask.format)]
 
-
-async def _judge_logprob(client: LLMClient, messages: list[Message], name: str) -> CriterionScore:
-    logprobs = await probe_logprobs(client, messages, LOGPROB_DIGITS)
-    if isinstance(logprobs, str):
-        return CriterionScore(name, None, error=logprobs, attempts=1)
-    result = expected_score(logprobs)
-    if isinstance(result, ParseFailure):
-        return CriterionScore(name, None, error=f"logprob probe unusable: {result.error}", attempts=1)
-    score, mass = result
-    return CriterionScore(name, score, attempts=1, candidate_mass=mass)
+    def probes(self) -> list[Probe[float]]:
+        messages = self.prompt.messages(self.instruction, self.response_text, self.criterion, "logprob")
+        return [Probe(messages, LOGPROB_DIGITS, expected_score)]
 
 
 async def score_criterion(
     client: LLMClient, judge: JudgeConfig, instruction: Instruction, response_text: str, criterion: Criterion
 ) -> CriterionScore:
     """Judge one response on one criterion (its own call, as WritingBench does)."""
-    prompt = POINTWISE_PROMPTS[judge.prompt_version]
-    messages = prompt.messages(instruction, response_text, criterion, judge.mode)
-    if judge.mode == "logprob":
-        return await _judge_logprob(client, messages, criterion.name)
-    return await _judge_json(client, judge, prompt, messages, criterion.name)
+    form = CriterionForm(POINTWISE_PROMPTS[judge.prompt_version], instruction, response_text, criterion)
+    return CriterionScore(criterion.name, await Judge(client, judge).judge_one(form))
 
 
 async def score_response(
@@ -406,16 +329,8 @@ async def score_response(
 
     Raises only for a misconfiguration (unknown prompt version, logprob mode on a client without
     `next_token_logprobs`) or `EndpointFailingError`; every other failure is recorded."""
-    POINTWISE_PROMPTS[judge.prompt_version]  # an unknown version fails here, before any call
-    require_logprob_probe(client, judge)
-    if not criteria:
-        return aggregate(())
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(score_criterion(client, judge, instruction, response_text, c))
-                for c in criteria
-            ]
-    except* EndpointFailingError as failing:
-        raise failing.exceptions[0] from None
-    return aggregate([t.result() for t in tasks])
+    prompt = POINTWISE_PROMPTS[judge.prompt_version]  # an unknown version fails here, before any call
+    judged_by = Judge(client, judge)
+    forms = [CriterionForm(prompt, instruction, response_text, c) for c in criteria]
+    judgments = await gather_or_stop(judged_by.judge_one(f) for f in forms)
+    return aggregate([CriterionScore(c.name, j) for c, j in zip(criteria, judgments, strict=True)])

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import Any, Protocol, TypedDict, TypeVar, runtime_checkable
 
 from tqdm.auto import tqdm
 
@@ -93,6 +93,31 @@ class EndpointFailingError(RuntimeError):
     The message says which endpoint (backend, model, base URL) and how it fails (last errors)."""
 
 
+T = TypeVar("T")
+
+
+async def gather_or_stop(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently; results in input order. The one way a batch of LLM work stops: an
+    `EndpointFailingError` (the endpoint is down) cancels the rest and propagates as itself, not
+    inside an ExceptionGroup. Results that finished before it were already stored by whoever
+    awaited them (the response cache writes each call as it completes)."""
+
+    async def run(awaitable: Awaitable[T]) -> T:
+        return await awaitable
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(run(a)) for a in awaitables]
+    except* EndpointFailingError as failing:
+        raise failing.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+class BackendUnavailableError(ValueError):
+    """The recipe names a backend kind that this build has no implementation for (raised by
+    `tasks.llm.registry.create_client`, and by a backend whose optional extra is not installed)."""
+
+
 async def chat_many(
     client: LLMClient,
     requests: Sequence[ChatRequest],
@@ -144,11 +169,7 @@ async def chat_many(
         bar.update(1)
 
     try:
-        async with asyncio.TaskGroup() as group:  # an EndpointFailingError cancels the rest
-            for i, r in enumerate(requests):
-                group.create_task(one(i, r))
-    except* EndpointFailingError as failing:
-        raise failing.exceptions[0] from None
+        await gather_or_stop(one(i, r) for i, r in enumerate(requests))
     finally:
         bar.close()
     return [r if r is not None else Completion.failure("not run") for r in results]

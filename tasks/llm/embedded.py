@@ -25,7 +25,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from configs.schema import EMBEDDED_MODEL_PREFIX
+from configs.schema import EMBEDDED_MODEL_PREFIX, Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,16 @@ def ensure_embedded_model(
         time.perf_counter() - started,
     )
     return target
+
+
+def ensure_recipe_models(recipe: Recipe) -> list[Path]:
+    """Convert every embedded model the recipe calls (`Recipe.models`) now, once per machine,
+    outside any stage. The content is verified when a stage loads the weights, so a run whose
+    stages are all cache hits never hashes them."""
+    names = sorted({u.model.removeprefix(EMBEDDED_MODEL_PREFIX) for u in recipe.models()
+                    if u.model.startswith(EMBEDDED_MODEL_PREFIX)})  # fmt: skip
+    cache = Path(recipe.storage.model_cache)
+    return [ensure_embedded_model(name, cache, verify_content=False) for name in names]
 
 
 # ---------------------------------------------------------------------------------------------

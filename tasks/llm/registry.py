@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import Backend, Recipe
-from tasks.llm.base import LLMClient
+from tasks.llm.base import BackendUnavailableError, LLMClient
 from tasks.registry import Registry
 
 # (recipe, backend name, that backend's config, model) -> client
@@ -32,10 +32,6 @@ def _schema_kinds() -> tuple[str, ...]:
 
 SCHEMA_BACKEND_KINDS: tuple[str, ...] = _schema_kinds()
 BACKENDS: Registry[BackendFactory] = Registry("backend kind", allowed=SCHEMA_BACKEND_KINDS)
-
-
-class BackendUnavailableError(ValueError):
-    """The recipe names a backend kind that this build has no implementation for."""
 
 
 def register_backend(kind: str) -> Callable[[BackendFactory], BackendFactory]:

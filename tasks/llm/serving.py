@@ -3,8 +3,9 @@
 `LocalModelServer` starts the server, waits until it answers, exposes the `base_url` and the model
 name to put in requests, and stops it (SIGTERM, then SIGKILL after a grace period). Anything that
 speaks the OpenAI chat API (the openai-compatible backend, the openai SDK, curl) can then call a
-local or embedded model over HTTP. `wrl serve` is the command-line face of it, and
-`shared_server` starts one on demand for a recipe backend with `serve_locally`.
+local or embedded model over HTTP. `wrl serve` is the command-line face of it (its body:
+tasks/llm/serve_command.py), and `shared_server` starts one on demand for a recipe backend with
+`serve_locally`.
 
 What this relies on in `transformers serve` (transformers 5.23, read from its source and measured):
 - `transformers serve <folder> --host H --port N --device D` loads the folder before uvicorn starts

@@ -345,7 +345,7 @@ def _generate_group(job: Job) -> Hashable:
     # Rows of one generate() call share every decoding parameter. The seed is not one of them
     # (one seed per batch, see _generate_batch), and n is handled by callers (chat_many).
     if job.kind == "generate" and job.params is not None:
-        return ("generate", job.params.model_copy(update={"seed": None, "n": 1}))
+        return ("generate", job.params.model_copy(update={"seed": None}))
     return (job.kind,)
 
 
@@ -387,7 +387,7 @@ class TransformersClient:
     async def chat(
         self, messages: Sequence[Message], params: Decoding, *, sample_index: int = 0
     ) -> Completion:
-        """One completion (`params.n` is the caller's business: chat_many sends n requests).
+        """One completion; several samples of a prompt are several requests (`sample_index`).
 
         Never raises: a failed batch gives each of its requests a failed Completion.
         """

@@ -43,10 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import Decoding, VLLMBackend
-from tasks.llm.base import Completion, Message, TokenLogprob
+from tasks.llm.base import BackendUnavailableError, Completion, Message, TokenLogprob
 from tasks.llm.batching import Job, MicroBatcher, first_token_id, resolve
 from tasks.llm.embedded import resolve_model_path_once
-from tasks.llm.registry import BackendUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -359,7 +358,8 @@ class VLLMClient:
     async def chat(
         self, messages: Sequence[Message], params: Decoding, *, sample_index: int = 0
     ) -> Completion:
-        """One completion (`params.n` is the caller's business: chat_many sends n requests).
+        """One completion; several samples of a prompt are several requests, told apart by
+        `sample_index`.
 
         Never raises: a failed request comes back as a failed Completion.
         """

@@ -18,7 +18,7 @@ output length l':
 
 divided by 100 here, so it lies in [0, 1]: 1 at the exact length, 0 at 4x too long or 3x too
 short. Length is counted the way this project counts `Instruction.required_length`
-(`tasks.generation.count_words`: whitespace-separated words, each CJK character one word).
+(`tasks.text.count_words`: whitespace-separated words, each CJK character one word).
 
 **Format** (`format_reward`) is LongWriter-Zero's Format RM idea (structure plus a repetition
 penalty) with the exact definition given in `format_reward`'s docstring.
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 
 # `count_words` and `split_think` are the project's single definitions of "a word" and "a valid
 # think block"; the rewards must agree with the instructions' lengths and the generation strategy.
-from tasks.generation.strategies import count_words, split_think
+from tasks.text import CJK_RANGES, count_words, split_think
 
 LENGTH = "length"
 FORMAT = "format"
@@ -41,11 +41,10 @@ NGRAM = 4  # word 4-grams: long enough that ordinary prose rarely repeats one by
 MIN_ANSWER_TOKENS = 5  # fewer tokens than this is a near-empty answer
 MIN_LINE_TOKENS = 5  # shorter lines (headings, table rows, "---") may legitimately repeat
 
-# Same CJK ranges as `count_words`: kana, CJK ideographs (+ ext. A, compatibility), Hangul.
-_CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
-# A token is one CJK character or a run of other word characters; punctuation and markup are not
-# tokens, so "word." and "word" match and a repeated "---" or "**" is not repetition.
-_TOKEN = re.compile(rf"[{_CJK_RANGES}]|[^\W{_CJK_RANGES}]+")
+# A token is one CJK character (the ranges `count_words` uses) or a run of other word characters;
+# punctuation and markup are not tokens, so "word." and "word" match and a repeated "---" or "**"
+# is not repetition.
+_TOKEN = re.compile(rf"[{CJK_RANGES}]|[^\W{CJK_RANGES}]+")
 _THINK_TAG = re.compile(r"</?think>", re.IGNORECASE)
 
 

@@ -31,7 +31,7 @@ holds for any tag, not the tag's secrecy.
 Strict verdicts. "json" mode (API judges): a short rationale, then the verdict alone on the last
 line: `[[A]]`, `[[B]]` or `[[C]]` (tie), optionally after "Final verdict:". Only that last line is
 read, never a letter scanned from the text, so a rationale quoting the response's "[[B]]" changes
-nothing. An unparsable reply is re-asked (`ask_until_parsed`, shared with the pointwise judge).
+nothing. An unparsable reply is re-asked (`tasks.judging.judgment.ask`, the one ask path of every judge).
 "logprob" mode (in-process judges): one probe of the first reply token over "A", "B", "C",
 renormalised; a tie when "C" is most probable or |P(A) - P(B)| < `reward.tie_margin`.
 
@@ -67,21 +67,19 @@ it noise). In swap mode a failure in either order fails the judgment. Only `Endp
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import json
 import math
 import re
-import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from configs.schema import JudgeConfig, RewardConfig
 from tasks.instructions.schema import Criterion
-from tasks.judging.pointwise import ParseFailure, ask_until_parsed, probe_logprobs, require_logprob_probe
-from tasks.llm.base import Completion, EndpointFailingError, LLMClient, Message
+from tasks.judging.judgment import Ask, Judge, Judgment, ParseFailure, Probe
+from tasks.llm.base import Completion, LLMClient, Message, gather_or_stop
 from tasks.registry import Registry
 
 Letter = Literal["A", "B", "C"]
@@ -444,27 +442,73 @@ def verdict_messages(
 # ---------------------------------------------------------------------------------------------
 
 
+def _outcome(letter: Letter, policy_position: Position) -> Outcome:
+    if letter == "C":
+        return "tie"
+    return "win" if letter == policy_position else "loss"
+
+
 @dataclass(frozen=True)
 class OrderVerdict:
-    """One judge call order. `outcome` is from the policy's view; None (with `error`) on failure."""
+    """One judge call order: the judgment's value is the verdict letter (json mode) or a
+    `LogprobVerdict` (logprob mode). `outcome` is from the policy's view; None on failure."""
 
     policy_position: Position
-    letter: Letter | None
-    outcome: Outcome | None
-    rationale: str | None = None  # json mode: the text before the verdict line
-    probabilities: dict[str, float] | None = None  # logprob mode: A, B, C renormalised
-    error: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_s: float = 0.0
-    llm_calls: int = 0  # chat calls (1 + re-asks) or probes
-    candidate_mass: float | None = None  # logprob mode: probability the judge put on A, B, C
-    completions: tuple[Completion, ...] = ()  # json mode: every chat completion, in order (raw text)
+    judgment: Judgment[Any]
     expected_reward: float | None = None  # logprob_reward "expected": P(policy wins) + 0.5 P(tie)
 
     @property
+    def letter(self) -> Letter | None:
+        value = self.judgment.value
+        return value.letter if isinstance(value, LogprobVerdict) else value
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return None if self.letter is None else _outcome(self.letter, self.policy_position)
+
+    @property
+    def rationale(self) -> str | None:  # json mode: the text before the verdict line
+        completions = self.judgment.completions
+        if not self.judgment.ok or not completions:
+            return None
+        return verdict_rationale(completions[-1].text or "")
+
+    @property
+    def probabilities(self) -> dict[str, float] | None:  # logprob mode: A, B, C renormalised
+        value = self.judgment.value
+        return value.probabilities if isinstance(value, LogprobVerdict) else None
+
+    @property
+    def error(self) -> str | None:
+        return self.judgment.error
+
+    @property
+    def input_tokens(self) -> int:
+        return self.judgment.input_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        return self.judgment.output_tokens
+
+    @property
+    def latency_s(self) -> float:
+        return self.judgment.latency_s
+
+    @property
+    def llm_calls(self) -> int:  # chat calls (1 + re-asks) or probes
+        return self.judgment.calls
+
+    @property
+    def candidate_mass(self) -> float | None:  # logprob mode: probability the judge put on A, B, C
+        return self.judgment.mass
+
+    @property
+    def completions(self) -> tuple[Completion, ...]:  # json mode: every chat completion, in order
+        return self.judgment.completions
+
+    @property
     def ok(self) -> bool:
-        return self.error is None and self.outcome is not None
+        return self.judgment.ok
 
     @property
     def reward(self) -> float | None:
@@ -532,64 +576,29 @@ def combine(orders: Sequence[OrderVerdict]) -> PairwiseJudgment:
 # ---------------------------------------------------------------------------------------------
 
 
-def _outcome(letter: Letter, policy_position: Position) -> Outcome:
-    if letter == "C":
-        return "tie"
-    return "win" if letter == policy_position else "loss"
+@dataclass(frozen=True)
+class VerdictForm:
+    """One order of one comparison (Response A shown first), read as a verdict in either mode."""
 
+    prompt: PairwisePromptVersion
+    instruction: str
+    response_a: str
+    response_b: str
+    criteria: Sequence[Criterion]
+    tie_margin: float
 
-async def _judge_json(
-    client: LLMClient,
-    judge: JudgeConfig,
-    prompt: PairwisePromptVersion,
-    messages: list[Message],
-    position: Position,
-) -> OrderVerdict:
-    asked = await ask_until_parsed(
-        client, messages, judge.decoding, parse_verdict,
-        lambda error: prompt.reask.format(error=error), judge.max_parse_retries,
-    )  # fmt: skip
-    calls = asked.calls
-    usage = {
-        "input_tokens": sum(c.usage.input_tokens for c in calls),
-        "output_tokens": sum(c.usage.output_tokens for c in calls),
-        "latency_s": sum(c.latency_s for c in calls),
-        "llm_calls": len(calls),
-        "completions": calls,
-    }
-    if asked.call_error is not None:
-        error = f"judge call failed: {asked.call_error}"
-    elif asked.parse_error is not None:
-        error = f"unparsable judge reply after {len(calls)} asks: {asked.parse_error}"
-    else:
-        letter: Letter = asked.parsed
-        return OrderVerdict(
-            position, letter, _outcome(letter, position),
-            rationale=verdict_rationale(calls[-1].text or ""), **usage,
-        )  # fmt: skip
-    return OrderVerdict(position, None, None, error=error, **usage)
+    def _messages(self, mode: str) -> list[Message]:
+        return self.prompt.messages(self.instruction, self.response_a, self.response_b, self.criteria, mode)
 
+    def asks(self) -> list[Ask[Letter]]:
+        return [Ask(self._messages("json"), parse_verdict, self.prompt.reask.format)]
 
-async def _judge_logprob(
-    client: LLMClient, reward: RewardConfig, messages: list[Message], position: Position
-) -> OrderVerdict:
-    started = time.perf_counter()
-    logprobs = await probe_logprobs(client, messages, VERDICT_LETTERS)
-    latency = time.perf_counter() - started
-    if isinstance(logprobs, str):
-        return OrderVerdict(position, None, None, error=logprobs, latency_s=latency, llm_calls=1)
-    result = logprob_verdict(logprobs, reward.tie_margin)
-    if isinstance(result, ParseFailure):
-        error = f"logprob probe unusable: {result.error}"
-        return OrderVerdict(position, None, None, error=error, latency_s=latency, llm_calls=1)
-    expected = None
-    if reward.logprob_reward == "expected":
-        probabilities = result.probabilities
-        expected = probabilities[position] + 0.5 * probabilities["C"]
-    return OrderVerdict(
-        position, result.letter, _outcome(result.letter, position), probabilities=result.probabilities,
-        latency_s=latency, llm_calls=1, candidate_mass=result.candidate_mass, expected_reward=expected,
-    )  # fmt: skip
+    def probes(self) -> list[Probe[LogprobVerdict]]:
+        return [Probe(self._messages("logprob"), VERDICT_LETTERS, self._read)]
+
+    def _read(self, logprobs: dict[str, float]) -> tuple[LogprobVerdict, float] | ParseFailure:
+        verdict = logprob_verdict(logprobs, self.tie_margin)
+        return verdict if isinstance(verdict, ParseFailure) else (verdict, verdict.candidate_mass)
 
 
 async def judge_order(
@@ -604,12 +613,14 @@ async def judge_order(
     policy_position: Position,
 ) -> OrderVerdict:
     """One judge call order: the policy's response shown as Response `policy_position`."""
-    prompt = PAIRWISE_PROMPTS[judge.prompt_version]
     a, b = (policy_response, reference) if policy_position == "A" else (reference, policy_response)
-    messages = prompt.messages(instruction, a, b, criteria, judge.mode)
-    if judge.mode == "logprob":
-        return await _judge_logprob(client, reward, messages, policy_position)
-    return await _judge_json(client, judge, prompt, messages, policy_position)
+    form = VerdictForm(PAIRWISE_PROMPTS[judge.prompt_version], instruction, a, b, criteria, reward.tie_margin)
+    judgment = await Judge(client, judge).judge_one(form)
+    expected = None
+    if reward.logprob_reward == "expected" and isinstance(judgment.value, LogprobVerdict):
+        probabilities = judgment.value.probabilities
+        expected = probabilities[policy_position] + 0.5 * probabilities["C"]
+    return OrderVerdict(policy_position, judgment, expected)
 
 
 async def judge_pair(
@@ -628,7 +639,7 @@ async def judge_pair(
     `next_token_logprobs`) or `EndpointFailingError`; every other failure is a judgment with
     reward None and an error."""
     PAIRWISE_PROMPTS[judge.prompt_version]  # an unknown version fails here, before any call
-    require_logprob_probe(client, judge)
+    Judge(client, judge)  # so does a logprob judge without a probe
 
     def order(position: Position) -> Coroutine[Any, Any, OrderVerdict]:
         return judge_order(
@@ -636,9 +647,5 @@ async def judge_pair(
             policy_response=policy_response, reference=reference, policy_position=position,
         )  # fmt: skip
 
-    try:
-        async with asyncio.TaskGroup() as group:  # swap: both orders at once
-            tasks = [group.create_task(order(p)) for p in POLICY_POSITIONS[reward.position]]
-    except* EndpointFailingError as failing:
-        raise failing.exceptions[0] from None
-    return combine([t.result() for t in tasks])
+    # swap: both orders at once
+    return combine(await gather_or_stop(order(p) for p in POLICY_POSITIONS[reward.position]))

@@ -26,13 +26,14 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from configs.loading import ConfigError
-from configs.schema import BenchmarkConfig, GeneratorConfig, JudgeConfig, Recipe
-from tasks.benchmarks.longbench_v2 import truncate_middle
+from configs.schema import BenchmarkConfig, GeneratorConfig, Recipe
 from tasks.evaluation.base import BenchItem, BenchmarkResult, BenchmarkSuite, ItemScore
 from tasks.evaluation.candidates import Candidate
-from tasks.evaluation.suites import SUITES, data_fingerprint
+from tasks.evaluation.longbench_v2 import truncate_middle
+from tasks.evaluation.registry import SUITES, check_benchmark_names, data_fingerprint
 from tasks.generation import STRATEGIES, generate_many
 from tasks.instructions.schema import Instruction
+from tasks.llm.base import gather_or_stop
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
 
@@ -60,19 +61,6 @@ HEADLINE = (
 LOCAL_KINDS = ("transformers", "vllm")
 
 
-def evaluation_judge(recipe: Recipe, benchmark: str | None = None) -> JudgeConfig | None:
-    """The benchmark's own judge, else the evaluation's, else the recipe's."""
-    evaluation = recipe.evaluation
-    own = (
-        evaluation.benchmarks[benchmark].judge if evaluation and benchmark in evaluation.benchmarks else None
-    )
-    return own or (evaluation.judge if evaluation else None) or recipe.judge
-
-
-def judge_label(judge: JudgeConfig | None) -> str | None:
-    return None if judge is None else f"{judge.backend}/{judge.model}/{judge.mode}/{judge.prompt_version}"
-
-
 def benchmark_version(name: str, config: BenchmarkConfig) -> str:
     """Scorer version + data fingerprint: a different file or scorer is a different benchmark."""
     return f"{name}-v{SUITES[name].version}-{data_fingerprint(config, name)[:12]}"
@@ -82,14 +70,13 @@ def spec_for(candidate: Candidate, benchmark: str) -> StageSpec:
     def config_slice(recipe: Recipe) -> dict[str, Any]:
         assert recipe.evaluation is not None
         config = recipe.evaluation.benchmarks[benchmark]
-        judge = evaluation_judge(recipe, benchmark) if SUITES[benchmark].needs_judge else None
+        judge = recipe.judge_for(benchmark) if SUITES[benchmark].needs_judge else None
         return {
             "candidate": candidate.identity(recipe),
             "benchmark": {"name": benchmark, "version": benchmark_version(benchmark, config),
                           **config.model_dump(mode="json", exclude={"path"})},
             "seed": recipe.evaluation.seed,
-            "judge": None if judge is None else {**judge.model_dump(mode="json"),
-                                                 "backend": recipe.backend_identity(judge.backend)},
+            "judge": recipe.call_identity(judge),
         }  # fmt: skip
 
     return StageSpec(
@@ -120,8 +107,10 @@ def select_items(suite: BenchmarkSuite, config: BenchmarkConfig) -> list[BenchIt
 
 
 def check_benchmark_paths(recipe: Recipe, benchmarks: list[str] | None = None) -> None:
-    """Every configured (or named) benchmark file exists; else a ConfigError naming the field."""
+    """Every configured (or named) benchmark is registered and its file exists; else a ConfigError
+    naming the field."""
     assert recipe.evaluation is not None
+    check_benchmark_names(recipe.evaluation.benchmarks)
     for name in benchmarks or list(recipe.evaluation.benchmarks):
         path = recipe.evaluation.benchmarks[name].path
         if not Path(path).exists():
@@ -133,21 +122,24 @@ def check_benchmark_paths(recipe: Recipe, benchmarks: list[str] | None = None) -
 
 
 def check_evaluation(recipe: Recipe, candidates: list[Candidate], benchmarks: list[str]) -> None:
-    """Refuse, before any call, what cannot run: a judged benchmark without a judge, LongBench v2
-    for an API model without a tokenizer to truncate with, a missing benchmark file."""
+    """Refuse, before any call, what cannot run: a benchmark without a registered suite, a judged
+    benchmark without a judge, a truncating benchmark (LongBench v2) for an API model without a
+    tokenizer to truncate with,
+    a missing benchmark file."""
     assert recipe.evaluation is not None
-    unjudged = [b for b in benchmarks if SUITES[b].needs_judge and evaluation_judge(recipe, b) is None]
+    check_benchmark_names(recipe.evaluation.benchmarks)
+    unjudged = [b for b in benchmarks if SUITES[b].needs_judge and recipe.judge_for(b) is None]
     if unjudged:
         raise ConfigError(
             f"benchmarks {unjudged} need a judge: set `evaluation.judge` (or the benchmark's own, or a "
             "top-level `judge`)"
         )
     check_benchmark_paths(recipe, benchmarks)
-    if "longbench_v2" in benchmarks:
+    for benchmark in (b for b in benchmarks if SUITES[b].truncates_input):
         for c in candidates:
             if c.tokenizer is None and not _is_local(recipe, c):
                 raise ConfigError(
-                    f"evaluation.candidates '{c.name}': longbench_v2 truncates prompts with the candidate's "
+                    f"evaluation.candidates '{c.name}': {benchmark} truncates prompts with the candidate's "
                     "tokenizer; an API model needs `tokenizer:` (a local tokenizer folder or hub name)"
                 )
 
@@ -183,8 +175,7 @@ async def _evaluate(ctx: StageContext, candidate: Candidate, benchmark: str) -> 
     prompts = [i.prompt for i in items]
     if suite.truncates_input:
         prompts = _fit_prompts(recipe, candidate, items, suite.max_input_tokens(config))  # type: ignore[attr-defined]
-    # Multiple choice is answered directly whatever the candidate's writing strategy.
-    strategy = "direct" if benchmark == "longbench_v2" else candidate.strategy
+    strategy = candidate.strategy if suite.uses_writing_strategy else "direct"
     generator = GeneratorConfig(
         name=re.sub(r"[^a-z0-9_.\-]", "-", candidate.name.lower()), backend=candidate.backend,
         model=candidate.model, strategy=strategy, system_prompt=candidate.system_prompt,
@@ -211,7 +202,7 @@ async def _evaluate(ctx: StageContext, candidate: Candidate, benchmark: str) -> 
         len(responses), sum(1 for r in responses if r is None),
     )  # fmt: skip
 
-    judge = evaluation_judge(recipe, benchmark) if suite.needs_judge else None
+    judge = recipe.judge_for(benchmark) if suite.needs_judge else None
     judge_client = ctx.llm(judge.backend, judge.model) if judge is not None else None
     limit = asyncio.Semaphore(recipe.backends[judge.backend].max_concurrency if judge else 64)
 
@@ -226,7 +217,7 @@ async def _evaluate(ctx: StageContext, candidate: Candidate, benchmark: str) -> 
         return score
 
     try:
-        scores = await asyncio.gather(*(one(i, r) for i, r in zip(items, responses, strict=True)))
+        scores = await gather_or_stop(one(i, r) for i, r in zip(items, responses, strict=True))
     finally:
         bar.close()
         if judge_client is not None:
@@ -248,7 +239,7 @@ def _output(recipe, candidate, benchmark, config, judge, items, generated, score
              "error": score.error, "retryable": score.retryable, "judge_calls": score.llm_calls}
         )  # fmt: skip
     common = {**candidate.lineage(), "benchmark": benchmark,
-              "benchmark_version": benchmark_version(benchmark, config), "judge": judge_label(judge),
+              "benchmark_version": benchmark_version(benchmark, config), "judge": None if judge is None else judge.label,
               "n_items": result.n_items, "n_failed": result.n_failed}  # fmt: skip
     metrics = {HEADLINE: result.score, **{k: v for k, v in result.metrics.items() if k != HEADLINE}}
     score_rows = [

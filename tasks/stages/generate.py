@@ -23,7 +23,7 @@ from configs.schema import GeneratorConfig, Recipe
 from storage import DatasetRef
 from tasks.generation import STRATEGIES, StrategyResult, configured_strategy, generate_many
 from tasks.instructions import Instruction, instructions_from_arrow
-from tasks.llm.base import EndpointFailingError
+from tasks.llm.base import gather_or_stop
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
 from tasks.stages.sft import sft_writer_model, writer_inputs
 
@@ -106,12 +106,9 @@ async def _generate_all(ctx: StageContext) -> list[dict]:
             await client.aclose()
         return [_row(generator, ins, res) for ins, res in zip(instructions, results, strict=True)]
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one_generator(g)) for g in generators]
-    except* EndpointFailingError as failing:  # one endpoint down stops the stage, as before
-        raise failing.exceptions[0] from None
-    return [row for task in tasks for row in task.result()]
+    # One endpoint down stops the stage; the other generators' finished calls are already cached.
+    per_generator = await gather_or_stop(one_generator(g) for g in generators)
+    return [row for rows in per_generator for row in rows]
 
 
 def _row(generator: GeneratorConfig, instruction: Instruction, result: StrategyResult) -> dict:

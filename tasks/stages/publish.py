@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from configs.schema import judge_label
 from storage import DatasetRef, Storage
 
 if TYPE_CHECKING:
@@ -163,13 +164,14 @@ def _ui_base() -> str:
 
 
 def describe_judge(config: Any) -> str | None:
-    """`backend/model (mode, prompt vN)` from a stage's config slice; None if it has no judge."""
+    """The judge's label (`configs.schema.judge_label`) from a stage's stored config slice, where
+    the backend is its identity; None if the stage has no judge."""
     judge = config.get("judge") if isinstance(config, dict) else None
     if not isinstance(judge, dict):
         return None
     backend = judge.get("backend") or {}
-    return (f"{backend.get('name', '?')}/{judge.get('model')} ({judge.get('mode')}, "
-            f"prompt {judge.get('prompt_version')})")  # fmt: skip
+    return judge_label(backend.get("name", "?"), str(judge.get("model")), str(judge.get("mode")),
+                       str(judge.get("prompt_version")))  # fmt: skip
 
 
 def _compact(value: Any) -> str:

@@ -27,6 +27,7 @@ from configs.schema import Recipe
 from storage import DatasetRef
 from tasks.instructions import Instruction, instructions_from_arrow
 from tasks.judging import HOLISTIC, CriteriaFailure, ResponseScore, score_response, write_criteria
+from tasks.llm.base import gather_or_stop
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
 
 JUDGMENTS_SCHEMA = pa.schema(
@@ -48,14 +49,10 @@ JUDGMENTS_SCHEMA = pa.schema(
 
 
 def _config_slice(recipe: Recipe) -> dict[str, Any]:
-    def with_backend(block):
-        return (
-            None
-            if block is None
-            else {**block.model_dump(mode="json"), "backend": recipe.backend_identity(block.backend)}
-        )
-
-    return {"judge": with_backend(recipe.judge), "criteria_writer": with_backend(recipe.criteria_writer)}
+    return {
+        "judge": recipe.call_identity(recipe.judge_for("score")),
+        "criteria_writer": recipe.call_identity(recipe.criteria_writer),
+    }
 
 
 SPEC = StageSpec(
@@ -84,7 +81,7 @@ async def _criteria_for(ctx: StageContext, instructions: list[Instruction]) -> d
         return out
     client = ctx.llm(writer.backend, writer.model)
     try:
-        written = await asyncio.gather(*(write_criteria(client, writer, ins) for ins in missing))
+        written = await gather_or_stop(write_criteria(client, writer, ins) for ins in missing)
     finally:
         await client.aclose()
     for ins, result in zip(missing, written, strict=True):
@@ -93,8 +90,8 @@ async def _criteria_for(ctx: StageContext, instructions: list[Instruction]) -> d
 
 
 async def _score_all(ctx: StageContext) -> list[dict[str, Any]]:
-    judge = ctx.recipe.judge
-    assert judge is not None  # checked before any work (flows/build_dataset.py)
+    judge = ctx.recipe.judge_for("score")
+    assert judge is not None  # checked before any work (flows/pipeline.py::run_pipeline)
     instructions = {i.id: i for i in instructions_from_arrow(ctx.read("instructions"))}
     generations = ctx.read("generations").to_pylist()
     criteria = await _criteria_for(ctx, list(instructions.values()))
@@ -129,7 +126,7 @@ async def _score_all(ctx: StageContext) -> list[dict[str, Any]]:
         return row
 
     try:
-        return list(await asyncio.gather(*(one(g) for g in generations)))
+        return await gather_or_stop(one(g) for g in generations)
     finally:
         bar.close()
         await client.aclose()

@@ -28,7 +28,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.loading import ConfigError
-from configs.schema import LAYOUT_FIELDS, JudgeConfig, Recipe
+from configs.schema import LAYOUT_FIELDS, Recipe
 from storage import DatasetRef
 from tasks.curriculum import validate_static_rung
 from tasks.llm.embedded import resolve_model_path_once
@@ -42,18 +42,12 @@ from tasks.training.data import training_items
 from tasks.training.launch import LaunchSpec, TrainerFailedError, run_trainer
 from tasks.training.report import RUNG_COUNT_PREFIX
 
-
-def _reward_judge(recipe: Recipe) -> JudgeConfig | None:
-    return recipe.reward.judge or recipe.judge  # the reward's own judge, else the curation judge
-
-
 # How many ranks train is not part of a run's identity: a run killed on 8 GPUs resumes on 4 (or a
 # CPU run on 1 rank on 2), its curriculum exactly as checkpointed. The engine (`distributed`,
 # `cpu_offload`) is: its checkpoints are not each other's (configs/schema.py: LAYOUT_FIELDS).
 
 
 def _config_slice(recipe: Recipe) -> dict[str, Any]:
-    judge = _reward_judge(recipe)
     policy = recipe.policy
     training = (
         None if recipe.training is None else recipe.training.model_dump(mode="json", exclude=LAYOUT_FIELDS)
@@ -61,8 +55,7 @@ def _config_slice(recipe: Recipe) -> dict[str, Any]:
     return {
         "training": training,
         "reward": recipe.reward.model_dump(mode="json"),
-        "judge": None if judge is None else {**judge.model_dump(mode="json"),
-                                             "backend": recipe.backend_identity(judge.backend)},
+        "judge": recipe.call_identity(recipe.judge_for("reward")),
         "curriculum": recipe.curriculum.model_dump(mode="json"),
         "policy": {"model": policy.model, "strategy": policy.strategy},
     }  # fmt: skip
@@ -92,7 +85,7 @@ def compute(ctx: StageContext) -> StageOutput:
         )
     if recipe.training is None:
         raise ConfigError(f"recipe '{recipe.name}' has no `training:` block")
-    judge = _reward_judge(recipe)
+    judge = recipe.judge_for("reward")
     if judge is None:
         raise ConfigError(f"recipe '{recipe.name}': training needs `reward.judge` or a top-level `judge`")
     if recipe.reward.kind == "pairwise" and judge.prompt_version not in PAIRWISE_PROMPTS:

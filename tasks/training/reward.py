@@ -7,8 +7,11 @@ tasks/training/rank_reward.py adapts it to TRL's calling convention across ranks
 
 Keeping the reward in step with the curriculum (TRL builds its dataloader once, so the reference
 cannot travel in the dataset):
-- the dataset carries only the instruction id; `score` reads the curriculum state from storage
-  when it is called, which is right after the step's rollouts were generated;
+- the dataset carries only the instruction id; `score` looks up each instruction's current rung
+  when it is called, right after the step's rollouts were generated. It reads an in-memory copy
+  of the rungs (`current_rungs`): loaded from the curriculum store on first use (or set by
+  `restore` when a run resumes) and kept in step with the promotions `finish_step` writes, so a
+  step costs one store transaction, not a read as well;
 - the state changes only in `finish_step`, called from the trainer callback's `on_step_end`, after
   every reward call of that step has returned; so every rollout of step s is judged against the
   rung that was current when step s's batch was generated;
@@ -27,7 +30,6 @@ failure into a score.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import threading
 import time
@@ -39,12 +41,12 @@ from typing import Any
 from configs.schema import CurriculumConfig, JudgeConfig, RewardConfig
 from storage.curriculum import CurriculumStore, StepOutcome
 from tasks.curriculum import build_outcome, reference_rung, sample_key
-from tasks.generation import split_think
 from tasks.instructions import Instruction
 from tasks.judging import HOLISTIC, score_response
-from tasks.llm.base import LLMClient
+from tasks.llm.base import LLMClient, gather_or_stop
 from tasks.rewards.auxiliary import auxiliary_rewards, combine
 from tasks.rewards.pairwise import judge_pair
+from tasks.text import split_think
 from tasks.training.data import TrainingItem
 
 
@@ -119,7 +121,7 @@ class WritingRLReward:
             # (the 2-rank kill drill found it). Each step's values depend on its own batch alone.
             forget()
         rollouts = [Rollout(r.instruction_id, base + i, r.text) for i, r in enumerate(rollouts)]
-        results = await asyncio.gather(*(self._score_one(step, r, state) for r in rollouts))
+        results = await gather_or_stop(self._score_one(step, r, state) for r in rollouts)
         with self._lock:
             self._pending[step].extend(results)
         return list(results)
@@ -203,11 +205,11 @@ class WritingRLReward:
                 raise ValueError(f"validation: '{rollout.instruction_id}' is not a held-out ladder")
             answer = split_think(rollout.text).visible if self.think_format else rollout.text
             pairs += [(rollout, item, rung, answer) for rung in range(item.n_rungs)]
-        judgments = await asyncio.gather(*(
+        judgments = await gather_or_stop(
             judge_pair(self.client, self.judge, self.reward_cfg, instruction=item.prompt, criteria=item.criteria,
                        policy_response=answer, reference=item.rungs[rung].text)
             for _, item, rung, answer in pairs
-        ))  # fmt: skip
+        )  # fmt: skip
         by_rollout: dict[int, list[float]] = defaultdict(list)
         initial, top, failures = [], [], 0
         for (rollout, item, rung, _), judgment in zip(pairs, judgments, strict=True):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from configs.schema import Recipe
 from storage import DatasetRef
 from tasks.stages.runner import StageOutput, StageSpec, run_stage
+from tests.support.recipes import policy_recipe
 
 SPEC = StageSpec(
     "slow_toy", 1, inputs=("source",), outputs=("out",), description="toy", config_slice=lambda r: {}
@@ -23,14 +23,7 @@ SPEC = StageSpec(
 
 
 def main(root: str, calls_file: str) -> None:
-    recipe = Recipe.model_validate(
-        {
-            "name": "t",
-            "storage": {"root": root},
-            "backends": {"local": {"kind": "transformers"}},
-            "generators": [{"name": "policy", "role": "policy", "backend": "local", "model": "m"}],
-        }
-    )
+    recipe = policy_recipe({"local": {"kind": "transformers"}}, storage={"root": root})
 
     def compute(ctx) -> StageOutput:
         with Path(calls_file).open("a") as fh:  # one line per real computation

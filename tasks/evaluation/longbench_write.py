@@ -1,6 +1,7 @@
 """LongBench-Write (LongWriter, Bai et al., 2024, arXiv:2408.07055): length score S_l, quality
 score S_q from a six-dimension judge, and S = (S_l + S_q) / 2, overall and per required-length
-bucket. Pure functions: the evaluation stage makes the generation and judge calls.
+bucket; and the suite: its items from the benchmark file (the project's `longbench_write`
+loader), the judge calls for one response, and the aggregate.
 
 What the official harness does (THUDM/LongWriter @ ca6ccd4, `evaluation/`):
 
@@ -9,8 +10,8 @@ What the official harness does (THUDM/LongWriter @ ca6ccd4, `evaluation/`):
   digits, punctuation, kana, Hangul, accented letters. The regex is applied to a `str`, so `\\b` is
   a Unicode word boundary: a Latin word glued to a CJK character ("GPT模型"), to a digit ("4o") or
   to an accented letter ("café") has no boundary there and is not counted. We reproduce that
-  exactly (`count_words`); the project's `tasks.generation.strategies.count_words` is a different
-  counter, kept for the instructions and rewards.
+  exactly (`count_words`); the project's `tasks.text.count_words` is a different counter, kept
+  for the instructions and rewards.
 - `eval_length.py::score(x, y)`: with required length x and output length y,
   `100 * max(0, 1 - (y/x - 1)/3)` if y > x else `100 * max(0, 1 - (x/y - 1)/2)`; S_l is the plain
   mean of `score` over all items (`np.mean(scores)`).
@@ -28,7 +29,7 @@ What the official harness does (THUDM/LongWriter @ ca6ccd4, `evaluation/`):
 - S = (S_l + S_q) / 2 and the four required-length buckets come from the paper (its results
   tables give S_l and S_q per bucket); the repository has no code for either.
 
-Departures from the official harness:
+Departures from the official harness (scoring):
 
 1. Empty output (y = 0): the official `score` divides by zero; here it scores 0, the worst score,
    which is also the limit of the formula as y -> 0.
@@ -50,6 +51,16 @@ Departures from the official harness:
    length outside (0, 20000] is refused (ValueError): it is not a LongBench-Write item.
 5. Per-bucket S_q and S use the same official order (per-dimension means within the bucket).
    A bucket (or the whole run) whose judgments all failed has S_q = S = None, never 0.
+
+Departures of the suite (the shared ones of every judged suite: `tasks.evaluation.common`):
+
+6. The response is measured and judged as returned (no reasoning stripping, as `pred.py`).
+7. A failed generation (no response at all, not an empty one) leaves the item out of S_l, S_q and
+   S and counts in `n_failed`: there is no output to measure, and y = 0 would report it as a model
+   that wrote nothing. An item whose quality judgment failed still counts in S_l, as officially.
+8. Logprob mode: six probes, one per dimension; judge.txt's closing paragraph (the JSON format) is
+   replaced by a request for that dimension's integer 1-5 (`LBW_DIMENSION_ANSWER`); candidates
+   "1".."5".
 """
 
 from __future__ import annotations
@@ -60,10 +71,25 @@ import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tasks.judging.pointwise import ParseFailure, load_strict_json
-from tasks.llm.base import Message
+from configs.schema import BenchmarkConfig, DataConfig, Decoding, JudgeConfig
+from tasks.evaluation.base import BenchItem, BenchmarkResult, ItemScore
+from tasks.evaluation.common import (
+    RubricAsk,
+    RubricProbe,
+    check_aligned,
+    generation_failed,
+    harness_judge_decoding,
+    jsonl_files,
+    judge_form,
+    suite_judge,
+)
+from tasks.instructions.loaders import InstructionDataError, RowProblem, load_longbench_write
+from tasks.judging.judgment import ParseFailure, expected_value
+from tasks.judging.pointwise import load_strict_json
+from tasks.llm.base import LLMClient, Message
 
 # ---------------------------------------------------------------------------------------------
 # Official settings (THUDM/LongWriter @ ca6ccd4, evaluation/pred.py and eval_quality.py)
@@ -338,3 +364,198 @@ def aggregate(rows: Iterable[LongBenchWriteRow]) -> dict[str, Any]:
         label: _summary([r for r in rows if length_bucket(r.required) == label]) for label in BUCKET_LABELS
     }
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------------
+
+LBW_REASK = (
+    "Your reply could not be used: {error}. Reply again with only the JSON object "
+    '{{"Analysis": ..., "Relevance": ..., "Accuracy": ..., "Coherence": ..., "Clarity": ..., '
+    '"Breadth and Depth": ..., "Reading Experience": ...}}, each dimension score one integer between 1 and 5.'
+)
+LBW_DIMENSION_ANSWER = (
+    "Please evaluate the quality of the response on one dimension only: {number}. {dimension}. "
+    "You do not need to consider whether the response meets the user's length requirements in your "
+    "evaluation. Reply with only the score for this dimension, one integer between 1 and 5, and nothing else."
+)
+_LBW_FINAL_PARAGRAPH = JUDGE_PROMPT.rsplit("\n\n", 1)[1]  # "Please evaluate ... JSON format ..."
+_LBW_VALUES = {str(s): float(s) for s in range(DIMENSION_MIN, DIMENSION_MAX + 1)}
+
+
+def _lbw_score(logprobs: dict[str, float]) -> tuple[float, float] | ParseFailure:
+    return expected_value(logprobs, _LBW_VALUES)
+
+
+def lbw_dimension_messages(instruction: str, response: str, dimension: str) -> list[Message]:
+    """judge.txt filled as officially, its closing paragraph (the JSON format) replaced by a request
+    for one dimension's integer score 1-5."""
+    prompt = judge_prompt(instruction, response)
+    if not prompt.endswith(_LBW_FINAL_PARAGRAPH):
+        raise RuntimeError("the LongBench-Write judge prompt no longer ends with its format paragraph")
+    number = DIMENSIONS.index(dimension) + 1
+    text = prompt[: -len(_LBW_FINAL_PARAGRAPH)] + LBW_DIMENSION_ANSWER.format(
+        number=number, dimension=dimension
+    )
+    return [{"role": "user", "content": text}]
+
+
+@dataclass(frozen=True)
+class QualityForm:
+    """The quality of one response: one reply that rates the six dimensions (json: judge.txt,
+    parsed strictly into a `QualityJudgment`), or one probe per dimension (logprob: its expected
+    score on 1-5)."""
+
+    instruction: str
+    response: str
+    decoding: Decoding  # the harness's judge decoding (json mode)
+
+    def asks(self) -> list[RubricAsk[Any]]:
+        messages = judge_messages(self.instruction, self.response)
+        return [RubricAsk(messages, parse_judge_reply, LBW_REASK.format, self.decoding, criteria=DIMENSIONS)]
+
+    def probes(self) -> list[RubricProbe[Any]]:
+        return [
+            RubricProbe(
+                lbw_dimension_messages(self.instruction, self.response, d),
+                tuple(_LBW_VALUES),
+                _lbw_score,
+                criteria=(d,),
+            )
+            for d in DIMENSIONS
+        ]
+
+
+class LongBenchWriteSuite:
+    """LongBench-Write: S = (S_l + S_q) / 2, overall and per required-length bucket.
+
+    BenchItem: id `lbw-<content hash>`, prompt = the file's prompt, labels bucket/type/language,
+    data = {required, type, language}, required_length = the file's `length`.
+    """
+
+    name = "longbench_write"
+    version = 1
+    needs_judge = True
+    truncates_input = False
+    uses_writing_strategy = True
+
+    def data_files(self, config: BenchmarkConfig) -> list[Path]:
+        return jsonl_files(config)
+
+    def load(self, config: BenchmarkConfig) -> list[BenchItem]:
+        instructions = load_longbench_write(DataConfig(format="longbench_write", path=config.path))
+        problems = []
+        items = []
+        for n, instruction in enumerate(instructions, start=1):
+            required = instruction.required_length
+            assert required is not None  # the loader requires `length`
+            try:
+                bucket = length_bucket(required)
+            except ValueError as exc:
+                problems.append(RowProblem(f"{config.path}:item {n} ({instruction.id})", "length", str(exc)))
+                continue
+            labels = {
+                "bucket": bucket,
+                "type": instruction.subgenre or "",
+                "language": instruction.language or "",
+            }
+            items.append(
+                BenchItem(
+                    id=instruction.id,
+                    prompt=instruction.prompt,
+                    labels={k: v for k, v in labels.items() if v},
+                    data={
+                        "required": required,
+                        "type": instruction.subgenre,
+                        "language": instruction.language,
+                    },
+                    required_length=required,
+                )
+            )
+        if problems:
+            raise InstructionDataError(str(config.path), problems)
+        return items[: config.limit]
+
+    def generation_decoding(self, config: BenchmarkConfig, seed: int | None) -> Decoding:
+        return Decoding(
+            temperature=GENERATION_TEMPERATURE,
+            max_tokens=config.max_tokens or GENERATION_MAX_NEW_TOKENS,
+            seed=seed,
+        )
+
+    def judge_decoding(self, judge: JudgeConfig) -> Decoding:
+        return harness_judge_decoding(JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS, judge)
+
+    async def score(
+        self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
+    ) -> ItemScore:
+        judged_by = suite_judge(self.name, judge_client, judge)
+        required = int(item.data["required"])
+        if response is None:
+            return generation_failed(required=required)
+        output_words = count_words(response)
+        s_l = length_score(output_words, required)
+        details: dict[str, Any] = {"required": required, "output_words": output_words, "S_l": s_l}
+        form = QualityForm(item.prompt, response, self.judge_decoding(judged_by.config))
+        rated = await judge_form(judged_by, form)
+        dimensions: dict[str, Any] = {}
+        masses: dict[str, float | None] = {}
+        for r in rated:
+            value = r.judgment.value
+            if isinstance(value, QualityJudgment):  # one reply rated every dimension
+                dimensions |= value.scores
+            else:  # a probe's score, or None for every dimension its question rated
+                dimensions |= dict.fromkeys(r.criteria, value)
+            if r.probed:
+                masses |= dict.fromkeys(r.criteria, r.judgment.mass)
+            else:  # a reply: the judge's analysis, when it could be read
+                details["analysis"] = getattr(value, "analysis", None)
+        if masses:
+            details["candidate_mass"] = masses
+        details["dimensions"] = dimensions
+        errors = [r.error for r in rated if r.error]
+        calls = sum(r.judgment.calls for r in rated)
+        if errors:
+            details["S_q"] = None
+            error = f"quality judgment failed: {'; '.join(errors)}"
+            retryable = any(r.judgment.retryable for r in rated)
+            return ItemScore(None, details=details, error=error, retryable=retryable, llm_calls=calls)
+        s_q = quality_score(dimensions)
+        details["S_q"] = s_q
+        return ItemScore((s_l + s_q) / 2, details=details, llm_calls=calls)
+
+    def aggregate(self, items: Sequence[BenchItem], scores: Sequence[ItemScore]) -> BenchmarkResult:
+        check_aligned(items, scores)
+        rows = []
+        for item, score in zip(items, scores, strict=True):
+            details = score.details
+            if details.get("generation_failed") or details.get("output_words") is None:
+                continue  # no prediction: in no denominator (see the module docstring)
+            dimensions = details.get("dimensions") or {}
+            complete = set(dimensions) == set(DIMENSIONS) and None not in dimensions.values()
+            rows.append(
+                LongBenchWriteRow(
+                    required=int(item.data["required"]),
+                    output_words=int(details["output_words"]),
+                    quality=dict(dimensions) if complete else None,
+                )
+            )
+        result = aggregate(rows)
+        metrics: dict[str, float | None] = {
+            "S": result["S"],
+            "S_l": result["S_l"],
+            "S_q": result["S_q"],
+            "quality_failed": float(result["n_quality_failed"]),
+        }
+        for dimension in DIMENSIONS:
+            metrics[f"dimension/{dimension}"] = (result["dimensions"] or {}).get(dimension)
+        for label, bucket in result["by_bucket"].items():
+            for key in ("S_l", "S_q", "S"):
+                metrics[f"bucket/{label}/{key}"] = bucket[key]
+        return BenchmarkResult(
+            score=result["S"],
+            metrics=metrics,
+            n_items=len(items),
+            n_failed=sum(1 for s in scores if s.score is None),
+        )

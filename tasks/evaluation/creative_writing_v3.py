@@ -1,4 +1,6 @@
-"""EQ-Bench Creative Writing v3: the official rubric, judging prompt and rubric score.
+"""EQ-Bench Creative Writing v3: the official rubric, judging prompt and rubric score, and the suite:
+its items from the prompts file (the project's `creative_writing_v3` loader, seeded per iteration
+as officially), the judge calls for one piece, and the aggregate.
 
 Official harness: `EQ-bench/creative-writing-bench` (github.com/EQ-bench/creative-writing-bench).
 The code index this module was written from does not hold that repository itself, so its files were
@@ -53,8 +55,8 @@ What the official harness does
    and `eqbench_creative_score = 5 * overall_score` (0-100), both rounded to 2 decimals; 0.0 when
    no piece has scores. (The leaderboard ranks by a separate pairwise Elo, not reproduced here.)
 
-Departures from the official harness
-------------------------------------
+Departures from the official harness (scoring)
+----------------------------------------------
 - Parsing is restricted to the rubric. `parse_rubric_scores` reads the reply line by line and
   keeps only lines that are exactly `<criterion>: <number>` for a criterion of the rubric
   (`RubricParse` documents the accepted surface forms). A line naming anything else is ignored
@@ -79,18 +81,44 @@ Departures from the official harness
   the official code drops silently.
 - `judge_prompt` fills the template with whatever writing prompt it is given. For parity with the
   official judge, pass the unexpanded base prompt (with `<SEED>`), not the expanded one.
+
+Departures of the suite (the shared ones of every judged suite: `tasks.evaluation.common`)
+---------------------------------------------------------------------------------------
+- Generation: temperature 0.7, max_tokens 4000; min_p 0.1 is not in our `Decoding` (dropped).
+- A piece shorter than 500 characters is not regenerated (a suite cannot call the candidate) but
+  judged as is; its length is recorded (`piece_chars`, `short_piece`) and counted
+  (`short_pieces`). A failed generation is a failed piece: no score, counted in `failed`.
+- Logprob mode: 22 probes, one per criterion; the rubric list holds only that criterion and a
+  closing line asks for a digit grade 0-9 (`CW3_CRITERION_ANSWER`), mapped linearly to 0-20
+  (grade * 20 / 9).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from tasks.llm.base import Message
+from configs.schema import BenchmarkConfig, DataConfig, Decoding, JudgeConfig
+from tasks.evaluation.base import BenchItem, BenchmarkResult, ItemScore
+from tasks.evaluation.common import (
+    RubricAsk,
+    RubricProbe,
+    check_aligned,
+    generation_failed,
+    harness_judge_decoding,
+    judge_form,
+    resolve_path,
+    suite_judge,
+)
+from tasks.instructions.loaders import CW3_FILE, load_creative_writing_v3
+from tasks.judging.judgment import ParseFailure
+from tasks.judging.pointwise import LOGPROB_DIGITS, expected_score
+from tasks.llm.base import LLMClient, Message
 
 SEED_SLOT = "<SEED>"
 SCORE_MIN = 0.0
@@ -399,3 +427,203 @@ def benchmark_summary(piece_scores: Sequence[float | None]) -> dict[str, float |
         "scored": len(scored),
         "failed": len(piece_scores) - len(scored),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------------
+
+CW3_REASK = (
+    "Your reply could not be used: {error}. Reply again in the output format given above: [Analysis], "
+    "then [Scores] with one line per criterion, written exactly as `Criterion name: score` with a "
+    "score from 0 to 20."
+)
+CW3_CRITERION_ANSWER = (
+    "\nRate the piece on this one criterion only. Reply with only the grade, a single digit from 0 to 9 "
+    "(0 = a score of 0, 9 = a score of 20 on the 0-20 scale), and nothing else."
+)
+
+
+def _cw3_grade(logprobs: dict[str, float]) -> tuple[float, float] | ParseFailure:
+    """Digit grade 0-9 -> 0-20, linearly: `expected_score` gives 1 + E[grade]."""
+    result = expected_score(logprobs)
+    if isinstance(result, ParseFailure):
+        return result
+    score, mass = result
+    return (score - 1) * SCORE_MAX / 9, mass
+
+
+def cw3_criterion_messages(writing_prompt: str, response: str, criterion: str) -> list[Message]:
+    """The official judge prompt rating only `criterion` (the lower-is-better list is kept whole),
+    closed by a request for a digit grade 0-9."""
+    messages = judge_messages(writing_prompt, response, criteria=(criterion,))
+    return [{"role": "user", "content": messages[0]["content"] + CW3_CRITERION_ANSWER}]
+
+
+def _parse_cw3(text: str) -> RubricParse | ParseFailure:
+    """The rubric reply, refused when it names too few criteria to score the piece."""
+    parsed = parse_rubric_reply(strip_reasoning(text))
+    try:
+        piece_score(parsed.scores)
+    except TooFewCriteria as exc:
+        return ParseFailure(f"{exc} (one line per criterion, `Criterion name: score`)")
+    return parsed
+
+
+@dataclass(frozen=True)
+class PieceForm:
+    """One piece on the rubric: one reply that rates every criterion it finds relevant (json: the
+    official judge prompt, read into a `RubricParse`), or one probe per criterion (logprob: its
+    expected score on 0-20)."""
+
+    writing_prompt: str  # the UNEXPANDED template, as the official judge sees it
+    piece: str
+    decoding: Decoding  # the harness's judge decoding (json mode)
+
+    def asks(self) -> list[RubricAsk[Any]]:
+        messages = judge_messages(self.writing_prompt, self.piece)
+        return [RubricAsk(messages, _parse_cw3, CW3_REASK.format, self.decoding, criteria=CRITERIA)]
+
+    def probes(self) -> list[RubricProbe[Any]]:
+        return [
+            RubricProbe(
+                cw3_criterion_messages(self.writing_prompt, self.piece, c),
+                LOGPROB_DIGITS,
+                _cw3_grade,
+                criteria=(c,),
+            )
+            for c in CRITERIA
+        ]
+
+
+class CreativeWritingV3Suite:
+    """EQ-Bench Creative Writing v3: each piece judged on the 22-criterion rubric (0-20), negative
+    criteria inverted; headline 5 x the mean piece score (0-100).
+
+    BenchItem: id `cw3-{prompt id}-i{iteration}`, prompt = the writing prompt with the official
+    seed modifier of that iteration, labels category/iteration, data = {writing_prompt (the
+    UNEXPANDED template the judge sees), prompt_id, iteration, seed_index, seed_modifier, title}.
+    """
+
+    name = "creative_writing_v3"
+    version = 1
+    needs_judge = True
+    truncates_input = False
+    uses_writing_strategy = True
+
+    def data_files(self, config: BenchmarkConfig) -> list[Path]:
+        path, display = resolve_path(config)
+        if path.is_dir():
+            path = path / CW3_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"benchmark path {display} is a folder without {CW3_FILE}")
+        return [path]
+
+    def load(self, config: BenchmarkConfig) -> list[BenchItem]:
+        instructions = load_creative_writing_v3(DataConfig(format="creative_writing_v3", path=config.path))
+        (path,) = self.data_files(config)
+        templates = json.loads(path.read_bytes().decode("utf-8-sig"))  # validated by the loader
+        seeds: dict[str, list[Any]] = {}
+        for instruction in instructions:
+            seeds.setdefault(str(instruction.metadata["prompt_id"]), []).append(instruction)
+        items = []
+        for prompt_id in list(seeds)[: config.limit]:
+            expansions = seeds[prompt_id]
+            for iteration in range(1, config.iterations + 1):
+                seed_index = official_seed_number(iteration, len(expansions))
+                instruction = expansions[seed_index - 1]
+                assert instruction.metadata["seed_index"] == seed_index
+                labels = {"iteration": str(iteration)} | (
+                    {"category": instruction.genre} if instruction.genre else {}
+                )
+                items.append(
+                    BenchItem(
+                        id=f"cw3-{prompt_id}-i{iteration}",
+                        prompt=instruction.prompt,
+                        labels=labels,
+                        data={
+                            "writing_prompt": templates[prompt_id]["writing_prompt"],
+                            "prompt_id": prompt_id,
+                            "iteration": iteration,
+                            "seed_index": seed_index,
+                            "seed_modifier": instruction.metadata["seed_modifier"],
+                            "title": instruction.metadata.get("title"),
+                        },
+                    )
+                )
+        return items
+
+    def generation_decoding(self, config: BenchmarkConfig, seed: int | None) -> Decoding:
+        return Decoding(
+            temperature=GENERATION_TEMPERATURE,
+            max_tokens=config.max_tokens or GENERATION_MAX_TOKENS,
+            seed=seed,
+        )
+
+    def judge_decoding(self, judge: JudgeConfig) -> Decoding:
+        return harness_judge_decoding(JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS, judge)
+
+    async def score(
+        self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
+    ) -> ItemScore:
+        judged_by = suite_judge(self.name, judge_client, judge)
+        if response is None:
+            return generation_failed()
+        piece = strip_reasoning(response)
+        chars = len(piece.strip())
+        details: dict[str, Any] = {"piece_chars": chars, "short_piece": chars < MIN_PIECE_CHARS}
+        form = PieceForm(str(item.data["writing_prompt"]), piece, self.judge_decoding(judged_by.config))
+        rated = await judge_form(judged_by, form)
+        criteria: dict[str, Any] = {}
+        masses: dict[str, float | None] = {}
+        read: RubricParse | None = None
+        for r in rated:
+            value = r.judgment.value
+            if isinstance(value, RubricParse):  # one reply rated the rubric: the criteria it named
+                read = value
+                criteria |= value.scores
+            elif len(r.criteria) == 1:  # a probe's score, or None when it failed
+                criteria[r.criteria[0]] = value
+            if r.probed:
+                masses |= dict.fromkeys(r.criteria, r.judgment.mass)
+        if criteria:
+            details["criteria"] = criteria
+        if read is not None:
+            details["unknown"] = list(read.unknown)
+            details["out_of_range"] = [[name, v] for name, v in read.out_of_range]
+        if masses:
+            details["candidate_mass"] = masses
+        errors = [r.error for r in rated if r.error]
+        calls = sum(r.judgment.calls for r in rated)
+        if errors:
+            details["piece_score"] = None
+            error = f"judgment failed: {'; '.join(errors)}"
+            retryable = any(r.judgment.retryable for r in rated)
+            return ItemScore(None, details=details, error=error, retryable=retryable, llm_calls=calls)
+        value = piece_score(criteria)
+        details["piece_score"] = value
+        return ItemScore(value * BENCHMARK_SCALE, details=details, llm_calls=calls)
+
+    def aggregate(self, items: Sequence[BenchItem], scores: Sequence[ItemScore]) -> BenchmarkResult:
+        check_aligned(items, scores)
+        pieces = [s.details.get("piece_score") if s.score is not None else None for s in scores]
+        summary = benchmark_summary(pieces)
+        metrics: dict[str, float | None] = {
+            "score": summary["score"],
+            "score_0_20": summary["score_0_20"],
+            "scored": float(summary["scored"] or 0),
+            "failed": float(summary["failed"] or 0),
+            "short_pieces": float(sum(1 for s in scores if s.details.get("short_piece"))),
+        }
+        categories = sorted({item.labels["category"] for item in items if "category" in item.labels})
+        for category in categories:
+            subset = [
+                p for item, p in zip(items, pieces, strict=True) if item.labels.get("category") == category
+            ]
+            metrics[f"category/{category}"] = benchmark_summary(subset)["score"]
+        return BenchmarkResult(
+            score=summary["score"],
+            metrics=metrics,
+            n_items=len(items),
+            n_failed=sum(1 for p in pieces if p is None),
+        )

@@ -1,5 +1,6 @@
-"""WritingBench (Wu et al., 2025, arXiv:2503.05244): the official critic prompt and the score
-aggregate, overall and by domain. Pure functions: the evaluation stage makes the judge calls.
+"""WritingBench (Wu et al., 2025, arXiv:2503.05244): the official critic prompt and score aggregate
+(overall and by domain), and the suite: its items from the benchmark file (the project's
+`writingbench` loader), the critic calls for one response, and the aggregate.
 
 What the official harness does (X-PLUG/WritingBench):
 
@@ -31,7 +32,7 @@ prompt to its 2025-04-29 update). The template's first ```json block is never cl
 is). The official judge is an LLM (README: Claude-3-7-Sonnet from 2025-04-29, Claude-Sonnet-4
 from 2025-09-05, Claude-Sonnet-4-5 from 2025-11-27) or the released critic model, same prompt.
 
-Departures from the official harness:
+Departures from the official harness (scoring):
 
 1. A failed criterion (unparsable reply after the re-asks, failed call) does not abort the run:
    it is a row with score None, EXCLUDED from every mean and COUNTED (`n_failed`, `failed`, per
@@ -50,18 +51,51 @@ Departures from the official harness:
    in later versions, which pass `content["response"]`).
 4. Scores may be non-integers in [1, 10] (the project's logprob judge gives an expected value);
    the official critic only produces integers. The arithmetic is unchanged.
+
+Departures of the suite (the shared ones of every judged suite: `tasks.evaluation.common`):
+
+5. Generation: temperature 0.7, top_p 0.8 and max_tokens 16000 (`GENERATION_DECODING`); its
+   top_k 20 is not in our `Decoding` and is dropped. Critic: `CRITIC_DECODING` (temperature 1.0,
+   top_p 0.95, max_tokens 2048), with the judge's seed.
+6. An item's score (x10) exists only when all its criteria were scored; the aggregate still uses
+   every scored criterion (`aggregate`, departure 1). A failed generation makes every criterion
+   of the item a failed judgment (counted, never 0).
+7. Logprob mode: both JSON output-format blocks of the critic prompt are replaced by "reply with
+   only the grade, a single digit 0-9 (= score - 1)"; score = 1 + E[grade] on 1-10 (the scheme of
+   `tasks.judging.pointwise`, which explains why not "1".."10"). The first criteria block moves
+   from before the query to after the response, next to the restated criteria (suite version 2):
+   the probes of one response's five criteria then share everything up to the end of the
+   response, which an in-process judge computes once (tasks.llm.shared_prefix). The words are the
+   official ones; only their order changes.
 """
 
 from __future__ import annotations
 
+import codecs
+import json
 import math
 import numbers
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
-from tasks.judging.pointwise import parse_score_reply
-from tasks.llm.base import Message
+from configs.schema import BenchmarkConfig, DataConfig, Decoding, JudgeConfig
+from tasks.evaluation.base import BenchItem, BenchmarkResult, ItemScore
+from tasks.evaluation.common import (
+    RubricAsk,
+    RubricProbe,
+    check_aligned,
+    generation_failed,
+    harness_judge_decoding,
+    jsonl_files,
+    judge_form,
+    suite_judge,
+)
+from tasks.instructions.loaders import load_writingbench
+from tasks.judging.pointwise import LOGPROB_DIGITS, expected_score, parse_score_reply
+from tasks.llm.base import LLMClient, Message
 
 SCORE_MIN, SCORE_MAX = 1, 10
 LEADERBOARD_SCALE = 10  # calculate.py: every score x 10 (README: "scaled from 10 to 100")
@@ -269,3 +303,214 @@ def aggregate(rows: Iterable[WritingBenchRow | tuple[Any, ...]]) -> dict[str, An
         "by_domain1": by_domain(0),
         "by_domain2": by_domain(1),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------------
+
+WB_DIGIT_ANSWER = (
+    "** Output format ** \n"
+    "Reply with only the grade: a single digit from 0 to 9, equal to your integer score between "
+    "1 to 10 minus 1 (score 1 is grade 0, score 10 is grade 9). Output the digit and nothing else.\n"
+)
+WB_REASK = (
+    "Your reply could not be used: {error}. Reply again with only the JSON object "
+    '{{"score": <an integer between 1 to 10>, "reason": "<specific justification>"}} and nothing else.'
+)
+# The critic prompt's criteria block before the query; the restated one after the response stays.
+_WB_CRITERIA_BLOCK = "** Criteria **\n```{criteria}```\n\n"
+_WB_RESTATED = "Provide your evaluation based on the criteria restated below:"
+
+
+def _wb_logprob_template() -> str:
+    """The official critic template for logprob probes: both JSON output-format blocks replaced by
+    the digit request, and the first criteria block moved from before the query to after the
+    response, just above the restated criteria. Every word of the official prompt stays; what
+    varies between one response's criteria now comes last, so its probes share the prompt up to
+    the end of the response (tasks.llm.shared_prefix computes that once)."""
+    template = EVALUATE_PROMPT
+    if (
+        template.count(OUTPUT_FORMAT) != 2
+        or not template.endswith(OUTPUT_FORMAT + "```")
+        or template.count(_WB_CRITERIA_BLOCK) != 1
+        or template.count(_WB_RESTATED) != 1
+        or template.index(_WB_CRITERIA_BLOCK) > template.index("** Query **")
+    ):
+        raise RuntimeError(
+            "the WritingBench critic prompt no longer has the layout the logprob probe expects"
+        )
+    template = template.removesuffix(OUTPUT_FORMAT + "```") + WB_DIGIT_ANSWER
+    template = template.replace(OUTPUT_FORMAT, WB_DIGIT_ANSWER, 1)
+    template = template.replace(_WB_CRITERIA_BLOCK, "", 1)
+    return template.replace(_WB_RESTATED, _WB_CRITERIA_BLOCK + _WB_RESTATED, 1)
+
+
+_WB_LOGPROB_TEMPLATE = _wb_logprob_template()
+
+
+def wb_logprob_messages(query: str, response: str, criterion: Mapping[str, Any]) -> list[Message]:
+    """The official critic messages as a digit-grade probe (`_wb_logprob_template`), filled as
+    `critic_prompt` fills the official one."""
+    messages = critic_messages(query, response, criterion)
+    user = _WB_LOGPROB_TEMPLATE.format(query=query, response=strip_think(response), criteria=dict(criterion))
+    return [messages[0], {"role": "user", "content": user}]
+
+
+@dataclass(frozen=True)
+class CriticForm:
+    """One response on each of its query's criteria, one critic question per criterion: the
+    official critic prompt parsed strictly (json), or its digit-grade probe (logprob). Both give
+    a score on 1-10 (json: a `ParsedScore` with its reason)."""
+
+    query: str
+    response: str
+    criteria: Sequence[Mapping[str, Any]]
+    decoding: Decoding  # the critic's (json mode)
+
+    def asks(self) -> list[RubricAsk[Any]]:
+        return [
+            RubricAsk(
+                critic_messages(self.query, self.response, c),
+                parse_score_reply,
+                WB_REASK.format,
+                decoding=self.decoding,
+                criteria=(c["name"],),
+            )
+            for c in self.criteria
+        ]
+
+    def probes(self) -> list[RubricProbe[Any]]:
+        return [
+            RubricProbe(
+                wb_logprob_messages(self.query, self.response, c),
+                LOGPROB_DIGITS,
+                expected_score,
+                criteria=(c["name"],),
+            )
+            for c in self.criteria
+        ]
+
+
+class WritingBenchSuite:
+    """WritingBench: each criterion of a query judged 1-10 in its own critic call; headline x10.
+
+    BenchItem: id `wb-{index}`, prompt = the query, labels domain1/domain2, data = {index, domain1,
+    domain2, criteria: the checklist dicts exactly as in the file (the critic prompt shows them)}.
+    """
+
+    name = "writingbench"
+    version = 2  # 2: the logprob probe puts the criterion after the response
+    needs_judge = True
+    truncates_input = False
+    uses_writing_strategy = True
+
+    def data_files(self, config: BenchmarkConfig) -> list[Path]:
+        return jsonl_files(config)
+
+    def load(self, config: BenchmarkConfig) -> list[BenchItem]:
+        instructions = load_writingbench(DataConfig(format="writingbench", path=config.path))
+        raw = self._raw_criteria(config)  # the loader validated every row: read its dicts as is
+        items = []
+        for instruction in instructions[: config.limit]:
+            labels = {
+                k: v for k, v in (("domain1", instruction.genre), ("domain2", instruction.subgenre)) if v
+            }
+            items.append(
+                BenchItem(
+                    id=instruction.id,
+                    prompt=instruction.prompt,
+                    labels=labels,
+                    data={
+                        "index": instruction.metadata.get("index"),
+                        "domain1": instruction.genre,
+                        "domain2": instruction.subgenre,
+                        "criteria": raw[instruction.id],
+                    },
+                )
+            )
+        return items
+
+    def _raw_criteria(self, config: BenchmarkConfig) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for path in self.data_files(config):
+            for line in path.read_bytes().split(b"\n"):
+                line = line.removeprefix(codecs.BOM_UTF8)
+                if line.strip():
+                    row = json.loads(line.decode("utf-8"))
+                    out[f"wb-{row['index']}"] = row["criteria" if "criteria" in row else "checklist"]
+        return out
+
+    def generation_decoding(self, config: BenchmarkConfig, seed: int | None) -> Decoding:
+        official = GENERATION_DECODING
+        return Decoding(
+            temperature=official["temperature"],
+            top_p=official["top_p"],
+            max_tokens=config.max_tokens or int(official["max_length"]),
+            seed=seed,
+        )
+
+    def judge_decoding(self, judge: JudgeConfig) -> Decoding:
+        official = CRITIC_DECODING
+        return harness_judge_decoding(
+            official["temperature"], int(official["max_length"]), judge, official["top_p"]
+        )
+
+    async def score(
+        self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
+    ) -> ItemScore:
+        judged_by = suite_judge(self.name, judge_client, judge)
+        criteria = list(item.data["criteria"])
+        if response is None:
+            return generation_failed()
+        form = CriticForm(item.prompt, response, criteria, self.judge_decoding(judged_by.config))
+        rated = await judge_form(judged_by, form)
+        details = []
+        for r in rated:
+            value = r.judgment.value
+            entry: dict[str, Any] = {
+                "criterion": r.criteria[0],
+                "score": None if value is None else float(getattr(value, "score", value)),
+                "reason": getattr(value, "reason", None),
+                "error": r.judgment.error,
+            }
+            if r.probed:
+                entry["candidate_mass"] = r.judgment.mass
+            details.append(entry)
+        calls = sum(r.judgment.calls for r in rated)
+        failed = [r for r, d in zip(rated, details, strict=True) if d["score"] is None]
+        if failed:
+            reasons = "; ".join(str(r.error) for r in failed)  # each named by its criterion
+            return ItemScore(
+                None,
+                details={"criteria": details},
+                error=f"{len(failed)}/{len(details)} criteria failed: {reasons}",
+                retryable=any(r.judgment.retryable for r in failed),
+                llm_calls=calls,
+            )
+        mean = sum(d["score"] for d in details) / len(details)
+        return ItemScore(mean * LEADERBOARD_SCALE, details={"criteria": details}, llm_calls=calls)
+
+    def aggregate(self, items: Sequence[BenchItem], scores: Sequence[ItemScore]) -> BenchmarkResult:
+        check_aligned(items, scores)
+        rows = []
+        for item, score in zip(items, scores, strict=True):
+            judged = score.details.get("criteria") or [{"score": None}] * len(item.data["criteria"])
+            domain1, domain2 = item.data.get("domain1") or "", item.data.get("domain2") or ""
+            for criterion, j in zip(item.data["criteria"], judged, strict=True):
+                rows.append(WritingBenchRow(item.id, domain1, domain2, criterion["name"], j["score"]))
+        result = aggregate(rows)
+        metrics: dict[str, float | None] = {
+            "score": result["score"],
+            "score_x10": result["score_x10"],
+            "failed_criteria": float(result["n_failed"]),
+        }
+        for level in ("domain1", "domain2"):
+            for name, domain in result[f"by_{level}"].items():
+                metrics[f"{level}/{name}"] = domain["score_x10"]
+        return BenchmarkResult(
+            score=result["score_x10"],
+            metrics=metrics,
+            n_items=len(items),
+            n_failed=sum(1 for s in scores if s.score is None),
+        )

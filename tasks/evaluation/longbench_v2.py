@@ -1,4 +1,5 @@
-"""LongBench v2: the official prompts, middle truncation, answer extraction and accuracy splits.
+"""LongBench v2: the official prompts, middle truncation, answer extraction and accuracy splits, and
+the suite: its items from the data file, the verdict on one reply (no judge), and the aggregate.
 
 Official harness: `THUDM/LongBench` (the LongBench v2 code at the repository root), read at
 - `pred.py` @c5ea10b: the templates it loads, `query_llm` (truncation, decoding, retries),
@@ -34,8 +35,8 @@ What the official harness does
    (anything else counts as hard); Short/Medium/Long on `length` (anything else counts as long);
    printed as `round(100 * acc, 1)`.
 
-Departures from the official harness
-------------------------------------
+Departures from the official harness (scoring)
+----------------------------------------------
 - A failed call is counted as WRONG and reported separately (`failed_calls`, `failed_ids`);
   the official code drops the item, which silently raises the accuracy of a flaky endpoint. A row's
   response is `None` for a failed call; an empty string is a reply that answered nothing (counted
@@ -49,16 +50,26 @@ Departures from the official harness
 - `aggregate` refuses a difficulty or length outside the official values, a duplicate `_id`, or a
   gold answer outside A-D, instead of lumping the unknown value into hard/long; it reports
   unrounded percentages, and `None` for an empty split instead of dividing by zero.
+
+Departures of the suite
+-----------------------
+- Only the 0-shot prompt without chain of thought. The middle truncation to `max_input_tokens`
+  (the candidate's tokenizer, `truncate_middle`) is the stage's job.
+- A failed generation scores 0 and counts in `failed_calls` (the first departure above).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from tasks.llm.base import Message
+from configs.schema import BenchmarkConfig, Decoding, JudgeConfig
+from tasks.evaluation.base import BenchItem, BenchmarkResult, ItemScore
+from tasks.evaluation.common import GENERATION_FAILED, check_aligned, resolve_path, single_file
+from tasks.instructions.loaders import InstructionDataError, RowProblem, load_json_document
+from tasks.llm.base import LLMClient, Message
 
 # prompts/0shot.txt
 TEMPLATE_0SHOT = (
@@ -229,3 +240,137 @@ def aggregate(rows: Iterable[Mapping[str, Any]], *, compensated: bool = False) -
         "unextracted_ids": unextracted,
         "predictions": predictions,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------------
+
+DATA_FILE = "data.json"  # the official file name (THUDM/LongBench-v2 on the hub)
+_TEXT_FIELDS = ("question", *CHOICE_FIELDS, "context")
+_CHOICES = {"difficulty": DIFFICULTIES, "length": LENGTHS, "answer": ANSWERS}
+
+
+def _item_problems(location: str, row: Any) -> list[RowProblem]:
+    if not isinstance(row, dict):
+        return [RowProblem(location, "item", f"must be an object, got {type(row).__name__}")]
+    problems = []
+    item_id = row.get("_id")
+    if not isinstance(item_id, str) or not item_id.strip():
+        problems.append(RowProblem(location, "_id", f"must be a non-empty string, got {item_id!r}"))
+    for field in _TEXT_FIELDS:
+        if field not in row:
+            problems.append(RowProblem(location, field, "missing"))
+        elif not isinstance(row[field], str):
+            problems.append(RowProblem(location, field, f"must be a string, got {type(row[field]).__name__}"))
+    for field, allowed in _CHOICES.items():
+        if row.get(field) not in allowed:
+            problems.append(
+                RowProblem(location, field, f"must be one of {', '.join(allowed)}, got {row.get(field)!r}")
+            )
+    for field in ("domain", "sub_domain"):
+        if row.get(field) is not None and not isinstance(row[field], str):
+            problems.append(RowProblem(location, field, f"must be a string, got {type(row[field]).__name__}"))
+    return problems
+
+
+class LongBenchV2Suite:
+    """LongBench v2: multiple choice over a long context, 0-shot without CoT; headline accuracy %.
+
+    BenchItem: id = `_id`, prompt = `build_prompt(item)`, UNTRUNCATED: the stage fits it with
+    `truncate_middle` to `max_input_tokens(config)` tokens of the candidate's tokenizer.
+    labels difficulty/length/domain/sub_domain, data = {answer, difficulty, length, domain,
+    sub_domain}. A failed generation scores 0 (counted wrong, reported as `failed_calls`).
+    """
+
+    name = "longbench_v2"
+    version = 1
+    needs_judge = False
+    truncates_input = True
+    uses_writing_strategy = False
+
+    def data_files(self, config: BenchmarkConfig) -> list[Path]:
+        return [single_file(config, DATA_FILE, ".json")]
+
+    def max_input_tokens(self, config: BenchmarkConfig) -> int:
+        return config.max_input_tokens or MAX_INPUT_TOKENS
+
+    def load(self, config: BenchmarkConfig) -> list[BenchItem]:
+        (path,) = self.data_files(config)
+        display = str(config.path) if path == resolve_path(config)[0] else str(Path(config.path) / path.name)
+        doc = load_json_document(path.read_bytes(), display)
+        if not isinstance(doc, list):
+            raise InstructionDataError(
+                display,
+                [RowProblem(display, "json", f"expected a JSON array of items, got {type(doc).__name__}")],
+            )
+        problems: list[RowProblem] = []
+        first_seen: dict[str, str] = {}
+        items = []
+        for i, row in enumerate(doc):
+            location = f"{display}:item {i}"
+            found = _item_problems(location, row)
+            if not found:
+                first = first_seen.setdefault(row["_id"], location)
+                if first != location:
+                    found.append(
+                        RowProblem(location, "_id", f"duplicate _id {row['_id']!r}, first at {first}")
+                    )
+            problems += found
+            if found:
+                continue
+            meta = {k: row.get(k) for k in ("difficulty", "length", "domain", "sub_domain")}
+            items.append(
+                BenchItem(
+                    id=row["_id"],
+                    prompt=build_prompt(row),
+                    labels={k: v for k, v in meta.items() if isinstance(v, str) and v},
+                    data={"answer": row["answer"], **meta},
+                )
+            )
+        if problems:
+            raise InstructionDataError(display, problems)
+        return items[: config.limit]
+
+    def generation_decoding(self, config: BenchmarkConfig, seed: int | None) -> Decoding:
+        return Decoding(temperature=TEMPERATURE, max_tokens=config.max_tokens or MAX_NEW_TOKENS, seed=seed)
+
+    async def score(
+        self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
+    ) -> ItemScore:
+        answer = item.data["answer"]
+        if response is None:
+            details = {"generation_failed": True, "pred": None, "answer": answer, "correct": False}
+            return ItemScore(0.0, details=details, error=GENERATION_FAILED)
+        pred = extract_answer(response)
+        correct = pred == answer
+        details = {"pred": pred, "answer": answer, "correct": correct, "extracted": pred is not None}
+        return ItemScore(100.0 if correct else 0.0, details=details)
+
+    def aggregate(self, items: Sequence[BenchItem], scores: Sequence[ItemScore]) -> BenchmarkResult:
+        check_aligned(items, scores)
+        rows = []
+        for item, score in zip(items, scores, strict=True):
+            if score.details.get("generation_failed"):
+                response = None
+            else:  # the reply as `extract_answer` reads it back: the aggregate re-extracts
+                pred = score.details.get("pred")
+                response = "" if pred is None else f"The correct answer is ({pred})"
+            rows.append(
+                {
+                    "_id": item.id,
+                    **{k: item.data[k] for k in ("difficulty", "length", "answer")},
+                    "response": response,
+                }
+            )
+        result = aggregate(rows)
+        metrics: dict[str, float | None] = {
+            "accuracy": result["accuracy"],
+            "failed_calls": float(result["failed_calls"]),
+            "unextracted": float(result["unextracted"]),
+        }
+        metrics |= {f"difficulty/{k}": v["accuracy"] for k, v in result["by_difficulty"].items()}
+        metrics |= {f"length/{k}": v["accuracy"] for k, v in result["by_length"].items()}
+        return BenchmarkResult(
+            score=result["accuracy"], metrics=metrics, n_items=len(items), n_failed=result["failed_calls"]
+        )

@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import PROJECT_ROOT, SHARED_BENCHMARKS
-from tests.support.recipes import write_recipe
-
-# Helpers live in tests/support/; these two names stay importable from here only for
-# tests/test_sft.py, which still imports them from tests.conftest.
-__all__ = ["PROJECT_ROOT", "write_recipe"]
+from tests.support.paths import SHARED_BENCHMARKS
 
 
 @pytest.fixture(autouse=True)

@@ -32,13 +32,8 @@ PREFECT_HOMES = ("tasks/stages/", "flows/")
 TRL_HOMES = ("tasks/training/",)
 SCANNED = (*PACKAGES, "benchmarks", "tests")
 
+
 # (file, imported module) -> why the rules let that file import that module (and what is in it).
-EXCEPTIONS = {
-    ("tests/test_sft.py", "tests.conftest"): "owned by another change; conftest re-exports PROJECT_ROOT "
-    "and write_recipe for it until it imports them from tests.support",
-}
-
-
 def imported_modules(source: str, path: str) -> set[str]:
     """Every module `source` (the file at `path`, relative to the project root) imports, as dotted
     names: `import a.b` gives a.b; `from a import b` gives a and a.b (b may be a module); relative
@@ -114,7 +109,7 @@ def violations(files: dict[str, str]) -> list[str]:
         reported: set[str] = set()
         for name in sorted(imported_modules(source, path)):  # a module sorts before what is in it
             prefixes = _prefixes(name)
-            if any((path, prefix) in EXCEPTIONS for prefix in prefixes) or reported.intersection(prefixes):
+            if reported.intersection(prefixes):
                 continue
             problems = _problems(path, name)
             found.extend(f"{path}: imports {name}: {problem}" for problem in problems)
@@ -137,10 +132,6 @@ def test_the_project_follows_the_import_rules():
     assert {"configs/schema.py", "tasks/stages/train.py", "flows/cli.py", "benchmarks/kill_drill.py",
             "tests/conftest.py", "tests/support/recipes.py"} <= set(files)  # fmt: skip
     assert violations(files) == []
-
-
-def test_every_exception_has_a_reason():
-    assert all(reason.strip() for reason in EXCEPTIONS.values())
 
 
 # Each source breaks one rule; `violations` must name it (the import may sit inside a function).
@@ -195,7 +186,6 @@ ALLOWED = {
     "tests/test_a.py": "from tests.support import recipes\nfrom .support.paths import PROJECT_ROOT\n"
     "import prefect\nimport trl\nfrom flows.cli import app\nfrom benchmarks.kill_drill import _recipe\n",
     "tests/support/x.py": "from .recipes import write_recipe\nfrom tests.support.paths import PROJECT_ROOT\n",
-    "tests/test_sft.py": "from tests.conftest import PROJECT_ROOT, write_recipe\n",  # the one exception
 }
 
 

@@ -3,12 +3,18 @@ SFTTrainer really trains and leaves a loadable plain model folder (and resumes a
 writer stage caches, registers its model and becomes the policy generate writes with (generate's
 and train's keys change with it; a recipe without `sft:` keeps its keys), and the Reference-SFT
 stage trains on the top rungs of training ladders only and is offered as an evaluation candidate.
-A slow test runs both modes with SmolLM2."""
+A slow test runs both modes with SmolLM2.
+
+Each SFT run is an `accelerate launch` process tree (seconds of start-up on its own), so the tests
+share runs: one writer stage run (`writer_run`, one rank) answers every test that only reads its
+result (the model, its rows and registration, lineage, keys) and is the cache hit the flow tests
+start from; the runs of their own are the ones a shared run cannot be: two ranks, a failing rank, a
+length limit that fails, a killed LoRA run and its resume, and the Reference-SFT stage."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,10 +27,11 @@ from storage import DatasetRef, open_storage
 from tasks.instructions import InstructionDataError
 from tasks.instructions.sft_pairs import load_sft_pairs
 from tasks.stages import generate, sft, train
-from tasks.stages.runner import run_stage, stage_keys
+from tasks.stages.runner import StageResult, run_stage, stage_keys
 from tasks.training.sft import SFTExample, run_sft
-from tests.conftest import PROJECT_ROOT, write_recipe
 from tests.support.accelerate_files import assert_accelerate_reads
+from tests.support.paths import PROJECT_ROOT
+from tests.support.recipes import write_recipe
 
 PAIRS = [
     {"prompt": f"Write one line about {topic}.", "response": f"{topic.capitalize()} is quiet and kind. " * 2}
@@ -39,13 +46,15 @@ def _pairs_file(path: Path, rows=PAIRS) -> Path:
 
 
 def _sft_recipe(
-    tmp_path: Path, model: Path, sft_block: str, *, judge: bool = False, rival: bool = False, extra: str = ""
-) -> Path:
-    """The policy on `model`; with `rival`, a competitor on `model` too (the SFT policy's is its own)."""
+    tmp_path: Path, model: Path, sft_block: str, *, judge: bool = False, rival: bool = False, extra: str = "",
+    store: Path | None = None,
+) -> Path:  # fmt: skip
+    """tmp_path/r.yaml: the policy on `model`; with `rival`, a competitor on `model` too (the SFT
+    policy's is its own). The store is tmp_path/store unless `store` names another (a shared one)."""
     judge_line = f"judge: {{backend: local, model: {model}, mode: logprob}}\n" if judge else ""
     rival_line = f"  - {{name: rival, backend: local, model: {model}, decoding: {{max_tokens: 12}}}}\n"
     return write_recipe(
-        tmp_path / "r.yaml", store=tmp_path / "store", model=str(model), limit=2,
+        tmp_path / "r.yaml", store=store or tmp_path / "store", model=str(model), limit=2,
         extra=f"{rival_line if rival else ''}{judge_line}sft:\n{sft_block}{extra}",
     )  # fmt: skip
 
@@ -149,29 +158,47 @@ def _examples(rows=PAIRS) -> list[SFTExample]:
     return [SFTExample([{"role": "user", "content": r["prompt"]}], r["response"]) for r in rows]
 
 
-def test_the_sft_trainer_lowers_the_loss_and_writes_a_plain_model_folder(tmp_path, tiny_model_dir):
+def test_a_killed_lora_run_resumes_from_its_checkpoint_merges_and_is_then_reused(tmp_path, tiny_model_dir):
+    """`run_sft` itself, on one rank: killed at step 3 (after checkpoint-2) it resumes from checkpoint-2,
+    reports every logged step to `on_log`, learns, and writes a plain model folder (its LoRA merged)
+    with its record and lineage; the work folder goes. The same call again is the finished model.
+    (A full fine-tune's folder: the writer stage's, `writer_run`.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = SFTConfig(reference={"enabled": True}, learning_rate=3e-3, max_steps=4, batch_size=2,
-                       max_seq_tokens=96, device="cpu", save_steps=2)  # fmt: skip
+    config = SFTConfig(reference={"enabled": True}, learning_rate=1e-2, max_steps=4, batch_size=2,
+                       max_seq_tokens=96, device="cpu", save_steps=2, lora={"r": 4, "alpha": 8})  # fmt: skip
     work, model_dir = tmp_path / "work", tmp_path / "models" / "m"
-    logged = []
+    killed_logs, logged = [], []
+
+    def killed_at_3(step, total, logs):
+        killed_logs.append((step, total, logs))
+        if step == 3:
+            raise KeyboardInterrupt  # as a kill would, after checkpoint-2 was written
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work,
+                model_dir=model_dir, lineage={"data": "test"}, on_log=killed_at_3)  # fmt: skip
+    assert (work / "checkpoint-2" / "trainer_state.json").is_file() and not model_dir.exists()
+    assert [(s, t) for s, t, logs in killed_logs if "loss" in logs] == [(1, 4), (2, 4), (3, 4)]
     outcome = run_sft(
         base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work, model_dir=model_dir,
         lineage={"data": "test"}, on_log=lambda step, total, logs: logged.append((step, total, logs)),
     )  # fmt: skip
-    assert outcome.steps == 4 and outcome.examples == 4 and not outcome.reused
-    assert [s for s, _ in outcome.losses] == [1, 2, 3, 4]
+    assert outcome.resumed_from == 2 and outcome.steps == 4 and outcome.examples == 4 and not outcome.reused
+    assert [s for s, _ in outcome.losses] == [1, 2, 3, 4]  # the killed run's first steps kept
+    # The resumed run reports the steps after checkpoint-2.
+    assert [(s, t) for s, t, logs in logged if "loss" in logs] == [(3, 4), (4, 4)]
     assert outcome.final_loss < outcome.losses[0][1]  # it learns the responses
-    assert [(s, t) for s, t, logs in logged if "loss" in logs] == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    # A plain folder (loads without peft), its record and lineage; the checkpoints are gone.
+    # A plain folder (loads without peft: the adapter merged), its record and lineage; no checkpoints.
     AutoModelForCausalLM.from_pretrained(str(model_dir))
     AutoTokenizer.from_pretrained(str(model_dir))
+    assert not (model_dir / "adapter_config.json").exists()
     record = json.loads((model_dir / "wrl_sft.json").read_text())
-    assert record["steps"] == 4 and record["final_loss"] == outcome.final_loss
+    assert record["steps"] == 4 and record["final_loss"] == outcome.final_loss and record["resumed_from"] == 2
     assert json.loads((model_dir / "wrl_lineage.json").read_text()) == {"data": "test", "step": 4}
     assert not work.exists() and not list(model_dir.parent.glob(".*partial*"))
-    assert _weights_changed(tiny_model_dir, model_dir)
+    changed = _weights_changed(tiny_model_dir, model_dir)
+    assert changed and all("q_proj" in n or "k_proj" in n or "v_proj" in n or "o_proj" in n for n in changed)
     # The same run again (same key, same folder) is the finished model, not a retraining.
     again = run_sft(base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work,
                     model_dir=model_dir)  # fmt: skip
@@ -186,28 +213,6 @@ def test_a_length_limit_that_leaves_no_response_is_refused(tmp_path, tiny_model_
     assert not (tmp_path / "m").exists()
 
 
-def test_a_killed_lora_run_resumes_from_its_checkpoint_and_merges(tmp_path, tiny_model_dir):
-    config = SFTConfig(reference={"enabled": True}, learning_rate=1e-2, max_steps=4, batch_size=2,
-                       max_seq_tokens=96, device="cpu", save_steps=2, lora={"r": 4, "alpha": 8})  # fmt: skip
-    work, model_dir = tmp_path / "work", tmp_path / "models" / "m"
-
-    def killed_at_3(step, total, logs):
-        if step == 3:
-            raise KeyboardInterrupt  # as a kill would, after checkpoint-2 was written
-
-    with pytest.raises(KeyboardInterrupt):
-        run_sft(base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work,
-                model_dir=model_dir, on_log=killed_at_3)  # fmt: skip
-    assert (work / "checkpoint-2" / "trainer_state.json").is_file() and not model_dir.exists()
-    outcome = run_sft(base_model=str(tiny_model_dir), examples=_examples(), sft=config, work_dir=work,
-                      model_dir=model_dir)  # fmt: skip
-    assert outcome.resumed_from == 2 and outcome.steps == 4
-    assert [s for s, _ in outcome.losses] == [1, 2, 3, 4]  # the killed run's first steps kept
-    assert not (model_dir / "adapter_config.json").exists()  # merged into a plain model
-    changed = _weights_changed(tiny_model_dir, model_dir)
-    assert changed and all("q_proj" in n or "k_proj" in n or "v_proj" in n or "o_proj" in n for n in changed)
-
-
 # -- the stages -----------------------------------------------------------------------------------
 
 
@@ -216,62 +221,123 @@ def _run(storage, recipe, name="test"):
                                      code_version="x", prefect_flow_run_id=None)  # fmt: skip
 
 
-def test_the_writer_stage_caches_registers_its_model_and_records_lineage(tmp_path, tiny_model_dir):
+@dataclass(frozen=True)
+class WriterRun:
+    folder: Path
+    data: Path  # the pairs file (the same path keeps the same key)
+    recipe_path: Path
+    recipe: Recipe
+    store: Path
+    run_id: str
+    first: StageResult  # the one training run
+
+
+@pytest.fixture(scope="module")
+def writer_run(tiny_model_dir, tmp_path_factory) -> WriterRun:
+    """The one SFT writer stage run the tests below share: the tiny model fully fine-tuned on PAIRS on
+    one rank (TRAINER: 3 steps), with `from_sft: writer` and `from_training: base` candidates. The
+    tests only read it, or run flows on its store where it is a cache hit (same data, same key)."""
+    folder = tmp_path_factory.mktemp("sft-writer")
+    data = _pairs_file(folder / "pairs.jsonl")
+    evaluation = (
+        "evaluation:\n  candidates:\n    - {name: base, from_training: base}\n    - {name: sft, from_sft: writer}\n"
+        f"  benchmarks: {{writingbench: {{path: {folder / 'wb.jsonl'}}}}}\n"
+    )
+    path = _sft_recipe(folder, tiny_model_dir, _writer_block(data), extra=evaluation)
+    recipe = load_recipe(path)
+    storage = open_storage(recipe.storage)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # as every test runs (tests/conftest.py: _isolated_cwd)
+        run_id = _run(storage, recipe)
+        first = run_stage(sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=run_id, storage=storage)
+    return WriterRun(folder, data, path, recipe, folder / "store", run_id, first)
+
+
+def _writer_row(run: WriterRun) -> dict:
+    (row,) = open_storage(run.recipe.storage).datasets.read(run.first.outputs["sft_models"]).to_pylist()
+    return row
+
+
+def test_the_writer_stage_trains_registers_its_model_and_caches(writer_run, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    first, recipe, data = writer_run.first, writer_run.recipe, writer_run.data
+    storage = open_storage(recipe.storage)
+    assert not first.cached and first.summary["steps"] == 3 and first.summary["examples"] == 4
+    assert first.summary["ranks"] == 1 and not first.summary["reused"]
+    row = _writer_row(writer_run)
+    assert row["mode"] == "writer" and row["base_model"] == str(tiny_model_dir) and row["steps"] == 3
+    assert row["data"] == f"jsonl:{data}" and len(row["data_fingerprint"]) == 64
+    assert row["final_loss"] < row["first_loss"]  # it learns the responses
+    registered = storage.training.model(row["model_id"])  # what `wrl models` lists
+    assert registered["path"] == row["path"] and registered["stage_run_id"] == first.stage_run_id
+    # A plain folder (a full fine-tune), its record and lineage; the work folder (checkpoints, spec,
+    # log) and the partial folder are gone.
+    model_dir = Path(row["path"])
+    assert (model_dir / "config.json").is_file()
+    AutoModelForCausalLM.from_pretrained(str(model_dir))
+    AutoTokenizer.from_pretrained(str(model_dir))
+    record = json.loads((model_dir / "wrl_sft.json").read_text())
+    assert record["steps"] == 3 and record["ranks"] == 1 and [s for s, _ in record["losses"]] == [1, 2, 3]
+    assert record["final_loss"] == row["final_loss"] and record["losses"][0][1] == row["first_loss"]
+    lineage = json.loads((model_dir / "wrl_lineage.json").read_text())
+    assert lineage["stage"] == "sft_writer" and lineage["step"] == 3
+    assert lineage["cache_key"] == first.cache_key and lineage["data_fingerprint"] == row["data_fingerprint"]
+    assert not list((storage.root / "sft").glob("*")) and not list(model_dir.parent.glob(".*partial*"))
+    assert _weights_changed(tiny_model_dir, model_dir)
+
+    second = run_stage(sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=writer_run.run_id, storage=storage)
+    assert second.cached and second.outputs == first.outputs and second.cache_key == first.cache_key
+
+
+def test_the_writer_model_is_an_evaluation_candidate_and_leads_back_to_its_data(writer_run):
     from flows.lineage import resolve_target
     from tasks.evaluation.candidates import resolve_candidates
 
-    data = _pairs_file(tmp_path / "pairs.jsonl")
-    evaluation = (
-        "evaluation:\n  candidates:\n    - {name: base, from_training: base}\n    - {name: sft, from_sft: writer}\n"
-        f"  benchmarks: {{writingbench: {{path: {tmp_path / 'wb.jsonl'}}}}}\n"
-    )
-    recipe = load_recipe(_sft_recipe(tmp_path, tiny_model_dir, _writer_block(data), extra=evaluation))
-    storage = open_storage(recipe.storage)
-    run_id = _run(storage, recipe)
-    first = run_stage(sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=run_id, storage=storage)
-    assert not first.cached and first.summary["steps"] == 3 and first.summary["examples"] == 4
-    (row,) = storage.datasets.read(first.outputs["sft_models"]).to_pylist()
-    assert row["mode"] == "writer" and row["base_model"] == str(tiny_model_dir) and row["steps"] == 3
-    assert row["data"] == f"jsonl:{data}" and len(row["data_fingerprint"]) == 64
-    assert row["final_loss"] < row["first_loss"]
-    registered = storage.training.model(row["model_id"])  # what `wrl models` lists
-    assert registered["path"] == row["path"] and registered["stage_run_id"] == first.stage_run_id
-    assert (Path(row["path"]) / "config.json").is_file()
-
-    second = run_stage(sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=run_id, storage=storage)
-    assert second.cached and second.outputs == first.outputs and second.cache_key == first.cache_key
-
+    row, storage = _writer_row(writer_run), open_storage(writer_run.recipe.storage)
     # Evaluation: `from_sft: writer` is it, and so is RL's step 0 (`from_training: base`).
-    candidates = {c.name: c for c in resolve_candidates(recipe, storage)}
+    candidates = {c.name: c for c in resolve_candidates(writer_run.recipe, storage)}
     assert candidates["sft"].model == candidates["base"].model == row["path"]
     assert (candidates["sft"].source, candidates["base"].source) == ("sft:writer", "training:base")
 
     lineage = resolve_target(storage, f"model:{row['model_id']}")
     assert lineage["chain"][0]["stage"] == "sft_writer"
     assert lineage["chain"][0]["config"]["source"] == row["data_fingerprint"]
-    # New data is a new key (the source's bytes are in it); the trainer's settings too.
+
+
+def test_the_writer_key_holds_the_data_bytes_and_the_settings(writer_run, tmp_path, tiny_model_dir):
+    recipe, key = writer_run.recipe, writer_run.first.cache_key
+    assert stage_keys(sft.WRITER_SPEC, recipe, {})[1] == key  # the key the run was cached under
+    # The trainer's settings are in it.
+    tweaked = load_recipe(writer_run.recipe_path, {"sft.seed": 1})
+    assert stage_keys(sft.WRITER_SPEC, tweaked, {})[1] != key
+    # New data is a new key (the source's bytes are in it, not only its path): a copy of the shared
+    # recipe on its own file, whose bytes change under the same path.
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    copy = load_recipe(_sft_recipe(tmp_path, tiny_model_dir, _writer_block(data)))
+    same = stage_keys(sft.WRITER_SPEC, copy, {})[1]
     _pairs_file(data, PAIRS[:3])
-    assert stage_keys(sft.WRITER_SPEC, recipe, {})[1] != first.cache_key
+    assert stage_keys(sft.WRITER_SPEC, copy, {})[1] != same
     _pairs_file(data)
-    tweaked = load_recipe(_sft_recipe(tmp_path, tiny_model_dir, _writer_block(data)), {"sft.seed": 1})
-    assert stage_keys(sft.WRITER_SPEC, tweaked, {})[1] != first.cache_key
-    assert stage_keys(sft.WRITER_SPEC, recipe, {})[1] == first.cache_key
+    assert stage_keys(sft.WRITER_SPEC, copy, {})[1] == same
 
 
-def test_the_writer_stage_trains_on_two_cpu_ranks_as_on_one(tmp_path, tiny_model_dir):
+def test_the_writer_stage_trains_on_two_cpu_ranks_as_on_one(writer_run, tmp_path, tiny_model_dir):
     """`sft.processes: 2`: the stage launches two gloo ranks (DDP), each taking one pair of every
     two-pair batch. Rank 0's losses come back, the model is loadable and registered, and it learned
-    what one rank learns (same pairs per update, same losses); so the layout is not in the key."""
+    what one rank learns (same pairs per update, same losses as `writer_run`'s one rank); so the
+    layout is not in the key."""
     from transformers import AutoModelForCausalLM
 
-    data = _pairs_file(tmp_path / "pairs.jsonl")
-    path = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(data) + "  processes: 2\n")
+    # The shared run's data file, in a store of its own: the same key, trained again on two ranks.
+    path = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(writer_run.data) + "  processes: 2\n")
     recipe = load_recipe(path)
     storage = open_storage(recipe.storage)
     result = run_stage(
         sft.WRITER_SPEC, sft.compute_writer, recipe, run_id=_run(storage, recipe), storage=storage
     )
     assert result.summary["steps"] == 3 and result.summary["ranks"] == 2 and not result.summary["reused"]
+    assert not result.cached and result.cache_key == writer_run.first.cache_key
     (row,) = storage.datasets.read(result.outputs["sft_models"]).to_pylist()
     assert row["final_loss"] < row["first_loss"]
     assert storage.training.model(row["model_id"])["path"] == row["path"]
@@ -280,13 +346,10 @@ def test_the_writer_stage_trains_on_two_cpu_ranks_as_on_one(tmp_path, tiny_model
     assert record["ranks"] == 2 and [s for s, _ in record["losses"]] == [1, 2, 3]
     assert not list((storage.root / "sft").glob("*"))  # the work folder (checkpoints, spec, log) is gone
 
-    one_rank = run_sft(
-        base_model=str(tiny_model_dir), examples=_examples(), sft=recipe.sft.model_copy(update={"processes": 1}),
-        work_dir=tmp_path / "w1", model_dir=tmp_path / "m1",
-    )  # fmt: skip
-    assert one_rank.ranks == 1
-    assert [s for s, _ in one_rank.losses] == [1, 2, 3]
-    assert [loss for _, loss in one_rank.losses] == pytest.approx(
+    one_rank = json.loads((Path(_writer_row(writer_run)["path"]) / "wrl_sft.json").read_text())
+    assert one_rank["ranks"] == 1
+    assert [s for s, _ in one_rank["losses"]] == [1, 2, 3]
+    assert [loss for _, loss in one_rank["losses"]] == pytest.approx(
         [loss for _, loss in record["losses"]], rel=1e-4
     )
     # Where it runs is not in the key; the engine is (its checkpoints are not each other's).
@@ -360,16 +423,22 @@ def test_sft_layouts_that_cannot_run_are_refused():
     assert args.per_device_train_batch_size == 1
 
 
-def test_generate_writes_with_the_sft_model_through_the_flow(prefect_harness, tmp_path, tiny_model_dir):
+def test_generate_writes_with_the_sft_model_through_the_flow(
+    prefect_harness, writer_run, tmp_path, tiny_model_dir
+):
     from flows.build_dataset import build_dataset
 
-    data = _pairs_file(tmp_path / "pairs.jsonl")
     # A competitor on the base model loads next to the SFT policy, on another thread: the two loads
     # once raced (transformers' from_pretrained is not thread-safe) and both generators failed.
-    recipe_path = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(data), rival=True)
+    recipe_path = _sft_recipe(
+        tmp_path, tiny_model_dir, _writer_block(writer_run.data), rival=True, store=writer_run.store
+    )
     summary = build_dataset(recipe_path=str(recipe_path), until="generate")
     stages = {s["stage"]: s for s in summary["stages"]}
     assert list(stages) == ["ingest", "sft_writer", "generate"]
+    # The flow's sft_writer is the shared run's model (same data, same settings: a cache hit).
+    assert stages["sft_writer"]["cached"]
+    assert stages["sft_writer"]["outputs"]["sft_models"] == str(writer_run.first.outputs["sft_models"])
     assert stages["generate"]["summary"]["failures"] == 0
     storage = open_storage(load_recipe(recipe_path).storage)
     (sft_row,) = storage.datasets.read(
@@ -392,9 +461,7 @@ def test_generate_writes_with_the_sft_model_through_the_flow(prefect_harness, tm
     again = build_dataset(recipe_path=str(recipe_path), until="generate")
     assert all(s["cached"] for s in again["stages"])
     # Without `sft:`, the flow has no sft stage, and generate has its own key, not the SFT one.
-    plain = write_recipe(
-        tmp_path / "plain.yaml", store=tmp_path / "store", model=str(tiny_model_dir), limit=2
-    )
+    plain = write_recipe(tmp_path / "plain.yaml", store=writer_run.store, model=str(tiny_model_dir), limit=2)
     plain_summary = build_dataset(recipe_path=str(plain), until="generate")
     plain_stages = {s["stage"]: s for s in plain_summary["stages"]}
     assert list(plain_stages) == ["ingest", "generate"]
@@ -402,22 +469,23 @@ def test_generate_writes_with_the_sft_model_through_the_flow(prefect_harness, tm
     assert not plain_stages["generate"]["cached"]  # the base model's generations are another key
 
 
-def test_rl_training_starts_from_the_sft_model(prefect_harness, tmp_path, tiny_model_dir):
+def test_rl_training_starts_from_the_sft_model(prefect_harness, writer_run, tmp_path, tiny_model_dir):
     """The train flow with `sft.writer`: train reads `sft_models`, RL starts from the SFT model (its
     LoRA merged into it, not into the policy generator's model), and the policy is registered with it
-    as its base."""
+    as its base. On the shared store: the SFT model (and the generations) are cache hits."""
     from flows.train import train_policy
 
-    data = _pairs_file(tmp_path / "pairs.jsonl")
     training = (
         "training: {learning_rate: 1.0e-3, batch_size: 2, num_generations: 2, max_response_tokens: 6, "
         "max_steps: 1, save_steps: 1, device: cpu, lora: {r: 4, alpha: 8}}\n"
         "reward: {kind: pairwise, logprob_reward: expected}\n"
     )
-    path = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(data), judge=True, rival=True, extra=training)
+    path = _sft_recipe(tmp_path, tiny_model_dir, _writer_block(writer_run.data), judge=True, rival=True,
+                       extra=training, store=writer_run.store)  # fmt: skip
     summary = train_policy(recipe_path=str(path))
     stages = {s["stage"]: s for s in summary["stages"]}
     assert list(stages) == ["ingest", "sft_writer", "generate", "score", "select", "order", "train"]
+    assert stages["sft_writer"]["cached"]
     storage = open_storage(load_recipe(path).storage)
     (sft_row,) = storage.datasets.read(
         DatasetRef.parse(stages["sft_writer"]["outputs"]["sft_models"])
@@ -569,12 +637,12 @@ def test_smollm2_sft_writer_then_reference_sft(prefect_harness, tmp_path, embedd
     recipe_path.write_text(f"""\
 name: smol
 storage: {{root: {tmp_path / "store"}, model_cache: {embedded_model_cache}}}
-data: {{format: builtin, limit: 3}}
+data: {{format: builtin, limit: 2}}
 backends:
   local: {{kind: transformers, device: cpu, dtype: float32, max_batch_size: 4}}
 generators:
-  - {{name: policy, role: policy, backend: local, model: {model}, decoding: {{temperature: 0.0, max_tokens: 24}}}}
-  - {{name: rival, backend: local, model: {model}, decoding: {{temperature: 0.9, max_tokens: 32, seed: 1}}}}
+  - {{name: policy, role: policy, backend: local, model: {model}, decoding: {{temperature: 0.0, max_tokens: 16}}}}
+  - {{name: rival, backend: local, model: {model}, decoding: {{temperature: 0.9, max_tokens: 16, seed: 1}}}}
 judge: {{backend: local, model: {model}, mode: logprob}}
 ordering: {{min_rungs: 2, policy_rung: first}}  # a reference on top of every ladder
 sft:

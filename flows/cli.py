@@ -470,6 +470,67 @@ def config_plan(
         raise typer.Exit(1)
 
 
+@config_app.command("cost")
+def config_cost(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    sets: SetOpt = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Ignore the store: as on a new machine, from the budgets.")
+    ] = False,
+    detail: Annotated[bool, typer.Option("--detail", help="One row per stage, model and purpose.")] = False,
+) -> None:
+    """Forecast the recipe's LLM calls, tokens and cost per stage and in total, before they are paid
+    for: output lengths from the token budgets (or measured in the store), minus the stages the
+    store already holds (tasks/stages/forecast.py)."""
+    from storage import open_storage
+    from tasks.stages.forecast import forecast
+
+    recipe, _ = _load(config, sets)
+    storage = None if fresh or not Path(recipe.storage.root).exists() else open_storage(recipe.storage)
+    try:
+        result = forecast(recipe, storage)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _UserFacingError(f"{config}: {exc}") from None
+
+    def usd(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.2f}"
+
+    numbers = ("calls", "input tokens", "output tokens", "USD")
+    if detail:
+        table = Table(title=f"{recipe.name}: forecast, per stage, model and purpose")
+        for column in ("stage", "what", "model", *numbers, "basis"):
+            table.add_column(column, justify="right" if column in numbers else "left", overflow="fold")
+        for line in result.lines:
+            for row in (line, line.per_step) if line.per_step is not None else (line,):
+                table.add_row(row.stage, row.what + (" (in the store)" if row.cached else ""), row.model,
+                              f"{row.calls:,}", f"{row.input_tokens:,}", f"{row.output_tokens:,}",
+                              usd(0.0 if row.cached else row.cost(recipe)), row.basis)  # fmt: skip
+    else:
+        table = Table(title=f"{recipe.name}: forecast of what is still to pay (--detail: per model)")
+        for column in ("stage", *numbers):
+            table.add_column(column, justify="right" if column in numbers else "left")
+        for stage, row in result.by_stage().items():
+            table.add_row(stage, f"{row['calls']:,}", f"{row['input_tokens']:,}", f"{row['output_tokens']:,}",
+                          usd(row["cost_usd"]))  # fmt: skip
+        for line in result.lines:
+            if line.per_step is not None and not line.cached:
+                step = line.per_step
+                table.add_row("  train, one RL step", f"{step.calls:,}", f"{step.input_tokens:,}",
+                              f"{step.output_tokens:,}", usd(step.cost(recipe)))  # fmt: skip
+        cached = sorted({line.stage for line in result.lines if line.cached})
+        if cached:
+            table.caption = f"already in the store, nothing to pay: {', '.join(cached)}"
+    console.print(table)
+    totals = result.totals()
+    cost = "-" if totals["cost_usd"] is None else f"${totals['cost_usd']:,.2f}"
+    console.print(
+        f"total to pay: {totals['calls']:,} calls, {totals['input_tokens']:,} input and "
+        f"{totals['output_tokens']:,} output tokens, {cost}"
+        + (f" (no price for {', '.join(totals['unpriced_models'])})" if totals["unpriced_models"] else ""),
+        highlight=False, markup=False,
+    )  # fmt: skip
+
+
 @config_app.command("show")
 def config_show(config: ConfigOpt = DEFAULT_CONFIG, sets: SetOpt = None) -> None:
     """Print the resolved recipe (defaults filled in) and each stage's config hash: the hash of

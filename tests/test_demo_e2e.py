@@ -114,6 +114,35 @@ def test_demo_runs_the_slice(demo):
     assert list((tmp_path / recipe.storage.root / "reports").glob("*/scores-over-steps-train-*.png"))
 
 
+def test_the_cost_forecast_agrees_with_what_the_demo_called(demo):
+    """`wrl config cost` before a run, against the cold demo's llm_usage: the same calls in every
+    stage; output tokens at most their budgets; input tokens within the stated tolerance (chars / 4
+    against SmolLM2's tokenizer and chat template, docs/operations.md)."""
+    from configs.loading import parse_set_option
+    from tasks.stages.forecast import forecast
+
+    assert demo["first"].returncode == 0
+    overrides = dict(parse_set_option(v) for v in demo["sets"][1::2])
+    result = forecast(load_recipe(CONFIG, overrides))
+    planned = result.by_stage()
+    # The candidates' and generators' chat calls (the judge's probes report no tokens in usage).
+    written = {stage: sum(line.input_tokens for line in result.lines
+                          if line.stage == stage and not line.what.endswith("judge"))
+               for stage in ("generate", "evaluate")}  # fmt: skip
+    with demo["storage"].catalog.connect() as con:
+        rows = con.execute(
+            "SELECT s.stage, sum(u.requests + u.cache_hits), sum(u.input_tokens), sum(u.output_tokens) "
+            "FROM llm_usage u JOIN stage_runs s USING (stage_run_id) WHERE s.status = 'completed' "
+            "GROUP BY s.stage"
+        ).fetchall()
+    measured = {stage: (calls, i, o) for stage, calls, i, o in rows}
+    assert {s: planned[s]["calls"] for s in planned} == {s: m[0] for s, m in measured.items()}
+    for stage in ("generate", "evaluate"):  # the stages with chat calls (probes report no tokens)
+        _, input_tokens, output_tokens = measured[stage]
+        assert planned[stage]["output_tokens"] >= output_tokens > 0
+        assert 0.5 <= written[stage] / input_tokens <= 1.5, (stage, written[stage], input_tokens)
+
+
 def _open_stage_artifact(page, base_url: str, task_run_href: str, stage: str) -> None:
     """From a link to a stage's task run: its page, its Artifacts tab, its `stage-<name>` artifact."""
     page.goto(base_url + task_run_href)

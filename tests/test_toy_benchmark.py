@@ -85,6 +85,9 @@ class ToyLengthSuite:
     def generation_decoding(self, config: BenchmarkConfig, seed: int | None) -> Decoding:
         return Decoding(temperature=0.0, max_tokens=config.max_tokens or 64, seed=seed)
 
+    def judge_form(self, item: BenchItem, response: str, judge: JudgeConfig) -> OnTopicForm:
+        return OnTopicForm(item.prompt, response)
+
     async def score(
         self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
     ) -> ItemScore:
@@ -93,7 +96,7 @@ class ToyLengthSuite:
             return generation_failed()
         words, required = len(response.split()), int(item.data["words"])
         length = 100 * min(words, required) / max(words, required)
-        (on_topic,) = await judged_by.judge(OnTopicForm(item.prompt, response))
+        (on_topic,) = await judged_by.judge(self.judge_form(item, response, judged_by.config))
         details = {"words": words, "length_score": length, "on_topic": on_topic.value, "mass": on_topic.mass}
         if not on_topic.ok:
             return ItemScore(

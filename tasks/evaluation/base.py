@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from configs.schema import BenchmarkConfig, Decoding, JudgeConfig
+from tasks.judging.judgment import JudgeForm
 from tasks.llm.base import LLMClient
 
 
@@ -60,6 +61,11 @@ class BenchmarkSuite(Protocol):
 
     def generation_decoding(self, config: BenchmarkConfig, seed: int | None) -> Decoding:
         """The harness's decoding for the candidate, `config.max_tokens` applied."""
+        ...
+
+    def judge_form(self, item: BenchItem, response: str, judge: JudgeConfig) -> JudgeForm[Any] | None:
+        """The judge's questions for one response (`tasks.judging.judgment.JudgeForm`), None when the
+        benchmark calls no judge. `score` asks them; the cost forecast counts them."""
         ...
 
     async def score(

@@ -563,6 +563,11 @@ class CreativeWritingV3Suite:
     def judge_decoding(self, judge: JudgeConfig) -> Decoding:
         return harness_judge_decoding(JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS, judge)
 
+    def judge_form(self, item: BenchItem, response: str, judge: JudgeConfig) -> PieceForm:
+        """The judge sees the piece without its reasoning block, under the UNEXPANDED template."""
+        piece = strip_reasoning(response)
+        return PieceForm(str(item.data["writing_prompt"]), piece, self.judge_decoding(judge))
+
     async def score(
         self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
     ) -> ItemScore:
@@ -572,7 +577,7 @@ class CreativeWritingV3Suite:
         piece = strip_reasoning(response)
         chars = len(piece.strip())
         details: dict[str, Any] = {"piece_chars": chars, "short_piece": chars < MIN_PIECE_CHARS}
-        form = PieceForm(str(item.data["writing_prompt"]), piece, self.judge_decoding(judged_by.config))
+        form = self.judge_form(item, response, judged_by.config)
         rated = await judge_form(judged_by, form)
         criteria: dict[str, Any] = {}
         masses: dict[str, float | None] = {}

@@ -335,6 +335,9 @@ class LongBenchV2Suite:
     def generation_decoding(self, config: BenchmarkConfig, seed: int | None) -> Decoding:
         return Decoding(temperature=TEMPERATURE, max_tokens=config.max_tokens or MAX_NEW_TOKENS, seed=seed)
 
+    def judge_form(self, item: BenchItem, response: str, judge: JudgeConfig) -> None:
+        return None  # multiple choice: the answer is read, not judged
+
     async def score(
         self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
     ) -> ItemScore:

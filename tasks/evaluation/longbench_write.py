@@ -487,6 +487,9 @@ class LongBenchWriteSuite:
     def judge_decoding(self, judge: JudgeConfig) -> Decoding:
         return harness_judge_decoding(JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS, judge)
 
+    def judge_form(self, item: BenchItem, response: str, judge: JudgeConfig) -> QualityForm:
+        return QualityForm(item.prompt, response, self.judge_decoding(judge))
+
     async def score(
         self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
     ) -> ItemScore:
@@ -497,7 +500,7 @@ class LongBenchWriteSuite:
         output_words = count_words(response)
         s_l = length_score(output_words, required)
         details: dict[str, Any] = {"required": required, "output_words": output_words, "S_l": s_l}
-        form = QualityForm(item.prompt, response, self.judge_decoding(judged_by.config))
+        form = self.judge_form(item, response, judged_by.config)
         rated = await judge_form(judged_by, form)
         dimensions: dict[str, Any] = {}
         masses: dict[str, float | None] = {}

@@ -456,14 +456,16 @@ class WritingBenchSuite:
             official["temperature"], int(official["max_length"]), judge, official["top_p"]
         )
 
+    def judge_form(self, item: BenchItem, response: str, judge: JudgeConfig) -> CriticForm:
+        return CriticForm(item.prompt, response, list(item.data["criteria"]), self.judge_decoding(judge))
+
     async def score(
         self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
     ) -> ItemScore:
         judged_by = suite_judge(self.name, judge_client, judge)
-        criteria = list(item.data["criteria"])
         if response is None:
             return generation_failed()
-        form = CriticForm(item.prompt, response, criteria, self.judge_decoding(judged_by.config))
+        form = self.judge_form(item, response, judged_by.config)
         rated = await judge_form(judged_by, form)
         details = []
         for r in rated:

@@ -47,6 +47,7 @@ __all__ = [
     "expected_value",
     "gather_or_stop",
     "probe",
+    "questions_for",
     "require_logprob_probe",
 ]
 
@@ -218,6 +219,11 @@ class JudgeForm(Protocol[T_co]):
     def probes(self) -> Sequence[Probe[T_co]]: ...  # logprob mode
 
 
+def questions_for(mode: str, form: JudgeForm[T]) -> Sequence[Ask[T] | Probe[T]]:
+    """The questions a judge in `mode` asks for `form` (also what a forecast counts)."""
+    return form.probes() if mode == "logprob" else form.asks()  # the one mode branch
+
+
 class Judge:
     """A judge client with its `JudgeConfig`. Refuses a logprob judge without a probe at once."""
 
@@ -226,7 +232,7 @@ class Judge:
         self.client, self.config = client, config
 
     def questions(self, form: JudgeForm[T]) -> Sequence[Ask[T] | Probe[T]]:
-        return form.probes() if self.config.mode == "logprob" else form.asks()  # the one mode branch
+        return questions_for(self.config.mode, form)
 
     async def run(self, question: Ask[T] | Probe[T]) -> Judgment[T]:
         if isinstance(question, Probe):

@@ -127,12 +127,25 @@ def test_training_updates_the_policy_and_records_steps_and_curriculum(
 def test_periodic_validation_on_held_out_ladders_is_logged_and_never_enters_the_curriculum(
     prefect_harness, tiny_model_dir, tmp_path
 ):
+    """Also RLOO with full fine-tuning: one training run for both (each launches a process tree)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     recipe_path = train_recipe(
         tmp_path, tiny_model_dir, max_steps=2, limit=4, ordering="{validation_size: 1, seed: 3}",
         training_extra="  eval_steps: 1\n  eval_batch_size: 2\n",
     )  # fmt: skip
-    stages = _stages(train_policy(recipe_path=recipe_path))
+    overrides = {"training": {"algorithm": "rloo", "lora": None, "save_steps": 1}}
+    stages = _stages(train_policy(recipe_path=recipe_path, overrides=overrides))
     storage = open_storage(load_recipe(recipe_path).storage)
+
+    # RLOO, full fine-tuning: one judgment per rollout (2 steps x 2 prompts x 2 rollouts), and every
+    # layer type trained (LoRA touches only the attention projections).
+    train = stages["train"]["summary"]
+    assert train["judgments"] == 2 * 2 * 2
+    trained = AutoModelForCausalLM.from_pretrained(train["model_path"])
+    base = dict(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).named_parameters())
+    assert any("mlp" in n and not torch.equal(p, base[n]) for n, p in trained.named_parameters())
 
     def read(stage, name):
         return storage.datasets.read(DatasetRef.parse(stages[stage]["outputs"][name])).to_pylist()
@@ -216,20 +229,6 @@ def test_a_batch_that_cannot_be_split_over_the_devices_is_refused():
     bad = TrainingConfig(batch_size=3, num_generations=4, gradient_accumulation_steps=5)
     problems = validate_training(bad, world_sizes=(1, 2))
     assert len(problems) == 2 and "12 completions per step" in problems[0]
-
-
-def test_rloo_full_fine_tuning_trains_too(prefect_harness, tiny_model_dir, tmp_path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    recipe_path = train_recipe(tmp_path, tiny_model_dir, max_steps=1)
-    overrides = {"training": {"algorithm": "rloo", "lora": None, "save_steps": 1}}
-    train = _stages(train_policy(recipe_path=recipe_path, overrides=overrides))["train"]["summary"]
-    assert train["steps"] == 1 and train["judgments"] == 4
-    trained = AutoModelForCausalLM.from_pretrained(train["model_path"])
-    base = dict(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).named_parameters())
-    # Full fine-tuning touches every layer type (LoRA only the attention projections).
-    assert any("mlp" in n and not torch.equal(p, base[n]) for n, p in trained.named_parameters())
 
 
 def test_a_flow_launched_per_rank_fails_clearly_before_writing_anything(

@@ -185,11 +185,19 @@ def _rescale(sections: list[PlanSection], target: int, tolerance: float) -> tupl
     return scaled, True
 
 
+def section_count(target: int, *, section_words: int, min_sections: int, max_sections: int) -> int:
+    """Sections of about `section_words` words for `target` words, within [min, max]: what the plan
+    prompt suggests and what the even-split fallback writes."""
+    return min(max_sections, max(min_sections, math.ceil(target / section_words)))
+
+
 def fallback_plan(
     target: int, lang: Lang, *, section_words: int, min_sections: int, max_sections: int
 ) -> list[PlanSection]:
     """An even split: opening / development i / conclusion, about `section_words` words each."""
-    n = min(max_sections, max(min_sections, math.ceil(target / section_words)))
+    n = section_count(
+        target, section_words=section_words, min_sections=min_sections, max_sections=max_sections
+    )
     base, extra = divmod(target, n)
     points = [
         prompts.FALLBACK_OPENING[lang],
@@ -285,6 +293,18 @@ class AgentWriteStrategy:
         if self.plan_retries not in (0, 1):
             raise ValueError(f"plan_retries must be 0 or 1, got {self.plan_retries}")
 
+    def plan_prompt(self, instruction: Instruction, lang: Lang, target: int) -> str:
+        """The plan call's user message (the cost forecast prices the same text)."""
+        n_sections = section_count(target, section_words=self.fallback_section_words,
+                                   min_sections=self.min_sections, max_sections=self.max_sections)  # fmt: skip
+        return prompts.PLAN[lang].format(
+            prompt=instruction.prompt,
+            target_words=target,
+            n_sections=n_sections,
+            min_sections=self.min_sections,
+            max_sections=self.max_sections,
+        )
+
     def section_max_tokens(self, words: int, lang: Lang, cap: int) -> int:
         return min(cap, math.ceil(words * dict(self.tokens_per_word)[lang]) + self.token_margin)
 
@@ -308,19 +328,7 @@ class AgentWriteStrategy:
             return StrategyResult(_combine(steps, text=None, error=message), tuple(steps), meta)
 
         # -- 1. plan, one re-ask, then the fallback ------------------------------------------
-        plan_messages = _base_messages(
-            generator,
-            prompts.PLAN[lang].format(
-                prompt=instruction.prompt,
-                target_words=target,
-                n_sections=min(
-                    self.max_sections,
-                    max(self.min_sections, math.ceil(target / self.fallback_section_words)),
-                ),
-                min_sections=self.min_sections,
-                max_sections=self.max_sections,
-            ),
-        )
+        plan_messages = _base_messages(generator, self.plan_prompt(instruction, lang, target))
         plan_params = _params(decoding, sample_index, self.plan_max_tokens)
         sections: list[PlanSection] | None = None
         for attempt, step_name in enumerate(("plan", "plan-retry")[: 1 + self.plan_retries], start=1):

@@ -34,7 +34,7 @@ from configs.loading import ConfigError
 from configs.schema import GeneratorConfig, JudgeConfig, Recipe
 from storage import DatasetRef, Storage
 from tasks.generation import configured_strategy, prompts
-from tasks.generation.agentwrite import AgentWriteStrategy
+from tasks.generation.agentwrite import AgentWriteStrategy, section_count
 from tasks.instructions import Instruction, load_instructions
 from tasks.judging.judgment import Ask, JudgeForm, Probe, questions_for
 from tasks.judging.pointwise import HOLISTIC, POINTWISE_PROMPTS, CriterionForm
@@ -200,11 +200,9 @@ def _generation_calls(
     # The plan's prompt and each section's, from the strategy's own templates (tasks.generation.prompts).
     lang = prompt_language(instruction)
     target = instruction.required_length or strategy.default_length
-    n = min(
-        strategy.max_sections, max(strategy.min_sections, math.ceil(target / strategy.fallback_section_words))
-    )
-    plan_user = prompts.PLAN[lang].format(prompt=instruction.prompt, target_words=target, n_sections=n,
-                                          min_sections=strategy.min_sections, max_sections=strategy.max_sections)  # fmt: skip
+    n = section_count(target, section_words=strategy.fallback_section_words,
+                      min_sections=strategy.min_sections, max_sections=strategy.max_sections)  # fmt: skip
+    plan_user = strategy.plan_prompt(instruction, lang, target)
     plan = (system + tokens(plan_user), min(strategy.plan_max_tokens, generator.decoding.max_tokens))
     section_output = min(output, generator.decoding.max_tokens)
     plan_text = "\n".join(f"{i}. ({target // n} words) {stand_in(12)}" for i in range(1, n + 1))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import shutil
 
 import pytest
@@ -24,7 +23,7 @@ from tasks.evaluation.registry import SUITES, data_fingerprint
 from tasks.evaluation.writingbench import WB_DIGIT_ANSWER
 from tasks.instructions.loaders import InstructionDataError
 from tasks.llm.base import EndpointFailingError
-from tests.support.fake_llm import FakeCall, FakeLLM, fail
+from tests.support.fake_llm import FakeCall, FakeLLM, FakeProbe, fail
 
 WB, LBW, CW3, LBV2 = (SUITES[name] for name in BENCHMARKS)
 JUDGE = JudgeConfig(backend="api", model="judge", max_parse_retries=1)
@@ -33,34 +32,6 @@ LOGPROB_JUDGE = JudgeConfig(backend="local", model="judge", mode="logprob")
 
 def run(coro):
     return asyncio.run(coro)
-
-
-class FakeProbe:
-    """An in-process judge for logprob mode: `probs(messages, candidates)` gives the candidates'
-    probabilities (missing ones get -inf), or an exception to raise. Every probe is recorded."""
-
-    backend_name = "fake-local"
-    model = "fake-judge"
-
-    def __init__(self, probs):
-        self.probs = probs
-        self.probes: list[tuple[list[dict], tuple[str, ...]]] = []
-
-    def identity(self):
-        return {"backend": self.backend_name, "model": self.model}
-
-    async def aclose(self):
-        pass
-
-    async def chat(self, messages, params, *, sample_index=0):
-        raise AssertionError("logprob mode must not chat")
-
-    async def next_token_logprobs(self, messages, candidates):
-        self.probes.append((list(messages), tuple(candidates)))
-        probs = self.probs(messages, candidates)
-        if isinstance(probs, BaseException):
-            raise probs
-        return {c: math.log(probs[c]) if probs.get(c, 0) > 0 else -math.inf for c in candidates}
 
 
 def serialisable(score: ItemScore) -> ItemScore:

@@ -7,7 +7,6 @@ fake candidate and judge clients, in both judge modes. No model is loaded."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from tasks.evaluation.registry import SUITES
 from tasks.evaluation.report import comparison_table
 from tasks.judging.judgment import Ask, ParseFailure, Probe, expected_value
 from tasks.llm.base import LLMClient
-from tests.support.fake_llm import FakeLLM
+from tests.support.fake_llm import FakeLLM, FakeProbe
 
 # ---------------------------------------------------------------------------------------------
 # The benchmark: everything a new one needs, in one module
@@ -126,29 +125,6 @@ WRITTEN = {  # what the fake candidate writes for each prompt
 }
 
 
-class FakeProbe:
-    """An in-process judge for logprob mode: P(Y) 0.6, P(N) 0.2 on every probe (E = 0.75, mass 0.8)."""
-
-    backend_name = "fake-local"
-    model = "fake-judge"
-
-    def __init__(self) -> None:
-        self.probes: list[tuple[list[dict], tuple[str, ...]]] = []
-
-    def identity(self):
-        return {"backend": self.backend_name, "model": self.model}
-
-    async def aclose(self):
-        pass
-
-    async def chat(self, messages, params, *, sample_index=0):
-        raise AssertionError("logprob mode must not chat")
-
-    async def next_token_logprobs(self, messages, candidates):
-        self.probes.append((list(messages), tuple(candidates)))
-        return {"Y": math.log(0.6), "N": math.log(0.2)}
-
-
 @pytest.fixture
 def toy_suite():
     suite = ToyLengthSuite()
@@ -192,8 +168,10 @@ def test_a_fifth_benchmark_runs_through_the_evaluate_stage(
     from tasks.stages import evaluate as evaluate_stage
 
     writer = FakeLLM(lambda call: WRITTEN[call.user])
-    judge = (
-        FakeProbe() if mode == "logprob" else FakeLLM(lambda call: "yes" if "tides" in call.user else "no")
+    judge = (  # logprob: P(Y) 0.6 and P(N) 0.2 on every probe (E = 0.75, mass 0.8)
+        FakeProbe(lambda messages, candidates: {"Y": 0.6, "N": 0.2})
+        if mode == "logprob"
+        else FakeLLM(lambda call: "yes" if "tides" in call.user else "no")
     )
     clients = {"fake-writer": writer, "fake-judge": judge}
     monkeypatch.setattr(runner, "create_client", lambda recipe, backend, model: clients[model])

@@ -12,6 +12,7 @@ back with finish_reason "length", like a real backend hitting its token limit.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -113,3 +114,31 @@ class FakeLLM:
             latency_s=self.latency_s,
             cached=self.cached,
         )
+
+
+class FakeProbe:
+    """An in-process judge for logprob mode: `probs(messages, candidates)` gives the candidates'
+    probabilities (missing ones get -inf), or an exception to raise. Every probe is recorded."""
+
+    backend_name = "fake-local"
+    model = "fake-judge"
+
+    def __init__(self, probs):
+        self.probs = probs
+        self.probes: list[tuple[list[dict], tuple[str, ...]]] = []
+
+    def identity(self):
+        return {"backend": self.backend_name, "model": self.model}
+
+    async def aclose(self):
+        pass
+
+    async def chat(self, messages, params, *, sample_index=0):
+        raise AssertionError("logprob mode must not chat")
+
+    async def next_token_logprobs(self, messages, candidates):
+        self.probes.append((list(messages), tuple(candidates)))
+        probs = self.probs(messages, candidates)
+        if isinstance(probs, BaseException):
+            raise probs
+        return {c: math.log(probs[c]) if probs.get(c, 0) > 0 else -math.inf for c in candidates}

@@ -42,6 +42,11 @@ lint: install
 # The fast suite, then the slow one (drills with real processes and servers, the end-to-end tests
 # on the real embedded model). pytest exits 5 when a selection collects nothing; that is not a
 # failure here. --durations: the slowest tests, so a CI log shows where the time went.
+# TEST_WORKERS pytest-xdist processes, each taking whole test files (--dist loadfile keeps a
+# module's fixtures, the demo's run among them, in one process): much of a test's time is spent
+# waiting on subprocesses and servers, so 2 workers on 2 cores cut the wall time (docs/benchmarks.md).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 # The GPU stack (CUDA torch, vLLM, Prefect) for Linux x86_64, Python 3.11, resolved by uv from the
 # packages' metadata: nothing is downloaded. `make gpu-lock` rewrites the lock after a pin changes;
 # `make gpu-lock-check` (part of `make test`, so CI) fails when pyproject no longer resolves within
@@ -78,11 +83,11 @@ cpu-lock-check: install
 	@echo "the CPU lock ($(CPU_LOCK)) resolves from pyproject.toml"
 
 test: lint gpu-lock-check cpu-lock-check
-	$(BIN)/pytest -q --durations=10 || [ $$? -eq 5 ]
-	$(BIN)/pytest -q -m slow --durations=15 || [ $$? -eq 5 ]
+	$(PYTEST) --durations=10 || [ $$? -eq 5 ]
+	$(PYTEST) -m slow --durations=15 || [ $$? -eq 5 ]
 
 test-fast: install
-	$(BIN)/pytest -q -x
+	$(PYTEST) -x
 
 clean:
 	rm -rf .wrl .pytest_cache .ruff_cache

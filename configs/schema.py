@@ -115,6 +115,10 @@ class _BackendBase(StrictModel):
             "max_consecutive_failures",
             "max_batch_size",
             "prefix_cache_tokens",
+            "batch",
+            "batch_poll_interval_s",
+            "batch_max_wait_s",
+            "batch_collect_s",
         }
     )
 
@@ -137,6 +141,29 @@ class _APIBackendBase(_BackendBase):
     timeout_s: float = Field(600.0, gt=0, description="Per-request timeout in seconds.")
     max_consecutive_failures: int = Field(
         25, ge=1, description="Stop the stage after this many failed calls in a row (the endpoint is down)."
+    )
+    # The provider's batch API (tasks/llm/batch.py): half price, answers within 24 hours. Only the
+    # stages that can wait use it (generate, score, evaluate); training's judge always calls live.
+    batch: bool = Field(
+        False,
+        description="Generate, score and evaluate send their calls through the provider's batch API "
+        "(OpenAI Batch, Anthropic Message Batches: about half price, results within 24 h). Training "
+        "calls live. The results are the same rows under the same cache keys as live calls.",
+    )
+    batch_poll_interval_s: float = Field(
+        60.0, gt=0, description="Batch mode: seconds between two status checks of a batch in flight."
+    )
+    batch_max_wait_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="Batch mode: how long a stage waits for its batches. Past it, their items fail for "
+        "this run and the batch stays recorded: the next run resumes waiting for it.",
+    )
+    batch_collect_s: float = Field(
+        1.0,
+        gt=0,
+        description="Batch mode: a batch is submitted once no new call has arrived for this long "
+        "(the calls a stage issues together go in one batch, within the provider's size limits).",
     )
 
 
@@ -205,6 +232,11 @@ class OpenAICompatibleBackend(_APIBackendBase):
         if self.serve_locally is not None and self.base_url is not None:
             raise ValueError(
                 "serve_locally: set either base_url (a running server) or serve_locally, not both"
+            )
+        if self.serve_locally is not None and self.batch:
+            raise ValueError(
+                "batch: a server started with serve_locally (`transformers serve`) has no batch API; "
+                "batch mode needs a provider's (OpenAI's Batch API, or a server that implements it)"
             )
         return self
 
@@ -993,6 +1025,13 @@ class EvaluationConfig(StrictModel):
 class Price(StrictModel):
     input_per_mtok: float = Field(ge=0, description="USD per million input tokens.")
     output_per_mtok: float = Field(ge=0, description="USD per million output tokens.")
+    batch_discount: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A call through the provider's batch API costs this fraction of the price above "
+        "(OpenAI Batch and Anthropic Message Batches: 0.5).",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

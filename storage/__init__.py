@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configs.schema import StorageConfig
+from storage.batches import BatchLedger
 from storage.catalog import CachedStage, Catalog
 from storage.curriculum import CurriculumError, CurriculumStore, Promotion, StepOutcome
 from storage.datasets import DatasetNotFoundError, DatasetStore
@@ -20,6 +21,7 @@ from storage.responses import ResponseCache
 from storage.training_log import TrainingLog
 
 __all__ = [
+    "BatchLedger",
     "CachedStage",
     "Catalog",
     "CurriculumError",
@@ -46,6 +48,7 @@ class Storage:
     datasets: DatasetStore
     claims: StageClaim
     responses: ResponseCache
+    batches: BatchLedger
     curriculum: CurriculumStore
     training: TrainingLog
     evaluations: EvaluationLog
@@ -63,6 +66,7 @@ def open_storage(config: StorageConfig) -> Storage:
         datasets=DatasetStore(root / "datasets", catalog, lock),
         claims=StageClaim(root),
         responses=ResponseCache(catalog),
+        batches=BatchLedger(catalog),
         curriculum=CurriculumStore(catalog),
         training=TrainingLog(catalog),
         evaluations=EvaluationLog(catalog),

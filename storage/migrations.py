@@ -268,6 +268,41 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE stage_runs ADD COLUMN config_json VARCHAR;
         """,
     ),
+    Migration(
+        8,
+        "llm_batches",
+        # Provider batches (tasks/llm/batch.py): each batch id is recorded before anything waits on
+        # it, with the cache key of every item (its custom_id), so a killed stage's rerun resumes
+        # polling instead of submitting again. An item the provider failed is marked so; the next run
+        # asks again. Usage splits out what went through a batch: it is billed at the batch price.
+        """
+        CREATE TABLE llm_batches (
+            batch_id VARCHAR PRIMARY KEY,
+            provider VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            backend VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            stage_run_id VARCHAR,
+            requests INTEGER NOT NULL,
+            status VARCHAR NOT NULL,
+            submitted_at TIMESTAMPTZ NOT NULL,
+            ended_at TIMESTAMPTZ,
+            succeeded INTEGER,
+            failed INTEGER
+        );
+        CREATE TABLE llm_batch_items (
+            batch_id VARCHAR NOT NULL,
+            custom_id VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            failed BOOLEAN NOT NULL,
+            error VARCHAR,
+            PRIMARY KEY (batch_id, custom_id)
+        );
+        ALTER TABLE llm_usage ADD COLUMN batched_requests BIGINT DEFAULT 0;
+        ALTER TABLE llm_usage ADD COLUMN batched_input_tokens BIGINT DEFAULT 0;
+        ALTER TABLE llm_usage ADD COLUMN batched_output_tokens BIGINT DEFAULT 0;
+        """,
+    ),
 )
 
 

@@ -16,7 +16,7 @@ RESPONSE_COLUMNS = (
 )  # fmt: skip
 USAGE_COLUMNS = (
     "stage_run_id", "backend", "model", "requests", "cache_hits", "failures", "retries", "input_tokens",
-    "output_tokens", "cost_usd",
+    "output_tokens", "cost_usd", "batched_requests", "batched_input_tokens", "batched_output_tokens",
 )  # fmt: skip
 _LOOKUP_CHUNK = 2000  # keys per IN (...) query
 

@@ -63,3 +63,33 @@ def test_wrl_config_cost_prints_the_forecast_and_its_total(tiny_model_dir, tmp_p
     assert done.returncode == 0, done.stdout + done.stderr
     planned = forecast(load_recipe(recipe_path)).totals()
     assert f"total to pay: {planned['calls']:,} calls" in done.stdout.replace("\n", " ")
+
+
+def test_batch_mode_halves_the_forecast_of_the_stages_that_batch_and_not_of_training(
+    tiny_model_dir, tmp_path
+):
+    """A competitor on a `batch: true` backend costs its price's batch_discount in generate; the
+    policy (a local model, no batch) and the calls themselves are unchanged."""
+    base = load_recipe(curation_recipe(tmp_path, tiny_model_dir))
+    backends = {**base.backends, "api": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}}
+    generators = [*base.generators, {"name": "api", "backend": "api", "model": "gpt-x"}]
+    prices = {"gpt-x": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}}
+
+    def plan(batch: bool):
+        recipe = base.model_validate({
+            **base.model_dump(mode="json", exclude={"backends", "generators"}),
+            "backends": {k: (v if isinstance(v, dict) else v.model_dump(mode="json")) for k, v in backends.items()}
+            | {"api": {**backends["api"], "batch": batch}},
+            "generators": [g if isinstance(g, dict) else g.model_dump(mode="json") for g in generators],
+            "prices": prices,
+        })  # fmt: skip
+        (line,) = [line for line in forecast(recipe).lines if line.model == "gpt-x"]
+        return line, line.cost(recipe)
+
+    (live, live_cost), (batched, batched_cost) = plan(False), plan(True)
+    assert (batched.calls, batched.input_tokens, batched.output_tokens) == (
+        live.calls,
+        live.input_tokens,
+        live.output_tokens,
+    )
+    assert live_cost > 0 and batched_cost == live_cost * 0.5

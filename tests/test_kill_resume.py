@@ -121,3 +121,51 @@ def test_scoring_killed_mid_stage_resumes_without_repeating_judge_calls(tiny_mod
             " WHERE s.status = 'completed' AND s.stage = 'score'"
         ).fetchone()
     assert usage == (persisted, total - persisted)
+
+
+def test_generation_killed_while_its_batch_is_in_flight_waits_for_that_batch_on_the_rerun(
+    tiny_model_dir, tmp_path
+):
+    """A competitor in batch mode (tasks/llm/batch.py): SIGKILL once its batch is recorded and in
+    flight; the rerun finds the batch in the catalog and waits for it. One batch is ever created,
+    no call goes live, and every item's answer is in the generations."""
+    from tests.support.fault_server import FaultServer
+
+    with FaultServer(batch_latency_s=6.0) as server:
+        api = "  - {name: api, backend: api, model: gpt-test, decoding: {temperature: 0.0, max_tokens: 32}}\n"
+        recipe_path = write_recipe(tmp_path / "r.yaml", store=tmp_path / "store", model=str(tiny_model_dir),
+                                   limit=6, extra=api)  # fmt: skip
+        text = recipe_path.read_text().replace(
+            "backends:\n",
+            f"backends:\n  api: {{kind: openai-compatible, base_url: '{server.openai_base_url}', batch: true,"
+            " batch_poll_interval_s: 0.1, batch_collect_s: 0.2}\n",
+        )
+        recipe_path.write_text(text)
+        storage = open_storage(load_recipe(recipe_path).storage)
+        calls = tmp_path / "calls.txt"
+
+        first = _start(recipe_path, calls)
+        deadline = time.monotonic() + 120
+        while not storage.batches.batches():  # submitted and recorded: the batch is in flight
+            assert first.poll() is None, first.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no batch was recorded"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        (batch,) = server.batches.values()
+        assert not batch.ended  # killed while it was in flight
+
+        second = _start(recipe_path, calls)
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 0, err[-3000:]
+        creations = [r for r in server.requests if r.path.endswith("/v1/batches")]
+        live = [r for r in server.requests if r.path.endswith("/chat/completions")]
+        assert len(creations) == 1 and live == []
+
+    rows = storage.datasets.read(DatasetRef.parse(out.strip().splitlines()[-1])).to_pylist()
+    api_rows = [r for r in rows if r["generator"] == "api"]
+    assert len(api_rows) == 6 and all(
+        r["error"] is None and r["text"].startswith("You wrote") for r in api_rows
+    )
+    (recorded,) = storage.batches.batches()
+    assert recorded["batch_id"] == batch.id and recorded["succeeded"] == 6

@@ -27,6 +27,7 @@ import anthropic
 
 from configs.schema import AnthropicBackend, Decoding
 from tasks.llm.base import Message, Usage
+from tasks.llm.batch import BatchRequest, BatchResults, BatchState
 from tasks.llm.remote import BadResponseError, RemoteClient, Reply
 
 logger = logging.getLogger(__name__)
@@ -96,3 +97,60 @@ class AnthropicClient(RemoteClient):
         except (TypeError, ValueError) as exc:
             raise BadResponseError(f"malformed usage ({exc})") from None
         return Reply(text="".join(texts), finish_reason=_FINISH.get(stop_reason, stop_reason), usage=tokens)
+
+    def batch_api(self) -> AnthropicBatchAPI:
+        return AnthropicBatchAPI(self)
+
+
+class AnthropicBatchAPI:
+    """Anthropic's Message Batches: `POST /v1/messages/batches` with {custom_id, params} items, the
+    results JSONL. Each params is the live call's (`_arguments`); each succeeded message goes
+    through the live `_parse`. Limits: 100,000 requests and 256 MB per batch (Anthropic's guide)."""
+
+    provider = "anthropic"
+    max_requests = 100_000
+    max_bytes = 256_000_000
+
+    def __init__(self, client: AnthropicClient) -> None:
+        self.client = client
+
+    def item(self, request: BatchRequest) -> dict[str, Any]:
+        return {
+            "custom_id": request.custom_id,
+            "params": self.client._arguments(request.messages, request.params),
+        }
+
+    async def submit(self, items: Sequence[dict[str, Any]]) -> tuple[str, str]:
+        sdk = self.client._sdk_now()
+        batch = await self.client.control(
+            "batch creation", lambda: sdk.messages.batches.create(requests=list(items))
+        )
+        return batch.id, batch.processing_status
+
+    async def state(self, batch_id: str) -> BatchState:
+        sdk = self.client._sdk_now()
+        batch = await self.client.control("batch status", lambda: sdk.messages.batches.retrieve(batch_id))
+        return BatchState(ended=batch.processing_status == "ended", status=batch.processing_status)
+
+    async def results(self, batch_id: str) -> BatchResults:
+        sdk = self.client._sdk_now()
+
+        async def read() -> list[Any]:
+            return [entry async for entry in await sdk.messages.batches.results(batch_id)]
+
+        replies: dict[str, Reply | str] = {}
+        for entry in await self.client.control("batch results download", read):
+            result = entry.result
+            if result.type == "succeeded":
+                try:
+                    replies[entry.custom_id] = self.client._parse(result.message.model_dump(mode="json"))
+                except BadResponseError as exc:
+                    replies[entry.custom_id] = f"bad response: {exc}"
+            elif result.type == "errored":
+                error = getattr(result.error, "error", None)
+                replies[entry.custom_id] = (
+                    f"errored: {getattr(error, 'type', '?')}: {getattr(error, 'message', '')}"
+                )
+            else:  # canceled, expired
+                replies[entry.custom_id] = result.type
+        return BatchResults(replies)

@@ -46,6 +46,7 @@ class Completion:
     error: str | None = None  # set iff the call failed after its retries
     attempts: int = 1  # 1 + retries
     cached: bool = False  # served from the response cache: no call was made
+    batched: bool = False  # answered through a provider batch (billed at the batch price)
 
     @property
     def ok(self) -> bool:

@@ -38,6 +38,10 @@ class UsageCounts:
     retries: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    # Of the above, what went through a provider batch (Price.batch_discount applies).
+    batched_requests: int = 0
+    batched_input_tokens: int = 0
+    batched_output_tokens: int = 0
 
 
 class UsageMeter:
@@ -60,6 +64,10 @@ class UsageMeter:
                 counts.failures += 1
             counts.input_tokens += completion.usage.input_tokens
             counts.output_tokens += completion.usage.output_tokens
+            if completion.batched:
+                counts.batched_requests += 1
+                counts.batched_input_tokens += completion.usage.input_tokens
+                counts.batched_output_tokens += completion.usage.output_tokens
 
     def absorb(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Add another meter's `rows` (the trainer's rank 0 meters its judge in its own process)."""
@@ -73,9 +81,11 @@ class UsageMeter:
         price = self.prices.get(model)
         if price is None:
             return None
-        return (
-            counts.input_tokens * price.input_per_mtok + counts.output_tokens * price.output_per_mtok
-        ) / 1e6
+        # A batched token costs batch_discount of a live one.
+        saved = 1.0 - price.batch_discount
+        input_tokens = counts.input_tokens - saved * counts.batched_input_tokens
+        output_tokens = counts.output_tokens - saved * counts.batched_output_tokens
+        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
 
     def rows(self, stage_run_id: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -17,6 +17,7 @@ missing choice or content is one (retried as a bad response).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import openai
 
 from configs.schema import Decoding, OpenAICompatibleBackend
 from tasks.llm.base import Message, TokenLogprob, Usage
+from tasks.llm.batch import BatchRequest, BatchResults, BatchState
 from tasks.llm.remote import PLACEHOLDER_API_KEY, BadResponseError, RemoteClient, Reply
 from tasks.llm.serving import release_shared_server
 
@@ -96,6 +98,86 @@ class OpenAICompatibleClient(RemoteClient):
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadResponseError(f"malformed usage or logprobs ({type(exc).__name__}: {exc})") from None
+
+    def batch_api(self) -> OpenAIBatchAPI:
+        return OpenAIBatchAPI(self)
+
+
+class OpenAIBatchAPI:
+    """OpenAI's Batch API: a JSONL file of /v1/chat/completions bodies, `POST /v1/batches`, the
+    output and error files. Each body is the live call's (`_arguments`); each result's body goes
+    through the live `_parse`. Limits: 50,000 requests and 200 MB per batch (the SDK's docs)."""
+
+    provider = "openai"
+    max_requests = 50_000
+    max_bytes = 200_000_000
+    TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+    URL = "/v1/chat/completions"
+
+    def __init__(self, client: OpenAICompatibleClient) -> None:
+        self.client = client
+
+    def item(self, request: BatchRequest) -> dict[str, Any]:
+        body = self.client._arguments(request.messages, request.params)
+        return {"custom_id": request.custom_id, "method": "POST", "url": self.URL, "body": body}
+
+    async def submit(self, items: Sequence[dict[str, Any]]) -> tuple[str, str]:
+        sdk = self.client._sdk_now()
+        data = "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items).encode("utf-8")
+        uploaded = await self.client.control(
+            "batch input upload", lambda: sdk.files.create(file=("requests.jsonl", data), purpose="batch")
+        )
+        batch = await self.client.control(
+            "batch creation",
+            lambda: sdk.batches.create(input_file_id=uploaded.id, endpoint=self.URL, completion_window="24h"),
+        )
+        return batch.id, batch.status
+
+    async def state(self, batch_id: str) -> BatchState:
+        batch = await self.client.control(
+            "batch status", lambda: self.client._sdk_now().batches.retrieve(batch_id)
+        )
+        return BatchState(ended=batch.status in self.TERMINAL, status=batch.status)
+
+    async def results(self, batch_id: str) -> BatchResults:
+        sdk = self.client._sdk_now()
+        batch = await self.client.control("batch status", lambda: sdk.batches.retrieve(batch_id))
+        replies: dict[str, Reply | str] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                content = await self.client.control(
+                    "batch results download", lambda f=file_id: sdk.files.content(f)
+                )
+                for line in content.content.decode("utf-8").splitlines():
+                    if line.strip():
+                        custom_id, reply = self._line(json.loads(line))
+                        replies[custom_id] = reply
+        error = None
+        if batch.status != "completed":
+            errors = getattr(batch, "errors", None)
+            details = "; ".join(e.message or "" for e in (errors.data or [])) if errors else ""
+            error = f"the batch {batch.status}" + (f": {details[:300]}" if details else "")
+        return BatchResults(replies, error)
+
+    def _line(self, line: dict[str, Any]) -> tuple[str, Reply | str]:
+        custom_id = str(line.get("custom_id"))
+        response = line.get("response") or {}
+        status = response.get("status_code")
+        if status == 200:
+            try:
+                return custom_id, self.client._parse(response.get("body"))
+            except BadResponseError as exc:
+                return custom_id, f"bad response: {exc}"
+        error = line.get("error") or {}
+        body_error = (
+            (response.get("body") or {}).get("error") if isinstance(response.get("body"), dict) else None
+        )
+        message = (error.get("message") if isinstance(error, dict) else None) or (
+            body_error.get("message") if isinstance(body_error, dict) else None
+        )
+        code = error.get("code") if isinstance(error, dict) else None
+        what = f"HTTP {status}" if status else (code or "error")
+        return custom_id, f"{what}: {message or 'no message'}"
 
 
 def _logprobs(value: Any) -> tuple[TokenLogprob, ...] | None:

@@ -29,9 +29,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -46,6 +46,7 @@ from tasks.llm.base import Completion, Message, TokenLogprob, Usage
 from tasks.llm.limits import estimate_tokens, limits_for
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PLACEHOLDER_API_KEY = "EMPTY"  # local servers (vLLM, llama.cpp) accept any key; the SDKs insist on one
 _REDACTED = "[REDACTED]"
@@ -62,6 +63,10 @@ REQUEST_SPECIFIC_STATUS = frozenset({400, 413, 422})
 
 class MissingAPIKeyError(RuntimeError):
     """The environment variable that should hold a backend's API key is unset or empty."""
+
+
+class RemoteCallError(RuntimeError):
+    """A call other than a chat failed after its retries; the message names status, URL, attempts."""
 
 
 class BadResponseError(Exception):
@@ -255,6 +260,31 @@ class RemoteClient:
             logprobs=reply.logprobs,
             attempts=used,
         )
+
+    async def control(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One call that is not a chat (a batch submission, a status check, a results download),
+        retried like a chat attempt. A final failure raises `RemoteCallError` with the message a
+        failed chat would carry."""
+        used = 0
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(self._retryable),
+                stop=stop_after_attempt(self.config.max_retries + 1),
+                wait=_wait,
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    used += 1
+                    return await call()
+        except Exception as exc:
+            _, error = self._describe(exc, max(used, 1))
+            raise RemoteCallError(self._scrub(f"{what}: {error}")) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def batch_api(self) -> Any:
+        """The provider's batch API over this client's SDK (tasks.llm.batch.BatchAPI)."""
+        raise NotImplementedError(f"{type(self).__name__} has no batch API")
 
     # -- internals ------------------------------------------------------------------------------
 

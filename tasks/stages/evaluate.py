@@ -86,6 +86,7 @@ def spec_for(candidate: Candidate, benchmark: str) -> StageSpec:
         outputs=("eval_items", "eval_scores"),
         description=f"{candidate.name} on {benchmark}",
         config_slice=config_slice,
+        batches=True,
     )
 
 
@@ -191,7 +192,7 @@ async def _evaluate(ctx: StageContext, candidate: Candidate, benchmark: str) -> 
     try:
         generated = await generate_many(
             STRATEGIES[strategy], client, instructions, generator,
-            max_concurrency=recipe.backends[candidate.backend].max_concurrency,
+            max_concurrency=ctx.concurrency(candidate.backend),
             description=f"evaluate[{candidate.name}/{benchmark}] generate",
         )  # fmt: skip
     finally:
@@ -204,7 +205,7 @@ async def _evaluate(ctx: StageContext, candidate: Candidate, benchmark: str) -> 
 
     judge = recipe.judge_for(benchmark) if suite.needs_judge else None
     judge_client = ctx.llm(judge.backend, judge.model) if judge is not None else None
-    limit = asyncio.Semaphore(recipe.backends[judge.backend].max_concurrency if judge else 64)
+    limit = asyncio.Semaphore(ctx.concurrency(judge.backend) if judge else 64)
 
     bar = tqdm(
         total=len(items), desc=f"evaluate[{candidate.name}/{benchmark}] score", unit="item", leave=False

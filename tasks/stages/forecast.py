@@ -17,6 +17,8 @@ Per stage and model, the forecast counts the calls the stage makes and estimates
   usually far shorter than its 1,024), or, when the store already holds responses of that model in
   that stage, their measured mean (`basis: measured`). A logprob probe writes no tokens.
 - **Cost** uses the recipe's `prices` (USD per million tokens); a model without a price has none.
+  Calls that go through a provider batch (a `batch: true` backend in generate, score or evaluate)
+  cost the price's `batch_discount` of it.
 - **What the store already holds is subtracted at the stage level**: a stage whose cache key is
   already answered (given the cached outputs of the stages before it) costs nothing, which is what
   a re-run after, say, a judge change pays: generate is free, score and what follows are not.
@@ -86,13 +88,20 @@ class Line:
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
 
+    def batched(self, recipe: Recipe) -> bool:
+        """Whether these calls go through the provider's batch API (tasks/llm/batch.py)."""
+        # Every evaluate pair's spec batches (tasks/stages/evaluate.py::spec_for); it has no SPECS entry.
+        batches = self.stage == "evaluate" or SPECS[self.stage].batches
+        return batches and bool(getattr(recipe.backends[self.backend], "batch", False))
+
     def cost(self, recipe: Recipe) -> float | None:
         price = recipe.prices.get(self.model)
         if price is None:
             return None
         if self.cached:
             return 0.0
-        return (self.input_tokens * price.input_per_mtok + self.output_tokens * price.output_per_mtok) / 1e6
+        live = (self.input_tokens * price.input_per_mtok + self.output_tokens * price.output_per_mtok) / 1e6
+        return live * price.batch_discount if self.batched(recipe) else live
 
 
 @dataclass

@@ -73,6 +73,7 @@ SPEC = StageSpec(
     description="Each generator writes one response per instruction",
     config_slice=_config_slice,
     extra_inputs=writer_inputs,  # the SFT writer's model, when the recipe has `sft.writer`
+    batches=True,
 )
 
 
@@ -93,14 +94,13 @@ async def _generate_all(ctx: StageContext) -> list[dict]:
         )
 
     async def one_generator(generator: GeneratorConfig) -> list[dict]:
-        backend = ctx.recipe.backends[generator.backend]
         # Off the event loop: a `serve_locally` backend starts its server here (tens of seconds),
         # and the other generators should be generating meanwhile.
         client = await asyncio.to_thread(ctx.llm, generator.backend, generator.model)
         try:
             results = await generate_many(
                 strategies[generator.name], client, instructions, generator,
-                max_concurrency=backend.max_concurrency, description=f"generate[{generator.name}]",
+                max_concurrency=ctx.concurrency(generator.backend), description=f"generate[{generator.name}]",
             )  # fmt: skip
         finally:
             await client.aclose()

@@ -26,6 +26,9 @@ from tasks.llm.cache import CachingClient, UsageMeter
 from tasks.llm.registry import create_client
 from tasks.stages.publish import publish_stage_run
 
+# Calls a batching stage issues at once: the largest batch a provider takes (Anthropic's 100,000).
+BATCH_CONCURRENCY = 100_000
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -40,6 +43,9 @@ class StageSpec:
     extra_inputs: Callable[[Recipe], tuple[str, ...]] = lambda recipe: ()
     # Whether the recipe runs this stage at all (the sft stages run only when configured).
     enabled: Callable[[Recipe], bool] = lambda recipe: True
+    # Whether the stage can wait hours for answers: its calls go through the provider's batch API
+    # on a backend that says `batch: true` (tasks/llm/batch.py). Training's judge cannot.
+    batches: bool = False
 
     def inputs_for(self, recipe: Recipe) -> tuple[str, ...]:
         """The datasets this stage reads under `recipe`: its fixed inputs, then the recipe's extras."""
@@ -64,7 +70,22 @@ class StageContext:
         """A client for `model` on the recipe's backend, behind the response cache and this
         stage run's usage meter. Every stage talks to LLMs through this."""
         inner = create_client(self.recipe, backend_name, model)
+        if self.batches_on(backend_name):
+            from tasks.llm.batch import BatchingClient
+
+            inner = BatchingClient(inner, self.storage.batches, stage_run_id=self.stage_run_id)
         return CachingClient(inner, self.storage.responses, stage_run_id=self.stage_run_id, meter=self.usage)
+
+    def batches_on(self, backend_name: str) -> bool:
+        """Whether this stage's calls on `backend_name` go through the provider's batch API."""
+        return self.spec.batches and bool(getattr(self.recipe.backends[backend_name], "batch", False))
+
+    def concurrency(self, backend_name: str) -> int:
+        """How many calls this stage keeps in flight on `backend_name`: its max_concurrency, or, in
+        batch mode, everything at once (they are collected into batches, not sent)."""
+        if self.batches_on(backend_name):
+            return BATCH_CONCURRENCY
+        return self.recipe.backends[backend_name].max_concurrency
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ SPEC = StageSpec(
     outputs=("judgments",),
     description="A judge scores every generation against the instruction's criteria",
     config_slice=_config_slice,
+    batches=True,
 )
 
 
@@ -96,7 +97,7 @@ async def _score_all(ctx: StageContext) -> list[dict[str, Any]]:
     generations = ctx.read("generations").to_pylist()
     criteria = await _criteria_for(ctx, list(instructions.values()))
     client = ctx.llm(judge.backend, judge.model)
-    semaphore = asyncio.Semaphore(ctx.recipe.backends[judge.backend].max_concurrency)
+    semaphore = asyncio.Semaphore(ctx.concurrency(judge.backend))
     bar = tqdm(total=len(generations), desc="score", unit="response", leave=False)
 
     async def one(gen: dict[str, Any]) -> dict[str, Any]:

@@ -43,8 +43,9 @@ lint: install
 # on the real embedded model). pytest exits 5 when a selection collects nothing; that is not a
 # failure here. --durations: the slowest tests, so a CI log shows where the time went.
 # TEST_WORKERS pytest-xdist processes, each taking whole test files (--dist loadfile keeps a
-# module's fixtures, the demo's run among them, in one process): much of a test's time is spent
-# waiting on subprocesses and servers, so 2 workers on 2 cores cut the wall time (docs/benchmarks.md).
+# module's fixtures in one process): much of a test's time is spent waiting on subprocesses and
+# servers, so 2 workers on 2 cores cut the wall time. The demo module runs alone, last: its cold
+# run uses both cores, and beside other tests it took 2.5x as long (README, Development).
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 # The GPU stack (CUDA torch, vLLM, Prefect) for Linux x86_64, Python 3.11, resolved by uv from the
@@ -84,7 +85,8 @@ cpu-lock-check: install
 
 test: lint gpu-lock-check cpu-lock-check
 	$(PYTEST) --durations=10 || [ $$? -eq 5 ]
-	$(PYTEST) -m slow --durations=15 || [ $$? -eq 5 ]
+	$(PYTEST) -m "slow and not demo" --durations=15 || [ $$? -eq 5 ]
+	$(BIN)/pytest -q -m demo --durations=5 || [ $$? -eq 5 ]
 
 test-fast: install
 	$(PYTEST) -x

@@ -1034,6 +1034,55 @@ class Price(StrictModel):
     )
 
 
+BUDGETED_STAGES = ("generate", "score", "train", "evaluate")  # the stages that call LLMs
+
+
+class BudgetLimit(StrictModel):
+    """At most this much, in cost (USD, from `prices`) and/or tokens (input + output of the calls
+    that reach a backend; response-cache hits are free)."""
+
+    cost_usd: float | None = Field(None, gt=0, description="USD, priced from the recipe's `prices`.")
+    tokens: int | None = Field(None, ge=1, description="Input plus output tokens of the calls paid for.")
+
+    @model_validator(mode="after")
+    def _something(self) -> BudgetLimit:
+        if self.cost_usd is None and self.tokens is None:
+            raise ValueError("set cost_usd, tokens or both")
+        return self
+
+
+class BudgetConfig(StrictModel):
+    """What a run, and each stage, may spend on LLM calls (tasks/llm/budget.py). A stage stops
+    taking new calls before one would cross a limit, finishes the calls in flight, records what it
+    paid, and ends `stopped_at_budget` (not cached); training checkpoints its last finished step.
+    Spending counts every attempt of the same work, so a rerun continues where the budget
+    stopped it only when the budget is raised."""
+
+    run: BudgetLimit | None = Field(
+        None, description="The whole flow run: every stage it runs, cached ones counted at what they cost."
+    )
+    stages: dict[str, BudgetLimit] = Field(
+        default_factory=dict,
+        description="Per stage (generate, score, train, evaluate; evaluate: each candidate x benchmark pair).",
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: dict[str, BudgetLimit]) -> dict[str, BudgetLimit]:
+        unknown = sorted(set(value) - set(BUDGETED_STAGES))
+        if unknown:
+            raise ValueError(
+                f"budget.stages: {', '.join(unknown)} make no LLM calls or are not stages; "
+                f"budgets apply to {', '.join(BUDGETED_STAGES)}"
+            )
+        return value
+
+    def limits_for(self, stage: str) -> dict[str, BudgetLimit]:
+        """The limits over `stage`: {"budget.stages.<stage>": ..., "budget.run": ...}, those set."""
+        limits = {f"budget.stages.{stage}": self.stages.get(stage), "budget.run": self.run}
+        return {where: limit for where, limit in limits.items() if limit is not None}
+
+
 # ---------------------------------------------------------------------------------------------
 # The recipe
 # ---------------------------------------------------------------------------------------------
@@ -1086,6 +1135,9 @@ class Recipe(StrictModel):
         None, description="Candidates x benchmarks for the evaluate flow; the evaluate stage needs it."
     )
     prices: dict[str, Price] = Field(default_factory=dict, description="Per-model token prices, for cost.")
+    budget: BudgetConfig | None = Field(
+        None, description="Spending limits per run and per stage; a stage stops cleanly before crossing one."
+    )
 
     @field_validator("backends")
     @classmethod
@@ -1174,9 +1226,35 @@ class Recipe(StrictModel):
                     f"{path}.mode: 'logprob' needs an in-process backend (transformers or vllm); "
                     f"'{judge.backend}' is {kind.kind}. Use mode: json for API judges."
                 )
+        problems += self._unpriced_under_a_cost_budget()
         if problems:
             raise ValueError("\n".join(problems))  # one problem a line; the loader locates each
         return self
+
+    def _unpriced_under_a_cost_budget(self) -> list[str]:
+        """A cost budget cannot count a paid model without a price: refuse rather than let its
+        calls through uncounted. In-process and locally served models cost nothing."""
+        budget = self.budget
+        if budget is None or not any(
+            limit.cost_usd is not None for limit in [budget.run, *budget.stages.values()] if limit is not None
+        ):
+            return []
+        problems = []
+        for use in self.models():
+            if use.backend in self.backends and self.is_paid(use.backend) and use.model not in self.prices:
+                problems.append(
+                    f"budget: {use.where} calls '{use.model}' on '{use.backend}', which has no entry in "
+                    "`prices`; a cost budget cannot count its calls. Add its price, or budget tokens instead"
+                )
+        return problems
+
+    def is_paid(self, backend_name: str) -> bool:
+        """Whether calls on the backend are paid for: an API (anthropic, openai-compatible at a
+        base URL). In-process and locally served models cost nothing; budgets do not count them."""
+        backend = self.backends[backend_name]
+        return backend.kind == "anthropic" or (
+            backend.kind == "openai-compatible" and backend.serve_locally is None
+        )
 
     @property
     def policy(self) -> GeneratorConfig:

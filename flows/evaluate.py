@@ -33,7 +33,7 @@ from tasks.evaluation.report import (
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.stages import evaluate as evaluate_stage
 from tasks.stages.publish import artifact_link, producer_links
-from tasks.stages.runner import StageResult
+from tasks.stages.runner import StageResult, run_status
 
 
 @flow(name="evaluate")
@@ -85,7 +85,7 @@ def run_evaluation(
                 )
             _release_candidate_models(recipe)
     except BaseException as exc:
-        storage.catalog.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        storage.catalog.finish_run(run_id, status=run_status(exc), error=f"{type(exc).__name__}: {exc}")
         raise
     tag_flow_run_with_datasets(r.outputs.values() for _, r in pairs)
     rows = _result_rows(storage, run_id, pairs)

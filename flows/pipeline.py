@@ -17,7 +17,7 @@ from configs.loading import ConfigError, load_recipe, stable_hash
 from flows.reporting import build_report, publish_artifacts
 from storage import code_version, open_storage
 from tasks.stages import NEEDS_JUDGE, STAGE_ORDER, generate, ingest, order, score, select, sft, train
-from tasks.stages.runner import StageResult
+from tasks.stages.runner import StageResult, run_status
 
 # stage name -> (its spec, its Prefect task). A stage's inputs are named after the datasets that
 # upstream stages write, so wiring is by name: adding a stage is one line here. A stage the recipe
@@ -125,7 +125,7 @@ def run_pipeline(
             inputs = {role: _output_of(results, role) for role in spec.inputs_for(recipe)}
             results[stage] = stage_task(recipe, inputs, run_id=run_id, refresh=stage in forced)
     except BaseException as exc:
-        storage.catalog.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        storage.catalog.finish_run(run_id, status=run_status(exc), error=f"{type(exc).__name__}: {exc}")
         raise
     tag_flow_run_with_datasets(r.outputs.values() for r in results.values())
     failures = sum(int(r.summary.get("failures", 0)) for r in results.values())

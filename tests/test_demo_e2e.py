@@ -25,7 +25,8 @@ from tests.support.services import local_prefect
 # target on the slowest 2-core machine; measured 250-340 s, docs/benchmarks.md), and the first
 # test's limit covers that, `wrl up` (300 s) and the test itself.
 DEMO_TIMEOUT_S = 1200
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+# The main job, timed by its users: `make test` runs this module alone, after the other slow tests.
+pytestmark = [pytest.mark.slow, pytest.mark.demo, pytest.mark.timeout(1800)]
 CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 DEMO_STAGES = tuple(s for s in STAGE_ORDER if s not in OPTIONAL_STAGES)  # the demo runs no SFT
 

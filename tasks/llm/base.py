@@ -44,7 +44,7 @@ class Completion:
     latency_s: float = 0.0
     logprobs: tuple[TokenLogprob, ...] | None = None
     error: str | None = None  # set iff the call failed after its retries
-    attempts: int = 1  # 1 + retries
+    attempts: int = 1  # 1 + retries; 0: never sent (a budget refused it)
     cached: bool = False  # served from the response cache: no call was made
     batched: bool = False  # answered through a provider batch (billed at the batch price)
 

@@ -58,6 +58,8 @@ class UsageMeter:
             if completion.cached:
                 counts.cache_hits += 1
                 return
+            if completion.attempts == 0:  # never sent (refused by a budget): not a request
+                return
             counts.requests += 1
             counts.retries += max(0, completion.attempts - 1)
             if completion.error is not None:

@@ -22,6 +22,7 @@ import pyarrow as pa
 from configs.loading import stable_hash
 from configs.schema import Recipe
 from storage import DatasetRef, Storage, code_version, open_storage
+from tasks.llm.budget import Allowance, BudgetedClient, BudgetExhaustedError, BudgetMeter, Remaining
 from tasks.llm.cache import CachingClient, UsageMeter
 from tasks.llm.registry import create_client
 from tasks.stages.publish import publish_stage_run
@@ -62,6 +63,7 @@ class StageContext:
     logger: logging.Logger | logging.LoggerAdapter
     usage: UsageMeter = field(default_factory=UsageMeter)
     cache_key: str = ""  # same config + same inputs -> same key: a resumable stage keys its work dir on it
+    budget: BudgetMeter = field(default_factory=lambda: BudgetMeter(Allowance()))
 
     def read(self, role: str) -> pa.Table:
         return self.storage.datasets.read(self.inputs[role])
@@ -70,10 +72,13 @@ class StageContext:
         """A client for `model` on the recipe's backend, behind the response cache and this
         stage run's usage meter. Every stage talks to LLMs through this."""
         inner = create_client(self.recipe, backend_name, model)
-        if self.batches_on(backend_name):
+        batched = self.batches_on(backend_name)
+        if batched:
             from tasks.llm.batch import BatchingClient
 
             inner = BatchingClient(inner, self.storage.batches, stage_run_id=self.stage_run_id)
+        if self.budget.allowance and self.recipe.is_paid(backend_name):  # inside the cache: a hit is free
+            inner = BudgetedClient(inner, self.budget, batched=batched)
         return CachingClient(inner, self.storage.responses, stage_run_id=self.stage_run_id, meter=self.usage)
 
     def batches_on(self, backend_name: str) -> bool:
@@ -221,10 +226,18 @@ def _compute_and_record(
     flow_run_id = common["prefect_flow_run_id"]
     stage_run_id = storage.catalog.start_stage_run(**common)
     ctx = StageContext(
-        spec, recipe, storage, inputs, stage_run_id, logger, UsageMeter(recipe.prices), cache_key=cache_key
-    )
+        spec, recipe, storage, inputs, stage_run_id, logger, UsageMeter(recipe.prices), cache_key=cache_key,
+        budget=BudgetMeter(allowance_for(recipe, spec.name, storage, run_id, cache_key), recipe.prices),
+    )  # fmt: skip
     try:
-        output = compute(ctx)
+        try:
+            output = compute(ctx)
+        except Exception as exc:  # whatever a refused call led to, the stage stopped at its budget
+            if ctx.budget.exhausted is None or isinstance(exc, BudgetExhaustedError):
+                raise
+            raise _stopped(spec.name, ctx.budget) from exc
+        if ctx.budget.exhausted is not None:  # stopped taking calls: nothing is written, nothing cached
+            raise _stopped(spec.name, ctx.budget)
         unexpected = set(output.tables) ^ set(spec.outputs)
         if unexpected:
             raise RuntimeError(
@@ -247,10 +260,17 @@ def _compute_and_record(
         }
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
-        logger.error("%s failed: %s\n%s", spec.name, error, traceback.format_exc(limit=5))
+        status = "stopped_at_budget" if isinstance(exc, BudgetExhaustedError) else "failed"
+        if status == "failed":
+            logger.error("%s failed: %s\n%s", spec.name, error, traceback.format_exc(limit=5))
+        else:
+            logger.warning("%s", exc)
         storage.responses.record_usage(ctx.usage.rows(stage_run_id))  # calls paid for still count
+        summary = {"llm": ctx.usage.summary()} | (
+            {"budget": ctx.budget.summary()} if ctx.budget.allowance else {}
+        )
         storage.catalog.finish_stage_run(
-            stage_run_id, status="failed", outputs={}, error=error, summary={"llm": ctx.usage.summary()}
+            stage_run_id, status=status, outputs={}, error=error, summary=summary
         )
         raise
     storage.responses.record_usage(ctx.usage.rows(stage_run_id))
@@ -278,6 +298,50 @@ def _compute_and_record(
     result = StageResult(spec.name, stage_run_id, outputs, False, cache_key, config_hash, summary, elapsed)
     publish_stage_run(result, inputs, common["config"], storage)
     return result
+
+
+def _stopped(stage: str, budget: BudgetMeter) -> BudgetExhaustedError:
+    return BudgetExhaustedError(
+        f"{stage} stopped at its budget: {budget.exhausted}. {budget.refused} calls were not sent; every "
+        "call paid for is recorded. Raise the budget and run again: it continues from here and pays "
+        "for nothing twice."
+    )
+
+
+def run_status(exc: BaseException) -> str:
+    """How a flow run that raised `exc` ends: stopped at its budget (resumable), or failed."""
+    return "stopped_at_budget" if isinstance(exc, BudgetExhaustedError) else "failed"
+
+
+def allowance_for(
+    recipe: Recipe, stage: str, storage: Storage, run_id: str | None, cache_key: str
+) -> Allowance:
+    """What `stage` may spend under `recipe.budget`: each limit over it, with what was already
+    spent on it. A stage's spending is every attempt at the same work (stage runs with this cache
+    key); a run's is the spending of every stage it has run so far (their cache keys, cached ones
+    included) plus this stage's. So a stopped stage, run again under the same budget, stops again
+    at once; raised, it continues."""
+    budget = recipe.budget
+    if budget is None or not (limits := budget.limits_for(stage)):
+        return Allowance()
+    # Free backends (in process, served locally) are not counted; one the recipe no longer names is.
+    free = [name for name in recipe.backends if not recipe.is_paid(name)] or [""]
+    spent_sql = (
+        "SELECT coalesce(sum(u.cost_usd), 0), coalesce(sum(u.input_tokens + u.output_tokens), 0)"
+        " FROM llm_usage u JOIN stage_runs s USING (stage_run_id) WHERE s.cache_key IN ({keys})"
+        f" AND u.backend NOT IN ({', '.join('?' * len(free))})"
+    )
+    with storage.catalog.connect("budget: what was spent") as con:
+        stage_spent = con.execute(spent_sql.format(keys="?"), [cache_key, *free]).fetchone()
+        run_spent = con.execute(
+            spent_sql.format(keys="SELECT cache_key FROM stage_runs WHERE run_id = ? UNION SELECT ?"),
+            [run_id, cache_key, *free],
+        ).fetchone()
+    remaining = []
+    for where, limit in limits.items():
+        cost, tokens = stage_spent if where.startswith("budget.stages.") else run_spent
+        remaining.append(Remaining(where, limit.cost_usd, limit.tokens, float(cost), int(tokens)))
+    return Allowance(tuple(remaining))
 
 
 def _logger(stage: str) -> logging.Logger | logging.LoggerAdapter:

@@ -31,6 +31,7 @@ from configs.loading import ConfigError
 from configs.schema import LAYOUT_FIELDS, Recipe
 from storage import DatasetRef
 from tasks.curriculum import validate_static_rung
+from tasks.llm.budget import BudgetExhaustedError
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.llm.registry import release_local_engines
 from tasks.rewards.pairwise import PAIRWISE_PROMPTS
@@ -127,6 +128,7 @@ def compute(ctx: StageContext) -> StageOutput:
         lineage={"ladders": str(ctx.inputs["ladders"]), "instructions": str(ctx.inputs["instructions"]),
                  "cache_key": ctx.cache_key, "stage_run_id": ctx.stage_run_id, "base_model": base_model}
                 | ({"sft_models": str(ctx.inputs["sft_models"])} if sft is not None else {}),
+        budget=ctx.budget.allowance if ctx.budget.allowance else None,
     )  # fmt: skip
     # The trainer's process tree owns the devices: curation's engines go first.
     release_local_engines()
@@ -140,6 +142,15 @@ def compute(ctx: StageContext) -> StageOutput:
     try:
         run_trainer(spec, on_event=on_event)
     except TrainerFailedError as exc:
+        if (
+            stopped := events.get("budget")
+        ) is not None:  # a checkpoint of the last finished step was written
+            raise BudgetExhaustedError(
+                f"train stopped at its budget before step {stopped['step']}: {stopped['error']}. A checkpoint "
+                f"of step {stopped['step'] - 1} and its curriculum snapshot were written; every judge call paid "
+                "for is recorded. Raise the budget and run again: training resumes there and pays for "
+                "nothing twice."
+            ) from None
         failed = events.get("failed")
         raise TrainerFailedError(f"train: {failed['error']}\n{exc}" if failed else f"train: {exc}") from None
     finally:

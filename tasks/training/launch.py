@@ -97,6 +97,7 @@ class LaunchSpec:
     stage_run_id: str
     lineage: dict[str, Any] = field(default_factory=dict)
     validation_items: dict[str, Any] = field(default_factory=dict)  # the held-out ladders
+    budget: Any = None  # tasks.llm.budget.Allowance: what the judge may still spend (None: no budget)
 
     worker: ClassVar[str] = "tasks.training.worker"
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tasks.llm.base import EndpointFailingError
+from tasks.llm.budget import BudgetMeter
 from tasks.training.ranks import Ranks
 from tasks.training.reward import Rollout, RolloutReward, WritingRLReward, step_metrics
 
@@ -27,11 +28,23 @@ class JudgeUnavailableError(RuntimeError):
     """The judge failed the step on rank 0 (raised on every rank with rank 0's message)."""
 
 
+class BudgetStopError(JudgeUnavailableError):
+    """The judge's budget ran out during `step` (every rank): no update for it; the trainer
+    checkpoints step - 1, as for a judge failure, and the stage ends stopped at its budget."""
+
+    def __init__(self, step: int, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 class RankReward:
-    def __init__(self, ranks: Ranks, owner: WritingRLReward | None) -> None:
+    def __init__(
+        self, ranks: Ranks, owner: WritingRLReward | None, budget: BudgetMeter | None = None
+    ) -> None:
         if (owner is not None) != ranks.is_main:
             raise ValueError("rank 0, and only rank 0, holds the WritingRLReward")
         self.ranks, self.owner = ranks, owner
+        self.budget = budget  # rank 0's judge's (tasks/llm/budget.py), when the recipe has a budget
         self._rungs: dict[str, int] = {}
 
     # -- the curriculum, identical on every rank ------------------------------------------------
@@ -72,7 +85,7 @@ class RankReward:
         """An async reward function with TRL's calling convention (one call per generation batch,
         on every rank at once). It numbers RL steps: TRL generates when an RL step starts, after
         `updates_per_step` optimizer steps per earlier RL step."""
-        ranks, owner = self.ranks, self.owner
+        ranks, owner, budget = self.ranks, self.owner, self.budget
 
         async def writing_rl(
             prompts, completions, instruction_id, trainer_state=None, log_metric=None, validation=None, **_
@@ -101,12 +114,17 @@ class RankReward:
                 except Exception:  # every rank must hear of it, or they wait in the broadcast forever
                     payload = ("failed", f"rank 0's reward raised:\n{traceback.format_exc()}", None)
                 else:
+                    if budget is not None and budget.exhausted is not None:  # some rollouts went unjudged
+                        payload = ("budget", budget.exhausted, step)
+                if payload is None:
                     rewards, start = [], 0
                     for rank in everyone:
                         rewards.append(flat[start : start + len(rank)])
                         start += len(rank)
                     payload = ("ok", rewards, metrics)
             status, rewards, metrics = ranks.broadcast(payload)
+            if status == "budget":
+                raise BudgetStopError(metrics, rewards)
             if status != "ok":
                 raise JudgeUnavailableError(rewards)
             if log_metric is not None:  # the whole step's, the same on every rank

@@ -65,10 +65,12 @@ class CurriculumCallback:
 
         class _Callback(TrainerCallback):
             step_started = time.perf_counter()
+            rng_at_step_start: dict[str, Any] | None = None
 
             def on_step_begin(self, args, state, control, **kwargs):
-                if state.global_step % updates == 0:  # an RL step's first update
+                if state.global_step % updates == 0:  # an RL step's first update; it generates next
                     self.step_started = time.perf_counter()
+                    self.rng_at_step_start = capture_rng()
                 return control
 
             def on_step_end(self, args, state, control, **kwargs):
@@ -112,6 +114,32 @@ class CurriculumCallback:
                 return control
 
         return _Callback()
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every generator the Trainer saves in a checkpoint's rng_state (python, numpy, torch, CUDA)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def write_checkpoint_lineage(
@@ -205,6 +233,7 @@ def run_training(
         logger.info("train: resuming from %s (curriculum restored to step %d)", *checkpoint)
     peft_config = peft_lora_config(training.lora)
     trainer_class = resumable(GRPOTrainer if training.algorithm == "grpo" else RLOOTrainer)
+    callback = CurriculumCallback(reward, record_step, record_trainer_logs, lineage, trainer_log, updates)
     trainer = trainer_class(
         model=model_path,
         reward_funcs=[reward.as_trl_reward(updates_per_step=updates)],
@@ -212,14 +241,14 @@ def run_training(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,  # the held-out ladders (training.eval_steps); None: no validation
         peft_config=peft_config,
-        callbacks=[
-            CurriculumCallback(reward, record_step, record_trainer_logs, lineage, trainer_log, updates)
-        ],
+        callbacks=[callback],
     )
     try:
         quiet(trainer).train(resume_from_checkpoint=str(checkpoint[0]) if checkpoint else None)
     except JudgeUnavailableError:
-        checkpoint_last_finished_step(trainer, output_dir, reward, lineage, updates)
+        checkpoint_last_finished_step(
+            trainer, output_dir, reward, lineage, updates, callback.rng_at_step_start
+        )
         raise
     save_final_model(trainer, training, model_path, final_model_dir, reward.ranks)
     final_step = rl_step(training, trainer.state.global_step)
@@ -227,18 +256,23 @@ def run_training(
 
 
 def checkpoint_last_finished_step(
-    trainer: Any, output_dir: Path, reward: RankReward, lineage: dict | None, updates_per_step: int = 1
-) -> None:
-    """The judge failed step s: checkpoint step s - 1 (with its curriculum snapshot) unless it is on
-    disk already, so the resumed run loses no finished step. The failure came from step s's reward,
-    before any of step s's updates, so the model, optimizer and scheduler are step s - 1's (only
-    the RNG has moved on, by step s's generation). The reward runs only when an RL step starts, so
-    TRL's optimizer step is then s - 1's last."""
+    trainer: Any, output_dir: Path, reward: RankReward, lineage: dict | None, updates_per_step: int = 1,
+    rng_at_step_start: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """The judge failed step s (or its budget ran out): checkpoint step s - 1 (with its curriculum
+    snapshot) unless it is on disk already, so the resumed run loses no finished step. The failure
+    came from step s's reward, before any of step s's updates, so the model, optimizer and
+    scheduler are step s - 1's; the RNG is put back to where step s started (`rng_at_step_start`)
+    before the checkpoint saves it, so the resumed step s generates the same rollouts and the
+    judge calls paid for in the failed attempt come back from the response cache. The reward runs
+    only when an RL step starts, so TRL's optimizer step is then s - 1's last."""
     optimizer_step = trainer.state.global_step
     step = optimizer_step // updates_per_step
     found = latest_checkpoint(output_dir)
     if step == 0 or optimizer_step % updates_per_step or (found is not None and found[1] == step):
         return
+    if rng_at_step_start is not None:
+        restore_rng(rng_at_step_start)
     reward.snapshot(step)
     trainer._save_checkpoint(trainer.model, trial=None)  # what the Trainer calls at a save step
     if reward.ranks.is_main:

@@ -6,8 +6,9 @@ store, the step logs, the response cache behind its judge client), judges every 
 and reports each step to the train stage as an event line on stdout. No rank runs Prefect or takes
 a stage claim: the stage that launched the job holds its claim and records its run.
 
-Exit codes: 0 trained and saved; 3 the judge failed (a checkpoint of the last finished step was
-written first); anything else an error, with its traceback in the trainer's log.
+Exit codes: 0 trained and saved; 3 the judge failed, 4 the judge's budget ran out (either way a
+checkpoint of the last finished step was written first); anything else an error, with its
+traceback in the trainer's log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from tasks.processes import die_with_parent
 
 JUDGE_FAILED_EXIT = 3
+BUDGET_EXIT = 4
 
 
 def die_with_launcher() -> None:
@@ -43,13 +45,14 @@ def main(spec_path: str) -> int:
         importlib.import_module(plugin)
 
     from storage import open_storage
+    from tasks.llm.budget import BudgetedClient, BudgetMeter
     from tasks.llm.cache import CachingClient, UsageMeter
     from tasks.llm.registry import create_client
     from tasks.training.args import trainer_args, world_size
     from tasks.training.checkpoints import TRAINER_LOG
     from tasks.training.data import train_dataset
     from tasks.training.launch import LaunchSpec, emit
-    from tasks.training.rank_reward import JudgeUnavailableError, RankReward
+    from tasks.training.rank_reward import BudgetStopError, JudgeUnavailableError, RankReward
     from tasks.training.ranks import Ranks
     from tasks.training.reward import WritingRLReward
     from tasks.training.trainer import run_training
@@ -60,14 +63,15 @@ def main(spec_path: str) -> int:
     _ = args.device  # sets up accelerate's state, and with it the process group
     ranks = Ranks.current()
 
-    owner, client, meter, log = None, None, UsageMeter(), None
+    owner, client, meter, log, budget = None, None, UsageMeter(), None, None
     if ranks.is_main:
         storage = open_storage(recipe.storage)
         log = storage.training
-        client = CachingClient(
-            create_client(recipe, judge.backend, judge.model), storage.responses,
-            stage_run_id=spec.stage_run_id, meter=meter,
-        )  # fmt: skip
+        inner = create_client(recipe, judge.backend, judge.model)
+        if spec.budget is not None and recipe.is_paid(judge.backend):  # inside the cache: a hit is free
+            budget = BudgetMeter(spec.budget, recipe.prices)
+            inner = BudgetedClient(inner, budget)
+        client = CachingClient(inner, storage.responses, stage_run_id=spec.stage_run_id, meter=meter)
         owner = WritingRLReward(
             client=client, judge=judge, reward=recipe.reward, curriculum=recipe.curriculum, items=spec.items,
             store=storage.curriculum, curriculum_id=spec.curriculum_id, seed=training.seed,
@@ -92,7 +96,7 @@ def main(spec_path: str) -> int:
     try:
         outcome = run_training(
             model_path=spec.base_model, training=training, train_dataset=dataset, eval_dataset=eval_dataset,
-            reward=RankReward(ranks, owner), output_dir=spec.work_dir, args=args,
+            reward=RankReward(ranks, owner, budget), output_dir=spec.work_dir, args=args,
             record_step=record_step,
             record_trainer_logs=lambda step, logs: log.record_metrics(curriculum_id, step, logs, source="trainer"),
             forget_after=lambda step: log.forget_after(curriculum_id, step),
@@ -100,6 +104,10 @@ def main(spec_path: str) -> int:
         )  # fmt: skip
         if ranks.is_main:
             emit("done", final_step=outcome.final_step, resumed_from=outcome.resumed_from)
+    except BudgetStopError as exc:
+        if ranks.is_main:
+            emit("budget", step=exc.step, error=str(exc))
+        code = BUDGET_EXIT
     except JudgeUnavailableError as exc:
         if ranks.is_main:
             emit("failed", error=str(exc))

@@ -29,7 +29,8 @@ retried (for failures inside a concurrent batch). Kinds:
                   no verdict, say)
 
 `reply_text(body) -> str`, if given, replaces the canned reply's text for every successful reply
-(a judge that answers in its format; the fault drill derives a verdict from the prompt).
+(a judge that answers in its format; the fault drill derives a verdict from the prompt); it is
+billed and cut like the canned one (a word a token, at most `max_tokens` words).
 
 "reset" reaches the socket through uvicorn's per-request cycle object (`send.__self__.transport`),
 an implementation detail of uvicorn's h11 protocol (pinned here with `http="h11"`); should a future
@@ -484,10 +485,22 @@ class FaultServer:
         if text is _REPLY_TEXT:
             text = self.reply_text(body) if self.reply_text else None
         if isinstance(text, str):
+            # Billed and cut like a canned reply: a word a token, at most max_tokens of them.
+            words = text.split(" ")
+            limit = body.get("max_tokens")
+            cut = isinstance(limit, int) and len(words) > limit
+            text = " ".join(words[:limit]) if cut else text
             if api == "openai":
                 reply["choices"][0]["message"]["content"] = text
+                reply["usage"]["completion_tokens"] = len(text.split())
+                reply["usage"]["total_tokens"] = reply["usage"]["prompt_tokens"] + len(text.split())
+                if cut:
+                    reply["choices"][0]["finish_reason"] = "length"
             else:
                 reply["content"][0]["text"] = text
+                reply["usage"]["output_tokens"] = len(text.split())
+                if cut:
+                    reply["stop_reason"] = "max_tokens"
         return 200, reply
 
     # -- batches ------------------------------------------------------------------------------

@@ -215,3 +215,19 @@ def test_logprob_probes_are_cached_and_failures_are_not(storage):
 def test_a_backend_without_a_probe_has_none_behind_the_cache(storage):
     client = CachingClient(FakeBackend(), storage.responses, stage_run_id="s1")
     assert getattr(client, "next_token_logprobs", None) is None
+
+
+def test_concurrent_identical_calls_are_sent_once_and_shared_as_cache_hits(storage):
+    """The same call asked by several callers at once (equal judge prompts, a duplicated
+    instruction) reaches the backend once; the others get its answer, metered as cache hits."""
+    backend = FakeBackend()
+    meter = UsageMeter()
+    client = CachingClient(backend, storage.responses, stage_run_id="sr", meter=meter)
+    same = ChatRequest(({"role": "user", "content": "twice"},), Decoding(seed=1))
+    other = ChatRequest(({"role": "user", "content": "once"},), Decoding(seed=1))
+    results = asyncio.run(chat_many(client, [same, same, other, same], max_concurrency=8))
+    assert [c.text for c in results] == [results[0].text] * 2 + [results[2].text, results[0].text]
+    assert sorted(text for text, _, _ in backend.calls) == ["once", "twice"]
+    (row,) = meter.rows("sr")
+    assert (row["requests"], row["cache_hits"]) == (2, 2)
+    assert storage.responses.count() == 2

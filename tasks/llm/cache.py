@@ -2,7 +2,9 @@
 
 The key hashes the backend identity (kind, model, endpoint; never a key or a rate limit), the
 messages, the decoding params (seed included) and the sample index, so n>1 samples of one
-prompt are distinct entries. A successful completion is written to the catalog the moment it
+prompt are distinct entries. Concurrent identical calls (the same key: two equal responses
+judged on one criterion, a duplicated instruction) are sent once; the others share its answer
+as a cache hit. A successful completion is written to the catalog the moment it
 arrives (from a worker thread, inside the storage lock), so a process killed mid-batch loses
 nothing it has paid for. Failed completions are not stored: the next run retries them.
 
@@ -21,7 +23,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from configs.loading import stable_hash
@@ -125,6 +127,7 @@ class CachingClient:
         self.backend_name = inner.backend_name
         self.model = inner.model
         self._known: dict[str, dict[str, Any]] = {}  # prefetched rows
+        self._in_flight: dict[str, asyncio.Future[Completion]] = {}  # key -> the answer on its way
         self._waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
 
     def identity(self) -> dict[str, Any]:
@@ -149,13 +152,37 @@ class CachingClient:
             row = await self._lookup(key)
         if row is not None:
             completion = _from_row(row)
-        else:
-            completion = await self.inner.chat(messages, params, sample_index=sample_index)
+        elif (asked := self._in_flight.get(key)) is not None:
+            # The same call is on its way for another caller: share its answer, paid once.
+            completion = await asyncio.shield(asked)
             if completion.ok:
-                await asyncio.to_thread(self.cache.put, self._row(key, sample_index, completion))
+                completion = replace(completion, cached=True)
+        else:
+            completion = await self._call(key, messages, params, sample_index)
         if self.meter is not None:
             self.meter.record(self.backend_name, self.model, completion)
         return completion
+
+    async def _call(
+        self, key: str, messages: Sequence[Message], params: Decoding, sample_index: int
+    ) -> Completion:
+        answer: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = answer
+        try:
+            completion = await self.inner.chat(messages, params, sample_index=sample_index)
+            if completion.ok:
+                await asyncio.to_thread(self.cache.put, self._row(key, sample_index, completion))
+            answer.set_result(completion)
+            return completion
+        except asyncio.CancelledError:  # the others fail this time, and ask again next run
+            answer.set_result(Completion.failure("cancelled: the same call, made for another caller"))
+            raise
+        except BaseException as exc:  # EndpointFailingError, a bug: the others raise it too
+            answer.set_exception(exc)
+            answer.exception()  # retrieved, so a call that nobody shared logs no "never retrieved"
+            raise
+        finally:
+            del self._in_flight[key]
 
     async def _lookup(self, key: str) -> dict[str, Any] | None:
         """Look `key` up together with every other key asked for in the same event-loop tick:

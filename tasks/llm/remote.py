@@ -229,13 +229,7 @@ class RemoteClient:
         started = time.perf_counter()
         used = 0
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(self._retryable),
-                stop=stop_after_attempt(self.config.max_retries + 1),
-                wait=_wait,
-                before_sleep=self._log_retry,
-                reraise=True,
-            ):
+            async for attempt in self._retrying():
                 with attempt:
                     used += 1
                     # Each attempt waits for its own place and rate tokens: retries are paced too.
@@ -267,13 +261,7 @@ class RemoteClient:
         failed chat would carry."""
         used = 0
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(self._retryable),
-                stop=stop_after_attempt(self.config.max_retries + 1),
-                wait=_wait,
-                before_sleep=self._log_retry,
-                reraise=True,
-            ):
+            async for attempt in self._retrying():
                 with attempt:
                     used += 1
                     return await call()
@@ -287,6 +275,16 @@ class RemoteClient:
         raise NotImplementedError(f"{type(self).__name__} has no batch API")
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _retrying(self) -> AsyncRetrying:
+        """What is transient is retried, at most 1 + max_retries attempts, waiting out Retry-After."""
+        return AsyncRetrying(
+            retry=retry_if_exception(self._retryable),
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            wait=_wait,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
 
     async def _attempt(self, messages: Sequence[Message], params: Decoding) -> Reply:
         body = await self._send(messages, params)

@@ -985,6 +985,15 @@ class NightlySchedule(StrictModel):
         return value
 
 
+class BootstrapConfig(StrictModel):
+    """The percentile bootstrap over items behind every benchmark score's interval
+    (tasks/evaluation/bootstrap.py): the suite's own aggregate, recomputed on resampled items."""
+
+    resamples: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples of the items.")
+    level: float = Field(0.95, gt=0.5, lt=1.0, description="The interval's confidence level.")
+    seed: int = Field(0, description="Seed of the resampling: the same results give the same interval.")
+
+
 class EvaluationConfig(StrictModel):
     judge: JudgeConfig | None = Field(
         None, description="The benchmarks' judge; the top-level judge when unset."
@@ -1000,6 +1009,10 @@ class EvaluationConfig(StrictModel):
         "its data file and settings.",
     )
     seed: int | None = Field(0, description="Sampling seed of every candidate's generations.")
+    bootstrap: BootstrapConfig = Field(
+        BootstrapConfig(),
+        description="How each score's confidence interval is computed (docs/evaluation.md).",
+    )
     nightly: NightlySchedule | None = Field(
         None, description="Register a nightly evaluation deployment with this schedule (docs/operations.md)."
     )

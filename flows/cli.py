@@ -205,14 +205,31 @@ def _check_evaluation(recipe, config: Path) -> None:
 
 def _print_evaluation(summary: dict[str, Any], elapsed: float) -> None:
     rows = summary["table"]
-    table = Table(title=f"{summary['recipe']}: evaluation {summary['run_id'][:12]} (scores 0-100)")
-    for column in rows[0] if rows else ():
+    table = Table(
+        title=f"{summary['recipe']}: evaluation {summary['run_id'][:12]} (scores 0-100, [95% interval])"
+    )
+    columns = [c for c in (rows[0] if rows else ()) if not c.endswith(" CI")]
+
+    def cell(row: dict[str, Any], column: str) -> str:  # a score with its bootstrap interval, when it has one
+        interval = row.get(f"{column} CI")
+        value = "-" if row[column] is None else str(row[column])
+        return f"{value} [{interval[0]}, {interval[1]}]" if interval else value
+
+    for column in columns:
         # Never truncate a name or a number: headers wrap at spaces, cells keep their width.
-        widest = max([len(word) for word in column.split()] + [len(str(r[column])) for r in rows])
+        widest = max([len(word) for word in column.split()] + [len(cell(r, column)) for r in rows])
         table.add_column(column, justify="left" if column == "candidate" else "right", min_width=widest)
     for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+        table.add_row(*(cell(row, c) for c in columns))
     console.print(table, width=max(console.width, 120), crop=False)  # narrow terminals wrap; nothing is cut
+    for d in summary.get("differences", ()):
+        if d["difference"] is not None and d["interval"] is not None:
+            verdict = "excludes 0" if d["significant"] else "within noise: the interval holds 0"
+            console.print(
+                f"{d['candidate']} - {d['baseline']} on {d['benchmark']}: {d['difference']:+.2f} "
+                f"[{d['interval'][0]:+.2f}, {d['interval'][1]:+.2f}] over {d['items']} items ({verdict})",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
     cached = sum(1 for r in summary["results"] if r["cached"])
     judges = sorted({r["judge"] for r in summary["results"] if r["judge"]})
     console.print(

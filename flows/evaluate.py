@@ -23,10 +23,14 @@ from configs.loading import ConfigError, load_recipe, stable_hash
 from flows.pipeline import run_tags, tag_flow_run, tag_flow_run_with_datasets
 from flows.reporting import artifact_key, figures_drawn_before, image_artifact
 from storage import DatasetRef, Storage, code_version, open_storage
+from tasks.evaluation.bootstrap import Difference, paired_difference
 from tasks.evaluation.candidates import Candidate, resolve_candidates
+from tasks.evaluation.registry import SUITES
 from tasks.evaluation.report import (
     comparison_markdown,
     comparison_table,
+    difference_row,
+    intervals_over_steps,
     plot_score_over_steps,
     score_over_steps,
 )
@@ -92,7 +96,7 @@ def run_evaluation(
     storage.evaluations.record(rows)
     failures = sum(int(r.summary.get("failures", 0)) for _, r in pairs)
     storage.catalog.finish_run(run_id, status="completed" if failures == 0 else "completed_with_failures")
-    report = _report(storage, run_id, rows)
+    report = _report(storage, run_id, rows, recipe)
     report["artifacts"] = _publish(report, recipe.name, storage, rows)
     return {"run_id": run_id, "flow": "evaluate", "recipe": recipe.name, "storage": str(storage.root),
             "results": rows, **report}  # fmt: skip
@@ -133,15 +137,47 @@ def _result_rows(
     return rows
 
 
-def _report(storage: Storage, run_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _differences(storage: Storage, recipe: Any, rows: list[dict[str, Any]]) -> list[Difference]:
+    """Each candidate against the first, per benchmark, on the items both were scored on (paired
+    bootstrap: tasks/evaluation/bootstrap.py)."""
+    candidates = list(dict.fromkeys(r["candidate"] for r in rows))
+    by_pair = {(r["candidate"], r["benchmark"]): r for r in rows}
+    differences = []
+    for benchmark in dict.fromkeys(r["benchmark"] for r in rows):
+        base = by_pair.get((candidates[0], benchmark))
+        others = [by_pair[(c, benchmark)] for c in candidates[1:] if (c, benchmark) in by_pair]
+        if base is None or not others:
+            continue
+        suite = SUITES[benchmark]
+        items = evaluate_stage.select_items(suite, recipe.evaluation.benchmarks[benchmark])
+
+        def item_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+            return storage.datasets.read(DatasetRef.parse(row["items_ref"])).to_pylist()
+
+        baseline = (base["candidate"], item_rows(base))
+        for row in others:
+            differences.append(paired_difference(
+                suite, benchmark, items, baseline, (row["candidate"], item_rows(row)), recipe.evaluation.bootstrap
+            ))  # fmt: skip
+    return differences
+
+
+def _report(storage: Storage, run_id: str, rows: list[dict[str, Any]], recipe: Any) -> dict[str, Any]:
     table = comparison_table(rows)
+    differences = _differences(storage, recipe, rows)
     plots = {}
     for train_run_id in sorted({r["train_run_id"] for r in rows if r["train_run_id"]}):
-        series = score_over_steps(storage.evaluations.results(train_run_id=train_run_id), train_run_id)
+        history = storage.evaluations.results(train_run_id=train_run_id)
+        series = score_over_steps(history, train_run_id)
+        intervals = intervals_over_steps(history, train_run_id)
         path = storage.root / "reports" / run_id / f"scores-over-steps-{train_run_id}.png"
-        if plot_score_over_steps(series, train_run_id, path, figures_drawn_before(storage)) is not None:
+        if (
+            plot_score_over_steps(series, train_run_id, path, figures_drawn_before(storage), intervals)
+            is not None
+        ):
             plots[train_run_id] = {"path": str(path), "series": series}
-    return {"table": table, "markdown": comparison_markdown(table, rows), "plots": plots}
+    return {"table": table, "markdown": comparison_markdown(table, rows, differences), "plots": plots,
+            "differences": [difference_row(d) for d in differences]}  # fmt: skip
 
 
 def _publish(report: dict[str, Any], recipe: str, storage: Storage, rows: list[dict[str, Any]]) -> list[str]:

@@ -118,7 +118,7 @@ def test_config_show_prints_every_stages_config_hash(tmp_path):
         assert f"{name} v{spec.version} config hash: {stable_hash(spec.config_slice(recipe))[:16]}" in lines
     for benchmark in recipe.evaluation.benchmarks:  # evaluate: keyed per candidate, one line per benchmark
         note = "one per candidate (base, trained), known once they resolve at run time (see `wrl runs`)"
-        assert f"evaluate v1 [{benchmark}] config hash: {note}" in lines
+        assert f"evaluate v2 [{benchmark}] config hash: {note}" in lines
     # It is the hash a stage run records: run ingest and read the catalog's row for what it wrote.
     ran = run_stage(ingest.SPEC, ingest.compute, recipe)
     written = open_storage(recipe.storage).catalog.dataset_versions_summary()

@@ -112,6 +112,10 @@ def test_demo_runs_the_slice(demo):
     }
     assert all(r["n_items"] > 0 for r in results)
     assert "evaluation" in first.stdout and "Creative Writing v3" in first.stdout
+    # Each score with its interval, and the trained policy against the base, paired, with a verdict.
+    assert re.search(r"\d \[-?\d+(\.\d+)?, -?\d+(\.\d+)?\]", first.stdout)
+    assert re.search(r"trained - base on \w+: [+-]\d+\.\d\d \[.*\] over \d+ items \((excludes 0|within noise)",
+                     first.stdout)  # fmt: skip
     assert list((tmp_path / recipe.storage.root / "reports").glob("*/scores-over-steps-train-*.png"))
 
 

@@ -58,6 +58,27 @@ def test_two_candidates_give_the_comparison_table_with_lineage_and_artifacts(
             assert row["average"] is None
         assert row["LongBench v2"] is not None  # extraction never fails to give a verdict
     assert "| alpha |" in summary["markdown"] and "LongBench v2" in summary["markdown"]
+    for row in table:  # each score with its interval, in the table and in the markdown
+        for column in columns:
+            interval = row[f"{column} CI"]
+            assert (interval is None) == (row[column] is None)
+            if interval is not None:
+                assert interval[0] <= row[column] <= interval[1]
+                assert f"{row[column]} [{interval[0]}, {interval[1]}]" in summary["markdown"]
+    assert "95% bootstrap interval over items" in summary["markdown"]
+    # beta against alpha on each benchmark, on the items both were scored on, paired.
+    differences = {d["benchmark"]: d for d in summary["differences"]}
+    assert set(differences) == {"writingbench", "longbench_write", "creative_writing_v3", "longbench_v2"}
+    for benchmark, d in differences.items():
+        assert (d["candidate"], d["baseline"]) == ("beta", "alpha") and d["items"] >= 1
+        (a,) = [row for row in table if row["candidate"] == "alpha"]
+        (b,) = [row for row in table if row["candidate"] == "beta"]
+        column = {"writingbench": "WritingBench", "longbench_write": "LongBench-Write",
+                  "creative_writing_v3": "Creative Writing v3", "longbench_v2": "LongBench v2"}[benchmark]  # fmt: skip
+        if a[column] is not None and b[column] is not None:
+            assert d["difference"] == pytest.approx(b[column] - a[column], abs=0.02)
+            assert d["interval"][0] <= d["difference"] <= d["interval"][1]
+    assert "**Differences from alpha**" in summary["markdown"]
 
     storage = open_storage(load_recipe(recipe_path).storage)
     results = storage.evaluations.results(eval_run_id=summary["run_id"])
@@ -70,7 +91,12 @@ def test_two_candidates_give_the_comparison_table_with_lineage_and_artifacts(
         )
         items = storage.datasets.read_pandas(_ref(r["items_ref"]))
         assert set(items["candidate"]) == {r["candidate"]} and len(items) == r["n_items"]
-        assert json.loads(r["metrics_json"])["headline"] == r["score"]
+        metrics = json.loads(r["metrics_json"])
+        assert metrics["headline"] == r["score"]
+        # The bootstrap interval is stored with the result (the nightly history keeps it).
+        assert (metrics["ci/level"], metrics["ci/resamples"], metrics["ci/seed"]) == (0.95, 1000, 0)
+        if r["score"] is not None:
+            assert metrics["ci/low"] <= r["score"] <= metrics["ci/high"]
     lv2 = [r for r in results if r["benchmark"] == "longbench_v2"]
     assert all(r["n_items"] == 2 for r in lv2)
     assert _stage_statuses(storage, summary["run_id"]) == ["completed"] * 8

@@ -2,36 +2,44 @@
 
 from __future__ import annotations
 
+import json
+
 from tasks.evaluation.report import (
     comparison_markdown,
     comparison_table,
+    intervals_over_steps,
     plot_score_over_steps,
     score_over_steps,
 )
 
 
-def _row(candidate, benchmark, score, *, step=None, run=None, failed=0):
+def _row(candidate, benchmark, score, *, step=None, run=None, failed=0, ci=None):
+    metrics = {} if ci is None else {"ci/low": ci[0], "ci/high": ci[1], "ci/level": 0.95}
     return {"candidate": candidate, "benchmark": benchmark, "score": score, "step": step, "train_run_id": run,
-            "n_items": 4, "n_failed": failed, "judge": "api/gpt-4o/json/v1", "benchmark_version": f"{benchmark}-v1-abc"}  # fmt: skip
+            "n_items": 4, "n_failed": failed, "judge": "api/gpt-4o/json/v1", "benchmark_version": f"{benchmark}-v1-abc",
+            "metrics_json": json.dumps(metrics)}  # fmt: skip
 
 
 def test_rows_are_candidates_columns_are_benchmarks_in_paper_order_and_the_average():
     rows = [
         _row("base", "longbench_v2", 30.0, step=0, run="train-x"),
         _row("base", "writingbench", 60.0, step=0, run="train-x"),
-        _row("trained", "writingbench", 70.5, step=10, run="train-x"),
-        _row("trained", "longbench_v2", 29.5, step=10, run="train-x", failed=1),
+        _row("trained", "writingbench", 70.5, step=10, run="train-x", ci=(65.123, 75.0)),
+        _row("trained", "longbench_v2", 29.5, step=10, run="train-x", failed=1, ci=(20.0, 39.5)),
     ]
     table = comparison_table(rows)
     assert table == [
         {"candidate": "base", "step": 0, "WritingBench": 60.0, "LongBench v2": 30.0, "average": 45.0,
-         "failed items": 0},
+         "failed items": 0, "WritingBench CI": None, "LongBench v2 CI": None},
         {"candidate": "trained", "step": 10, "WritingBench": 70.5, "LongBench v2": 29.5, "average": 50.0,
-         "failed items": 1},
+         "failed items": 1, "WritingBench CI": [65.12, 75.0], "LongBench v2 CI": [20.0, 39.5]},
     ]  # fmt: skip
-    assert list(table[0]) == ["candidate", "step", "WritingBench", "LongBench v2", "average", "failed items"]
+    assert list(table[0]) == ["candidate", "step", "WritingBench", "LongBench v2", "average", "failed items",
+                              "WritingBench CI", "LongBench v2 CI"]  # fmt: skip
     markdown = comparison_markdown(table, rows)
-    assert "| trained | 10 | 70.5 | 29.5 | 50.0 |" in markdown
+    assert "| trained | 10 | 70.5 [65.12, 75.0] | 29.5 [20.0, 39.5] | 50.0 |" in markdown
+    assert "| base | 0 | 60.0 | 30.0 | 45.0 |" in markdown  # recorded before intervals were: none shown
+    assert "95% bootstrap interval over items" in markdown
     assert "api/gpt-4o/json/v1" in markdown and "Items without a score**: 1" in markdown
 
 
@@ -50,16 +58,18 @@ def test_a_benchmark_without_a_score_leaves_the_average_empty_not_averaged_over_
 def test_score_over_steps_keeps_the_newest_result_per_step_and_only_the_run(tmp_path):
     rows = [
         _row("base", "writingbench", 50.0, step=0, run="train-x"),
-        _row("nightly", "writingbench", 55.0, step=45, run="train-x"),
-        _row("nightly", "writingbench", 57.0, step=45, run="train-x"),  # re-evaluated later: newest wins
-        _row("nightly", "writingbench", 61.0, step=90, run="train-x"),
+        _row("nightly", "writingbench", 55.0, step=45, run="train-x", ci=(40.0, 70.0)),
+        _row("nightly", "writingbench", 57.0, step=45, run="train-x", ci=(50.0, 64.0)),  # newer: wins
+        _row("nightly", "writingbench", 61.0, step=90, run="train-x", ci=(55.5, 66.5)),
         _row("nightly", "longbench_v2", None, step=90, run="train-x"),  # no score: no point
         _row("other", "writingbench", 99.0, step=45, run="train-y"),
         _row("gpt-4o", "writingbench", 80.0),
     ]
     series = score_over_steps(rows, "train-x")
     assert series == {"writingbench": [(0, 50.0), (45, 57.0), (90, 61.0)]}
-    path = plot_score_over_steps(series, "train-x", tmp_path / "p.png")
+    intervals = intervals_over_steps(rows, "train-x")  # the same points' intervals, where they have one
+    assert intervals == {"writingbench": {45: (50.0, 64.0), 90: (55.5, 66.5)}}
+    path = plot_score_over_steps(series, "train-x", tmp_path / "p.png", intervals=intervals)
     assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
     assert plot_score_over_steps({}, "train-x", tmp_path / "q.png") is None
 
@@ -67,3 +77,18 @@ def test_score_over_steps_keeps_the_newest_result_per_step_and_only_the_run(tmp_
 def test_empty_results_give_an_empty_table():
     assert comparison_table([]) == []
     assert "No results" in comparison_markdown([], [])
+
+
+def test_differences_are_marked_where_their_interval_excludes_zero_and_noise_is_said_plainly():
+    from tasks.evaluation.bootstrap import Difference, Interval
+    from tasks.evaluation.report import differences_markdown
+
+    real = Difference("writingbench", "trained", "base", 5.0, Interval(1.5, 8.25, 0.95), 40)
+    noise = Difference("longbench_v2", "trained", "base", 0.2, Interval(-3.0, 3.4, 0.95), 2)
+    lines = "\n".join(differences_markdown([real, noise]))
+    assert "**Differences from base** (paired 95% bootstrap" in lines
+    assert "| trained | +5.00 [+1.50, +8.25] * | +0.20 [-3.00, +3.40] |" in lines
+    assert "No difference excludes 0" not in lines
+    only_noise = "\n".join(differences_markdown([noise]))
+    assert "No difference excludes 0" in only_noise and "within the noise" in only_noise
+    assert differences_markdown([]) == []

@@ -9,12 +9,14 @@ averaging fewer numbers than the other rows.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from configs.schema import BENCHMARKS
+from tasks.evaluation.bootstrap import Difference
 from tasks.plotting import drawn_before, png_figure
 
 TITLES = {
@@ -40,8 +42,21 @@ def _ordered_benchmarks(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return _in_order(r["benchmark"] for r in rows)
 
 
+def interval_of(row: Mapping[str, Any]) -> tuple[float, float] | None:
+    """A result row's bootstrap interval (stored in its metrics: tasks/evaluation/bootstrap.py);
+    None for results recorded before intervals were, or with no score."""
+    metrics = json.loads(row.get("metrics_json") or "{}")
+    low, high = metrics.get("ci/low"), metrics.get("ci/high")
+    return None if low is None or high is None else (float(low), float(high))
+
+
+def ci_column(benchmark: str) -> str:
+    return f"{title(benchmark)} CI"
+
+
 def comparison_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per candidate (in the order given): its score per benchmark and the average."""
+    """One row per candidate (in the order given): its score per benchmark, the average, and each
+    score's bootstrap interval ("<benchmark> CI": [low, high], after the scores)."""
     benchmarks = _ordered_benchmarks(rows)
     by_candidate: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -61,22 +76,96 @@ def comparison_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 },
                 "average": round(sum(scores) / len(scores), 2) if complete and scores else None,
                 "failed items": sum(int(r["n_failed"]) for r in results.values()),
+                **{
+                    ci_column(b): _rounded(interval_of(results[b])) if b in results else None
+                    for b in benchmarks
+                },
             }
         )
     return table
 
 
-def comparison_markdown(table: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> str:
-    """The table as markdown, with what it rests on: judge, benchmark versions, items per cell."""
+def _rounded(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else [round(interval[0], 2), round(interval[1], 2)]
+
+
+def difference_row(difference: Difference) -> dict[str, Any]:
+    interval = difference.interval
+    return {
+        "benchmark": difference.benchmark, "candidate": difference.candidate, "baseline": difference.baseline,
+        "difference": None if difference.value is None else round(difference.value, 2),
+        "interval": None if interval is None else [round(interval.low, 2), round(interval.high, 2)],
+        "level": None if interval is None else interval.level,
+        "significant": interval is not None and interval.excludes_zero(), "items": difference.n_items,
+    }  # fmt: skip
+
+
+def differences_markdown(differences: Sequence[Difference]) -> list[str]:
+    """Each candidate minus the first, per benchmark, with the paired interval; `*` where it
+    excludes 0. Says plainly when none does."""
+    if not differences:
+        return []
+    baseline = differences[0].baseline
+    candidates = list(dict.fromkeys(d.candidate for d in differences))
+    benchmarks = _in_order(d.benchmark for d in differences)
+    by_pair = {(d.candidate, d.benchmark): d for d in differences}
+    level = next((d.interval.level for d in differences if d.interval is not None), 0.95)
+
+    def cell(d: Difference | None) -> str:
+        if d is None or d.value is None:
+            return "-"
+        if d.interval is None:
+            return f"{d.value:+.2f}"
+        mark = " *" if d.interval.excludes_zero() else ""
+        return f"{d.value:+.2f} [{d.interval.low:+.2f}, {d.interval.high:+.2f}]{mark}"
+
+    lines = [f"**Differences from {baseline}** (paired {level:.0%} bootstrap over the items both were "
+             "scored on; * where the interval excludes 0):", "",
+             "| candidate | " + " | ".join(title(b) for b in benchmarks) + " |",
+             "|---|" + "---:|" * len(benchmarks)]  # fmt: skip
+    for candidate in candidates:
+        lines.append(
+            f"| {candidate} | " + " | ".join(cell(by_pair.get((candidate, b))) for b in benchmarks) + " |"
+        )
+    lines.append("")
+    if not any(d.interval is not None and d.interval.excludes_zero() for d in differences):
+        lines += [f"No difference excludes 0: at these numbers of items, every difference from {baseline} "
+                  "is within the noise of which items were drawn.", ""]  # fmt: skip
+    return lines
+
+
+def comparison_markdown(
+    table: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
+    differences: Sequence[Difference] = (),
+) -> str:
+    """The table as markdown, with what it rests on: judge, benchmark versions, items per cell, and
+    each candidate's paired difference from the first."""
     if not table:
         return "# Evaluation\n\nNo results."
-    columns = [c for c in table[0] if c != "failed items"]
+    cis = {c.removesuffix(" CI") for c in table[0] if c.endswith(" CI")}
+    columns = [c for c in table[0] if c != "failed items" and not c.endswith(" CI")]
+
+    def cell(row: Mapping[str, Any], column: str) -> str:
+        if row[column] is None:
+            return "-"
+        interval = row.get(f"{column} CI") if column in cis else None
+        return f"{row[column]} [{interval[0]}, {interval[1]}]" if interval else str(row[column])
+
     lines = ["# Evaluation: candidates x benchmarks (0-100)", ""]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
     for row in table:
-        lines.append("| " + " | ".join("-" if row[c] is None else str(row[c]) for c in columns) + " |")
+        lines.append("| " + " | ".join(cell(row, c) for c in columns) + " |")
     lines.append("")
+    levels = sorted({json.loads(r.get("metrics_json") or "{}").get("ci/level") for r in rows} - {None})
+    if levels:
+        lines += [
+            f"Brackets: the {', '.join(f'{level:.0%}' for level in levels)} bootstrap interval over items "
+            "(the suite's own aggregate on resampled items; docs/evaluation.md).",
+            "",
+        ]
+    lines += differences_markdown(differences)
     judges = sorted({r["judge"] for r in rows if r.get("judge")})
     versions = sorted({r["benchmark_version"] for r in rows})
     items = {r["benchmark"]: r["n_items"] for r in rows}
@@ -111,20 +200,47 @@ def score_over_steps(
     return {b: series[b] for b in _in_order(series)}
 
 
+def intervals_over_steps(
+    rows: Sequence[Mapping[str, Any]], train_run_id: str
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """benchmark -> {step: (low, high)}: the bootstrap interval of the points `score_over_steps`
+    keeps (the newest result per step), where the result has one."""
+    latest: dict[tuple[str, int], tuple[float, float] | None] = {}
+    for r in rows:
+        if r.get("train_run_id") == train_run_id and r.get("step") is not None and r["score"] is not None:
+            latest[(r["benchmark"], int(r["step"]))] = interval_of(r)
+    out: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
+    for (benchmark, step), interval in latest.items():
+        if interval is not None:
+            out[benchmark][step] = interval
+    return dict(out)
+
+
 def plot_score_over_steps(
-    series: Mapping[str, list[tuple[int, float]]], train_run_id: str, path: Path, figures: Path | None = None
-) -> Path | None:
-    """One line per benchmark, score (0-100) against training step; None when there is nothing.
+    series: Mapping[str, list[tuple[int, float]]], train_run_id: str, path: Path, figures: Path | None = None,
+    intervals: Mapping[str, Mapping[int, tuple[float, float]]] | None = None,
+) -> Path | None:  # fmt: skip
+    """One line per benchmark, score (0-100) against training step, with each point's bootstrap
+    interval as an error bar where `intervals` has it; None when there is nothing.
     `figures`: a folder of figures drawn before (tasks/plotting.py)."""
     if not series:
         return None
-    before = drawn_before(figures, plot_score_over_steps, series, train_run_id)
+    intervals = intervals or {}
+    before = drawn_before(figures, plot_score_over_steps, series, train_run_id, intervals)
     if before is not None and before.copy_to(path):
         return path
     with png_figure(path, 1, (7, 4), before) as ax:
         for benchmark, points in series.items():
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", label=title(benchmark))
+            line = ax.plot(xs, ys, marker="o", label=title(benchmark))[0]
+            bars = [(x, y, intervals.get(benchmark, {}).get(x)) for x, y in points]
+            bars = [(x, y, ci) for x, y, ci in bars if ci is not None]
+            if bars:
+                ax.errorbar(
+                    [x for x, _, _ in bars], [y for _, y, _ in bars],
+                    yerr=[[y - ci[0] for _, y, ci in bars], [ci[1] - y for _, y, ci in bars]],
+                    fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.6,
+                )  # fmt: skip
         ax.set_xlabel("training step (0 = before training)")
         ax.set_ylabel("score (0-100)")
         ax.set_title(f"Benchmark score over training: {train_run_id}")

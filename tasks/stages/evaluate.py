@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from configs.loading import ConfigError
 from configs.schema import BenchmarkConfig, GeneratorConfig, Recipe
 from tasks.evaluation.base import BenchItem, BenchmarkResult, BenchmarkSuite, ItemScore
+from tasks.evaluation.bootstrap import Interval, score_interval
 from tasks.evaluation.candidates import Candidate
 from tasks.evaluation.longbench_v2 import truncate_middle
 from tasks.evaluation.registry import SUITES, check_benchmark_names, data_fingerprint
@@ -37,7 +38,7 @@ from tasks.llm.base import gather_or_stop
 from tasks.llm.embedded import resolve_model_path_once
 from tasks.stages.runner import StageContext, StageOutput, StageResult, StageSpec, run_stage
 
-VERSION = 1
+VERSION = 2  # 2: a bootstrap interval with every headline (tasks/evaluation/bootstrap.py)
 ITEMS_SCHEMA = pa.schema(
     [
         ("candidate", pa.string()), ("benchmark", pa.string()), ("item_id", pa.string()),
@@ -58,6 +59,7 @@ SCORES_SCHEMA = pa.schema(
 HEADLINE = (
     "headline"  # the metric row holding the benchmark's 0-100 headline (suites may have their own "score")
 )
+CI_LOW, CI_HIGH = "ci/low", "ci/high"  # the headline's bootstrap interval (metric rows)
 LOCAL_KINDS = ("transformers", "vllm")
 
 
@@ -76,6 +78,7 @@ def spec_for(candidate: Candidate, benchmark: str) -> StageSpec:
             "benchmark": {"name": benchmark, "version": benchmark_version(benchmark, config),
                           **config.model_dump(mode="json", exclude={"path"})},
             "seed": recipe.evaluation.seed,
+            "bootstrap": recipe.evaluation.bootstrap.model_dump(mode="json"),
             "judge": recipe.call_identity(judge),
         }  # fmt: skip
 
@@ -224,10 +227,12 @@ async def _evaluate(ctx: StageContext, candidate: Candidate, benchmark: str) -> 
         if judge_client is not None:
             await judge_client.aclose()
     result = suite.aggregate(items, scores)
-    return _output(recipe, candidate, benchmark, config, judge, items, generated, scores, result)
+    interval = score_interval(suite, items, scores, recipe.evaluation.bootstrap)
+    return _output(recipe, candidate, benchmark, config, judge, items, generated, scores, result, interval)
 
 
-def _output(recipe, candidate, benchmark, config, judge, items, generated, scores, result: BenchmarkResult):
+def _output(recipe, candidate, benchmark, config, judge, items, generated, scores, result: BenchmarkResult,
+            interval: Interval | None):  # fmt: skip
     item_rows = []
     for item, gen, score in zip(items, generated, scores, strict=True):
         c = gen.completion
@@ -243,6 +248,11 @@ def _output(recipe, candidate, benchmark, config, judge, items, generated, score
               "benchmark_version": benchmark_version(benchmark, config), "judge": None if judge is None else judge.label,
               "n_items": result.n_items, "n_failed": result.n_failed}  # fmt: skip
     metrics = {HEADLINE: result.score, **{k: v for k, v in result.metrics.items() if k != HEADLINE}}
+    bootstrap = recipe.evaluation.bootstrap
+    metrics |= {  # stored with the result, so the nightly history keeps each interval and its method
+        CI_LOW: None if interval is None else interval.low, CI_HIGH: None if interval is None else interval.high,
+        "ci/level": bootstrap.level, "ci/resamples": bootstrap.resamples, "ci/seed": bootstrap.seed,
+    }  # fmt: skip
     score_rows = [
         {**common, "metric": k, "value": None if v is None else float(v)} for k, v in metrics.items()
     ]

@@ -1046,6 +1046,12 @@ class Price(StrictModel):
         "(OpenAI Batch and Anthropic Message Batches: 0.5).",
     )
 
+    def cost(self, input_tokens: float, output_tokens: float, *, batched: bool = False) -> float:
+        """USD for these tokens, at the batch price when they went through a provider batch: the
+        one pricing rule the usage meter, the budget and the forecast share."""
+        cost = (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+        return cost * self.batch_discount if batched else cost
+
 
 BUDGETED_STAGES = ("generate", "score", "train", "evaluate")  # the stages that call LLMs
 

@@ -208,19 +208,15 @@ def _print_evaluation(summary: dict[str, Any], elapsed: float) -> None:
     table = Table(
         title=f"{summary['recipe']}: evaluation {summary['run_id'][:12]} (scores 0-100, [95% interval])"
     )
-    columns = [c for c in (rows[0] if rows else ()) if not c.endswith(" CI")]
+    from tasks.evaluation.report import score_cell, shown_columns
 
-    def cell(row: dict[str, Any], column: str) -> str:  # a score with its bootstrap interval, when it has one
-        interval = row.get(f"{column} CI")
-        value = "-" if row[column] is None else str(row[column])
-        return f"{value} [{interval[0]}, {interval[1]}]" if interval else value
-
+    columns = shown_columns(rows[0]) if rows else []
     for column in columns:
         # Never truncate a name or a number: headers wrap at spaces, cells keep their width.
-        widest = max([len(word) for word in column.split()] + [len(cell(r, column)) for r in rows])
+        widest = max([len(word) for word in column.split()] + [len(score_cell(r, column)) for r in rows])
         table.add_column(column, justify="left" if column == "candidate" else "right", min_width=widest)
     for row in rows:
-        table.add_row(*(cell(row, c) for c in columns))
+        table.add_row(*(score_cell(row, c) for c in columns))
     console.print(table, width=max(console.width, 120), crop=False)  # narrow terminals wrap; nothing is cut
     for d in summary.get("differences", ()):
         if d["difference"] is not None and d["interval"] is not None:

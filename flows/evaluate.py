@@ -142,6 +142,10 @@ def _differences(storage: Storage, recipe: Any, rows: list[dict[str, Any]]) -> l
     bootstrap: tasks/evaluation/bootstrap.py)."""
     candidates = list(dict.fromkeys(r["candidate"] for r in rows))
     by_pair = {(r["candidate"], r["benchmark"]): r for r in rows}
+
+    def item_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+        return storage.datasets.read(DatasetRef.parse(row["items_ref"])).to_pylist()
+
     differences = []
     for benchmark in dict.fromkeys(r["benchmark"] for r in rows):
         base = by_pair.get((candidates[0], benchmark))
@@ -150,10 +154,6 @@ def _differences(storage: Storage, recipe: Any, rows: list[dict[str, Any]]) -> l
             continue
         suite = SUITES[benchmark]
         items = evaluate_stage.select_items(suite, recipe.evaluation.benchmarks[benchmark])
-
-        def item_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
-            return storage.datasets.read(DatasetRef.parse(row["items_ref"])).to_pylist()
-
         baseline = (base["candidate"], item_rows(base))
         for row in others:
             differences.append(paired_difference(

@@ -50,8 +50,25 @@ def interval_of(row: Mapping[str, Any]) -> tuple[float, float] | None:
     return None if low is None or high is None else (float(low), float(high))
 
 
+CI_SUFFIX = " CI"  # a table row's "<benchmark title> CI": that score's [low, high]
+
+
 def ci_column(benchmark: str) -> str:
-    return f"{title(benchmark)} CI"
+    return f"{title(benchmark)}{CI_SUFFIX}"
+
+
+def shown_columns(row: Mapping[str, Any]) -> list[str]:
+    """A table row's columns as a reader sees them: the intervals go inside their scores' cells."""
+    return [c for c in row if not c.endswith(CI_SUFFIX)]
+
+
+def score_cell(row: Mapping[str, Any], column: str) -> str:
+    """`score [low, high]` where the column has an interval, else the value; "-" for none. The
+    markdown summary and `wrl evaluate` both write cells this way."""
+    if row[column] is None:
+        return "-"
+    interval = row.get(f"{column}{CI_SUFFIX}")
+    return f"{row[column]} [{interval[0]}, {interval[1]}]" if interval else str(row[column])
 
 
 def comparison_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -143,20 +160,12 @@ def comparison_markdown(
     each candidate's paired difference from the first."""
     if not table:
         return "# Evaluation\n\nNo results."
-    cis = {c.removesuffix(" CI") for c in table[0] if c.endswith(" CI")}
-    columns = [c for c in table[0] if c != "failed items" and not c.endswith(" CI")]
-
-    def cell(row: Mapping[str, Any], column: str) -> str:
-        if row[column] is None:
-            return "-"
-        interval = row.get(f"{column} CI") if column in cis else None
-        return f"{row[column]} [{interval[0]}, {interval[1]}]" if interval else str(row[column])
-
+    columns = [c for c in shown_columns(table[0]) if c != "failed items"]
     lines = ["# Evaluation: candidates x benchmarks (0-100)", ""]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
     for row in table:
-        lines.append("| " + " | ".join(cell(row, c) for c in columns) + " |")
+        lines.append("| " + " | ".join(score_cell(row, c) for c in columns) + " |")
     lines.append("")
     levels = sorted({json.loads(r.get("metrics_json") or "{}").get("ci/level") for r in rows} - {None})
     if levels:

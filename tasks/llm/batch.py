@@ -32,6 +32,7 @@ those items again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -274,6 +275,4 @@ def _resolve(queued: _Queued, completion: Completion) -> None:
 
 
 def _json_bytes(value: Any) -> bytes:
-    import json
-
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

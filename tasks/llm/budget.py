@@ -26,14 +26,13 @@ cost nothing and are not counted, in tokens either).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from configs.schema import Decoding, Price
 from tasks.llm.base import Completion, Message
-from tasks.llm.limits import CHARS_PER_TOKEN
+from tasks.llm.limits import estimate_tokens
 
 
 class BudgetExhaustedError(RuntimeError):
@@ -80,7 +79,6 @@ class BudgetMeter:
     spent_tokens: int = 0
     refused: int = 0
     exhausted: str | None = None  # the message, once a call was refused
-    exhausted_at: float | None = None  # time.monotonic() of the first refusal
     in_flight_at_exhaustion: int = 0  # calls admitted and not yet back then: all that can still be paid
     _in_flight: int = 0
     _reserved_cost: float = 0.0
@@ -93,8 +91,7 @@ class BudgetMeter:
         price = self.prices.get(model)
         if price is None:
             return 0.0  # a free model (in process, served locally); the recipe refuses unpriced paid ones
-        cost = (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
-        return cost * price.batch_discount if batched else cost
+        return price.cost(input_tokens, output_tokens, batched=batched)
 
     def admit(
         self, model: str, messages: Sequence[Message], params: Decoding, *, batched: bool
@@ -104,16 +101,15 @@ class BudgetMeter:
             if self.exhausted is not None:
                 self.refused += 1
                 return None
-            chars = sum(len(m.get("content") or "") for m in messages)
             ratio = max(1.0, self._input_actual / self._input_estimated) if self._input_estimated else 1.0
-            input_estimate = chars // CHARS_PER_TOKEN
+            input_estimate = estimate_tokens(messages, 0)  # the rate limiter's: prompt characters / 4
             input_tokens = int(input_estimate * ratio) + 1
             tokens = input_tokens + params.max_tokens
             cost = self._price(model, input_tokens, params.max_tokens, batched)
             for limit in self.allowance.limits:
                 over = self._crosses(limit, cost, tokens)
                 if over is not None:
-                    self.exhausted, self.exhausted_at = over, time.monotonic()
+                    self.exhausted = over
                     self.in_flight_at_exhaustion = self._in_flight
                     self.refused += 1
                     return None

@@ -85,11 +85,11 @@ class UsageMeter:
         price = self.prices.get(model)
         if price is None:
             return None
-        # A batched token costs batch_discount of a live one.
-        saved = 1.0 - price.batch_discount
-        input_tokens = counts.input_tokens - saved * counts.batched_input_tokens
-        output_tokens = counts.output_tokens - saved * counts.batched_output_tokens
-        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+        live_input = counts.input_tokens - counts.batched_input_tokens
+        live_output = counts.output_tokens - counts.batched_output_tokens
+        return price.cost(live_input, live_output) + price.cost(
+            counts.batched_input_tokens, counts.batched_output_tokens, batched=True
+        )
 
     def rows(self, stage_run_id: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -59,6 +59,7 @@ SCORES_SCHEMA = pa.schema(
 HEADLINE = (
     "headline"  # the metric row holding the benchmark's 0-100 headline (suites may have their own "score")
 )
+BATCHES = True  # every pair can wait for its answers: batch mode applies (tasks/llm/batch.py)
 CI_LOW, CI_HIGH = "ci/low", "ci/high"  # the headline's bootstrap interval (metric rows)
 LOCAL_KINDS = ("transformers", "vllm")
 
@@ -89,7 +90,7 @@ def spec_for(candidate: Candidate, benchmark: str) -> StageSpec:
         outputs=("eval_items", "eval_scores"),
         description=f"{candidate.name} on {benchmark}",
         config_slice=config_slice,
-        batches=True,
+        batches=BATCHES,
     )
 
 

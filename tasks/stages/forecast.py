@@ -45,7 +45,7 @@ from tasks.llm.limits import CHARS_PER_TOKEN
 from tasks.rewards.pairwise import PAIRWISE_PROMPTS, POLICY_POSITIONS, VerdictForm
 from tasks.stages import STAGE_ORDER, generate, ingest, order, score, select, sft, train
 from tasks.stages import evaluate as evaluate_stage
-from tasks.stages.runner import StageSpec, stage_keys
+from tasks.stages.runner import StageSpec, batches_on, stage_keys
 from tasks.text import prompt_language
 
 SPECS: dict[str, StageSpec] = {
@@ -90,9 +90,9 @@ class Line:
 
     def batched(self, recipe: Recipe) -> bool:
         """Whether these calls go through the provider's batch API (tasks/llm/batch.py)."""
-        # Every evaluate pair's spec batches (tasks/stages/evaluate.py::spec_for); it has no SPECS entry.
-        batches = self.stage == "evaluate" or SPECS[self.stage].batches
-        return batches and bool(getattr(recipe.backends[self.backend], "batch", False))
+        # The evaluate pairs' specs are made per pair (evaluate.spec_for): SPECS has no entry for them.
+        stage_batches = evaluate_stage.BATCHES if self.stage == "evaluate" else SPECS[self.stage].batches
+        return batches_on(stage_batches, recipe, self.backend)
 
     def cost(self, recipe: Recipe) -> float | None:
         price = recipe.prices.get(self.model)
@@ -100,8 +100,7 @@ class Line:
             return None
         if self.cached:
             return 0.0
-        live = (self.input_tokens * price.input_per_mtok + self.output_tokens * price.output_per_mtok) / 1e6
-        return live * price.batch_discount if self.batched(recipe) else live
+        return price.cost(self.input_tokens, self.output_tokens, batched=self.batched(recipe))
 
 
 @dataclass

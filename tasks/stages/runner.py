@@ -31,6 +31,12 @@ from tasks.stages.publish import publish_stage_run
 BATCH_CONCURRENCY = 100_000
 
 
+def batches_on(stage_batches: bool, recipe: Recipe, backend_name: str) -> bool:
+    """Whether a stage that can batch (`StageSpec.batches`) sends its calls on `backend_name` through
+    the provider's batch API: the backend says `batch: true` (in-process backends have no such field)."""
+    return stage_batches and bool(getattr(recipe.backends[backend_name], "batch", False))
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -83,7 +89,7 @@ class StageContext:
 
     def batches_on(self, backend_name: str) -> bool:
         """Whether this stage's calls on `backend_name` go through the provider's batch API."""
-        return self.spec.batches and bool(getattr(self.recipe.backends[backend_name], "batch", False))
+        return batches_on(self.spec.batches, self.recipe, backend_name)
 
     def concurrency(self, backend_name: str) -> int:
         """How many calls this stage keeps in flight on `backend_name`: its max_concurrency, or, in
@@ -260,7 +266,7 @@ def _compute_and_record(
         }
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
-        status = "stopped_at_budget" if isinstance(exc, BudgetExhaustedError) else "failed"
+        status = run_status(exc)
         if status == "failed":
             logger.error("%s failed: %s\n%s", spec.name, error, traceback.format_exc(limit=5))
         else:
@@ -319,8 +325,9 @@ def allowance_for(
     """What `stage` may spend under `recipe.budget`: each limit over it, with what was already
     spent on it. A stage's spending is every attempt at the same work (stage runs with this cache
     key); a run's is the spending of every stage it has run so far (their cache keys, cached ones
-    included) plus this stage's. So a stopped stage, run again under the same budget, stops again
-    at once; raised, it continues."""
+    included) plus this stage's. So a stopped stage, run again under the same budget, has only what
+    its earlier attempts left (it may still send a call their in-flight reservations held back);
+    raised, it continues."""
     budget = recipe.budget
     if budget is None or not (limits := budget.limits_for(stage)):
         return Allowance()

@@ -491,11 +491,13 @@ class RewardConfig(StrictModel):
         "reference, 1 win / 0.5 tie / 0 loss. pointwise (ablation): the rollout's own score s_j / 10, no "
         "reference.",
     )
-    position: Literal["position-disadvantage", "position-advantage", "swap"] = Field(
+    position: Literal["position-disadvantage", "position-advantage", "swap", "recheck"] = Field(
         "position-disadvantage",
         description="pairwise: where the rollout sits in the judge's prompt. position-disadvantage (the "
         "paper): second, the reference first; position-advantage: first; swap: both orders, the mean "
-        "(twice the calls).",
+        "(twice the calls); recheck (ours): second, and only a verdict that is not a win is judged again "
+        "with the rollout first, the mean of the orders judged (swap's debiasing for a judge that favours "
+        "the first position, at 1 + P(not a win) calls; docs/benchmarks.md).",
     )
     judge: JudgeConfig | None = Field(None, description="Defaults to the top-level judge.")
     tie_margin: float = Field(
@@ -519,6 +521,26 @@ class RewardConfig(StrictModel):
         description="Weight of the format reward (repetition; with think-then-write, a well-formed think "
         "block), folded in as length_weight is; 0: off (the paper).",
     )
+
+
+class CalibrationConfig(StrictModel):
+    """`wrl judge calibrate`: the reward judge measured on pairs before training (docs/training.md)."""
+
+    pairs_file: Path | None = Field(
+        None,
+        description="A labelled pairs file (JSONL: instruction, response_a, response_b, optional label "
+        "A/B/tie, id, criteria). None: pairs of rungs from the recipe's own ladders.",
+    )
+    pairs: int = Field(
+        50, ge=1, description="How many pairs: a seeded draw from the ladders, or the file's first."
+    )
+    repeats: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Samples of each order, for self-consistency (json mode; a logprob probe is asked once).",
+    )
+    seed: int = Field(0, description="The draw of pairs from the ladders.")
 
 
 class CurriculumConfig(StrictModel):
@@ -551,9 +573,22 @@ class CurriculumConfig(StrictModel):
         description="staged: the training steps at which every instruction moves up one rung (ascending). "
         "Before the first boundary all are on rung 0; after k boundaries on rung k, or their top rung.",
     )
+    top: Literal["stay", "retire", "group"] = Field(
+        "stay",
+        description="dynamic: an instruction whose rollouts beat its top rung (its strongest reference). "
+        "stay (the paper): it keeps being judged against that rung. retire: it is no longer sampled; its "
+        "place in a batch goes to another instruction, so its judge calls go elsewhere. group: each of its "
+        "rollouts is judged against another rollout of the same group (pairwise GRPO, as BRPO in "
+        "Writing-Zero). Every mode records when each instruction reached the top.",
+    )
 
     @model_validator(mode="after")
     def _schedule_settings(self) -> CurriculumConfig:
+        if self.top != "stay" and self.schedule != "dynamic":
+            raise ValueError(
+                f"curriculum.top: '{self.top}' acts when the dynamic schedule's instruction beats its top rung; "
+                f"schedule '{self.schedule}' has no such moment"
+            )
         steps = self.stage_steps
         if self.schedule == "staged" and not steps:
             raise ValueError("curriculum.stage_steps: the staged schedule needs at least one boundary step")
@@ -1142,6 +1177,9 @@ class Recipe(StrictModel):
         OrderingConfig(), description="How the order stage builds the reference ladders."
     )
     reward: RewardConfig = Field(RewardConfig(), description="The RL reward: how a rollout is judged.")
+    calibration: CalibrationConfig = Field(
+        CalibrationConfig(), description="`wrl judge calibrate`: measuring the reward judge before training."
+    )
     curriculum: CurriculumConfig = Field(
         CurriculumConfig(), description="Reference scheduling: which rung each rollout is judged against."
     )

@@ -5,6 +5,7 @@ Heavy imports (torch, prefect) happen inside commands so `wrl --help` stays fast
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -32,7 +33,9 @@ model_app = typer.Typer(help="Local models: provision the embedded model.", no_a
 data_app = typer.Typer(help="Instruction data: check a source before running on it.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
+judge_app = typer.Typer(help="The reward judge: measure it before training.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(judge_app, name="judge")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -236,6 +239,60 @@ def _print_evaluation(summary: dict[str, Any], elapsed: float) -> None:
     for train_run_id, plot in summary["plots"].items():
         console.print(f"Scores over the steps of {train_run_id}: {plot['path']}", highlight=False)
     console.print(f"Results in {summary['storage']} (eval_results, eval_items, eval_scores). {elapsed:.1f}s.")
+
+
+@judge_app.command("calibrate")
+def judge_calibrate(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    sets: SetOpt = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            "--pairs", help="A labelled pairs file (JSONL) instead of pairs from the recipe's ladders."
+        ),
+    ] = None,
+    refresh: Annotated[
+        bool, typer.Option(help="Recompute the calibration, ignoring the stage cache.")
+    ] = False,
+) -> None:
+    """Measure the reward judge on pairs from the recipe's ladders (curating first if needed) or
+    a labelled file: position flip rate, ties, self-consistency, length bias, cost per judgment,
+    agreement with labels; and the `reward.position` it recommends, with the reason."""
+    if pairs is not None:
+        sets = [*(sets or []), f"calibration.pairs_file={json.dumps(str(pairs))}"]
+    recipe, overrides = _load(config, sets)
+    api_ready = start_local_api()  # see _run_flow
+    from tasks.llm.embedded import ensure_recipe_models
+
+    ensure_recipe_models(recipe)
+    started = time.perf_counter()
+    from flows.calibrate import calibrate_judge
+
+    try:
+        with api_ready:
+            summary = calibrate_judge(recipe_path=str(config), overrides=overrides or None, refresh=refresh)
+    except _user_errors() as exc:
+        raise _UserFacingError(str(exc)) from None
+    from tasks.rewards.calibration import calibration_rows
+
+    metrics = summary["metrics"]
+    table = Table(title=f"{summary['recipe']}: judge calibration of {metrics['judge']}")
+    for column in ("metric", "value", "meaning"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for row in calibration_rows(metrics):
+        table.add_row(row["metric"], row["value"], row["meaning"])
+    console.print(table, width=max(console.width, 120), crop=False)
+    console.print(
+        f"{metrics['pairs']} pairs from {metrics['source']}, {metrics['judgments']} judgments "
+        f"({metrics['failed']} failed){', from the cache' if summary['cached'] else ''}.",
+        highlight=False,
+    )
+    console.print(
+        f"Recommended reward.position: {metrics['recommended_position'] or 'none'}: {metrics['recommendation']}.",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    console.print(f"Plot: {summary['plot']}. Rows: {summary['output']}. {time.perf_counter() - started:.1f}s.",
+                  highlight=False)  # fmt: skip
 
 
 @app.command("run")

@@ -8,6 +8,7 @@
 | `stage/<recipe>-<stage>` | one stage (generate, score, select, order, train, evaluate; sft_writer and sft_reference when the recipe has `sft:`) |
 | `evaluate/<recipe>` | every candidate on every benchmark, when the recipe has `evaluation:` |
 | `evaluate/<recipe>-nightly` | the same on `evaluation.nightly.cron`, for `evaluation.nightly.candidates` |
+| `judge-calibrate/<recipe>` | the reward judge measured on the ladders' pairs (or `calibration.pairs_file`), when the recipe has a pairwise judge |
 
 Parameters are the flows' typed arguments (recipe path, overrides, refresh), validated by Prefect
 against their schema; each deployment's defaults name its recipe. `python -m flows.deployments
@@ -22,6 +23,7 @@ from typing import Any
 from configs.loading import load_recipe
 from configs.schema import Recipe
 from flows.build_dataset import build_dataset
+from flows.calibrate import calibrate_judge
 from flows.evaluate import evaluate_candidates
 from flows.full_pipeline import full_pipeline
 from flows.stage import run_one_stage
@@ -53,6 +55,8 @@ def deployment_specs(recipe_path: str, recipe: Recipe) -> list[dict[str, Any]]:
         specs.append(
             {"flow": run_one_stage, "name": f"{recipe.name}-{stage}", "parameters": {**base, "stage": stage}}
         )
+    if recipe.judge_for("reward") is not None and recipe.reward.kind == "pairwise":
+        specs.append({"flow": calibrate_judge, "name": recipe.name, "parameters": base})
     if recipe.evaluation is not None:
         specs.append({"flow": evaluate_candidates, "name": recipe.name, "parameters": base})
         nightly = recipe.evaluation.nightly

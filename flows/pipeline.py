@@ -81,6 +81,23 @@ def check_stage_names(names: Iterable[str], what: str) -> set[str]:
     return names
 
 
+def stages_until(recipe, last: str) -> list[str]:
+    """The stages from ingest to `last` that the recipe runs, in DAG order."""
+    return [s for s in STAGE_ORDER[: STAGE_ORDER.index(last) + 1] if STAGE_TASKS[s][0].enabled(recipe)]
+
+
+def run_stages(
+    recipe, stages: Iterable[str], run_id: str, forced: set[str], results: dict[str, StageResult]
+) -> dict[str, StageResult]:
+    """Each stage as its Prefect task, wired to the outputs in `results` by dataset name; adds its
+    own result to `results` (so a failure leaves the finished ones there) and returns it."""
+    for stage in stages:
+        spec, stage_task = STAGE_TASKS[stage]
+        inputs = {role: _output_of(results, role) for role in spec.inputs_for(recipe)}
+        results[stage] = stage_task(recipe, inputs, run_id=run_id, refresh=stage in forced)
+    return results
+
+
 def run_pipeline(
     flow_name: str,
     recipe_path: str,
@@ -98,7 +115,7 @@ def run_pipeline(
             f"{recipe_path}: stage '{last}' is not configured (it needs "
             f"{'`sft.writer`' if last == 'sft_writer' else '`sft.reference`'} in the recipe)"
         )
-    stages = [s for s in STAGE_ORDER[: STAGE_ORDER.index(last) + 1] if STAGE_TASKS[s][0].enabled(recipe)]
+    stages = stages_until(recipe, last)
     wanted = set(stages) | {s for s in forced if STAGE_TASKS[s][0].enabled(recipe)}
     if recipe.judge_for("score") is None and wanted & NEEDS_JUDGE:
         raise ConfigError(
@@ -120,10 +137,7 @@ def run_pipeline(
     results: dict[str, StageResult] = {}
     try:
         tag_flow_run(run_tags(recipe, [recipe.judge_for("reward")] if "train" in wanted else []))
-        for stage in stages:
-            spec, stage_task = STAGE_TASKS[stage]
-            inputs = {role: _output_of(results, role) for role in spec.inputs_for(recipe)}
-            results[stage] = stage_task(recipe, inputs, run_id=run_id, refresh=stage in forced)
+        run_stages(recipe, stages, run_id, forced, results)
     except BaseException as exc:
         storage.catalog.finish_run(run_id, status=run_status(exc), error=f"{type(exc).__name__}: {exc}")
         raise

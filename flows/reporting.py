@@ -27,7 +27,7 @@ from rich.table import Table
 from storage import DatasetRef, Storage
 from tasks.curation.report import curation_report, plot_curation_report
 from tasks.stages.publish import artifact_link, producer_links
-from tasks.training.report import plot_training_report, training_report
+from tasks.training.report import plot_training_report, reached_top_text, training_report
 
 REPORTED_DATASETS = (
     "generations",
@@ -117,7 +117,8 @@ def publish_artifacts(
         create_table_artifact(table=rows, key=key, description=(
             f"Per step: reward, win/tie/loss rates, judge failures, the mean rung over all instructions and "
             f"how many sit on each rung, promotions, length, KL, seconds. "
-            f"Final rungs {training['final_rungs']}, {training['promotions']} promotions."))  # fmt: skip
+            f"Final rungs {training['final_rungs']}, {training['promotions']} promotions; "
+            f"{reached_top_text(training)}."))  # fmt: skip
         published.append(key)
         if training.get("plot"):
             published.append(
@@ -166,7 +167,7 @@ def _markdown_summary(
     training = report.get("training")
     if training:
         lines.append(f"**Training**: {len(training['steps'])} steps, {training['promotions']} promotions, "
-                     f"final rungs {training['final_rungs']}.")  # fmt: skip
+                     f"final rungs {training['final_rungs']}; {reached_top_text(training)}.")  # fmt: skip
     lines.append(f"**Failures**: {report['failures']['total']} {report['failures']['by_stage']}.")
     lines.append("**Report artifacts**: " + ", ".join(artifact_link(k) for k in artifact_keys))
     links = producer_links(storage, [DatasetRef.parse(ref) for s in stages for ref in s["outputs"].values()])
@@ -217,11 +218,22 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
         console.print(f"Plot: {report['plot']}")
     training = report.get("training")
     if training:
-        columns = ("step", "reward", "win_rate", "judge_failures", "mean_rung", "rungs", "promotions", "kl")
+        columns = (
+            "step",
+            "reward",
+            "win_rate",
+            "judge_failures",
+            "mean_rung",
+            "rungs",
+            "promotions",
+            "topped",
+            "kl",
+        )
         if any(s.get("val_reward") is not None for s in training["steps"]):
             columns += ("val_reward", "val_vs_initial", "val_vs_top")
         show(
-            f"Training: {training['promotions']} promotions, final rungs {training['final_rungs']}",
+            f"Training: {training['promotions']} promotions, final rungs {training['final_rungs']}; "
+            f"{reached_top_text(training)}",
             [{c: s[c] for c in columns} for s in training["steps"]],
         )
         if training.get("plot"):

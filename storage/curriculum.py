@@ -13,6 +13,9 @@ that must hold whatever the caller does:
   and promotes nothing twice) and an error otherwise;
 - one transaction per step: the history rows and the state updates of a step commit together, so
   a crash mid-call leaves the previous step's state, never half a step;
+- an instruction whose rollouts beat its TOP rung cannot move up; the step it first did is kept
+  (`topped_step`, history `reached_top`), snapshotted and restored with the rungs, so what
+  `curriculum.top` does with it (stay, retire, judge within the group) resumes exactly;
 - a checkpoint saves a snapshot of the state (`snapshot`), and a resumed run calls `restore`, which
   puts that snapshot back and deletes the history (and later snapshots) of the lost tail: the steps
   after the checkpoint were trained into weights that no longer exist, so a resumed run must judge
@@ -52,6 +55,7 @@ HISTORY_SCHEMA = pa.schema(
         ("failures", pa.int32()),
         ("mean_reward", pa.float64()),
         ("promoted", pa.bool_()),
+        ("reached_top", pa.bool_()),  # this step's rollouts beat the top rung, for the first time
         ("recorded_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -157,8 +161,8 @@ class CurriculumStore:
             )
             with _registered(con, "wrl_curriculum_new", rows):
                 con.execute(
-                    "INSERT INTO curriculum_state SELECT ?, instruction_id, rung, n_rungs, NULL"
-                    " FROM wrl_curriculum_new",
+                    "INSERT INTO curriculum_state (curriculum_id, instruction_id, rung, n_rungs, updated_step,"
+                    " topped_step) SELECT ?, instruction_id, rung, n_rungs, NULL, NULL FROM wrl_curriculum_new",
                     [curriculum_id],
                 )
             _write_snapshot(con, curriculum_id, 0)
@@ -198,7 +202,19 @@ class CurriculumStore:
             if instruction_ids is None:
                 return _state(con, curriculum_id)
             ids = sorted(set(instruction_ids))
-            return {iid: rung for iid, (rung, _) in _current_rungs(con, curriculum_id, ids).items()}
+            return {iid: rung for iid, (rung, *_) in _current_rungs(con, curriculum_id, ids).items()}
+
+    def topped(self, curriculum_id: str) -> dict[str, int]:
+        """Instruction -> the step its rollouts first beat its top rung, for those that have."""
+        with self.catalog.connect("curriculum topped") as con:
+            _require(con, curriculum_id)
+            return dict(
+                con.execute(
+                    "SELECT instruction_id, topped_step FROM curriculum_state WHERE curriculum_id = ?"
+                    " AND topped_step IS NOT NULL ORDER BY instruction_id",
+                    [curriculum_id],
+                ).fetchall()
+            )
 
     def n_rungs(self, curriculum_id: str) -> dict[str, int]:
         """Instruction -> ladder length (rung 0 included)."""
@@ -268,12 +284,14 @@ class CurriculumStore:
             current = _current_rungs(con, curriculum_id, [o.instruction_id for o in outcomes])
             rows, promotions = [], []
             for o in outcomes:
-                rung, size = current[o.instruction_id]
-                promoted = bool(o.promote) and o.rung_judged == rung and rung < size - 1
+                rung, size, topped_step = current[o.instruction_id]
+                beaten = bool(o.promote) and o.rung_judged == rung  # judged against the current rung
+                promoted = beaten and rung < size - 1
+                reached_top = beaten and rung == size - 1 and topped_step is None
                 after = rung + 1 if promoted else rung
                 if promoted:
                     promotions.append(Promotion(o.instruction_id, rung, after))
-                rows.append((o, rung, after, promoted))
+                rows.append((o, rung, after, promoted, reached_top))
             _insert_history(con, curriculum_id, step, rows)
             _update_state(con, curriculum_id, step, rows)
         return promotions
@@ -310,7 +328,8 @@ class CurriculumStore:
                     f"steps {_snapshot_steps(con, curriculum_id)}"
                 )
             con.execute(
-                "UPDATE curriculum_state SET rung = snap.rung FROM curriculum_snapshots snap"
+                "UPDATE curriculum_state SET rung = snap.rung, topped_step = snap.topped_step"
+                " FROM curriculum_snapshots snap"
                 " WHERE curriculum_state.curriculum_id = ? AND snap.curriculum_id = ? AND snap.step = ?"
                 " AND snap.instruction_id = curriculum_state.instruction_id",
                 [curriculum_id, curriculum_id, step],
@@ -389,22 +408,23 @@ def _write_snapshot(con: duckdb.DuckDBPyConnection, curriculum_id: str, step: in
         "DELETE FROM curriculum_snapshots WHERE curriculum_id = ? AND step = ?", [curriculum_id, step]
     )
     con.execute(
-        "INSERT INTO curriculum_snapshots SELECT curriculum_id, ?, instruction_id, rung"
-        " FROM curriculum_state WHERE curriculum_id = ?",
+        "INSERT INTO curriculum_snapshots (curriculum_id, step, instruction_id, rung, topped_step)"
+        " SELECT curriculum_id, ?, instruction_id, rung, topped_step FROM curriculum_state WHERE curriculum_id = ?",
         [step, curriculum_id],
     )
 
 
 def _current_rungs(
     con: duckdb.DuckDBPyConnection, curriculum_id: str, instruction_ids: list[str]
-) -> dict[str, tuple[int, int]]:
+) -> dict[str, tuple[int, int, int | None]]:
+    """Instruction -> (current rung, ladder length, the step it reached the top or None)."""
     with _registered(con, "wrl_curriculum_ids", pa.table({"instruction_id": instruction_ids})):
         rows = con.execute(
-            "SELECT s.instruction_id, s.rung, s.n_rungs FROM curriculum_state s"
+            "SELECT s.instruction_id, s.rung, s.n_rungs, s.topped_step FROM curriculum_state s"
             " JOIN wrl_curriculum_ids i ON s.instruction_id = i.instruction_id WHERE s.curriculum_id = ?",
             [curriculum_id],
         ).fetchall()
-    current = {iid: (rung, size) for iid, rung, size in rows}
+    current = {iid: (rung, size, topped) for iid, rung, size, topped in rows}
     if missing := [iid for iid in instruction_ids if iid not in current]:
         raise CurriculumError(
             f"curriculum '{curriculum_id}' has no instruction(s) {missing[:_EXAMPLES]}"
@@ -417,27 +437,28 @@ def _insert_history(
     con: duckdb.DuckDBPyConnection,
     curriculum_id: str,
     step: int,
-    rows: list[tuple[StepOutcome, int, int, bool]],
+    rows: list[tuple[StepOutcome, int, int, bool, bool]],
 ) -> None:
     table = pa.table(
         {
             "instruction_id": pa.array([o.instruction_id for o, *_ in rows], pa.string()),
             "rung_judged": pa.array([o.rung_judged for o, *_ in rows], pa.int32()),
-            "rung_before": pa.array([before for _, before, _, _ in rows], pa.int32()),
-            "rung_after": pa.array([after for _, _, after, _ in rows], pa.int32()),
+            "rung_before": pa.array([before for _, before, *_ in rows], pa.int32()),
+            "rung_after": pa.array([after for _, _, after, *_ in rows], pa.int32()),
             "wins": pa.array([o.wins for o, *_ in rows], pa.int32()),
             "ties": pa.array([o.ties for o, *_ in rows], pa.int32()),
             "losses": pa.array([o.losses for o, *_ in rows], pa.int32()),
             "failures": pa.array([o.failures for o, *_ in rows], pa.int32()),
             "mean_reward": pa.array([o.mean_reward for o, *_ in rows], pa.float64()),
-            "promoted": pa.array([promoted for *_, promoted in rows], pa.bool_()),
+            "promoted": pa.array([promoted for *_, promoted, _ in rows], pa.bool_()),
+            "reached_top": pa.array([top for *_, top in rows], pa.bool_()),
         }
     )
     with _registered(con, "wrl_curriculum_step", table):
         con.execute(
-            "INSERT INTO curriculum_history SELECT ?, ?, instruction_id, rung_judged, rung_before,"
-            " rung_after, wins, ties, losses, failures, mean_reward, promoted, current_timestamp"
-            " FROM wrl_curriculum_step",
+            f"INSERT INTO curriculum_history (curriculum_id, step, {', '.join(_HISTORY_COLUMNS[1:])})"
+            " SELECT ?, ?, instruction_id, rung_judged, rung_before, rung_after, wins, ties, losses, failures,"
+            " mean_reward, promoted, reached_top, current_timestamp FROM wrl_curriculum_step",
             [curriculum_id, step],
         )
 
@@ -446,19 +467,22 @@ def _update_state(
     con: duckdb.DuckDBPyConnection,
     curriculum_id: str,
     step: int,
-    rows: list[tuple[StepOutcome, int, int, bool]],
+    rows: list[tuple[StepOutcome, int, int, bool, bool]],
 ) -> None:
     table = pa.table(
         {
             "instruction_id": pa.array([o.instruction_id for o, *_ in rows], pa.string()),
-            "rung_after": pa.array([after for _, _, after, _ in rows], pa.int32()),
+            "rung_after": pa.array([after for _, _, after, *_ in rows], pa.int32()),
+            "reached_top": pa.array([top for *_, top in rows], pa.bool_()),
         }
     )
     with _registered(con, "wrl_curriculum_update", table):
         con.execute(
-            "UPDATE curriculum_state SET rung = u.rung_after, updated_step = ? FROM wrl_curriculum_update u"
+            "UPDATE curriculum_state SET rung = u.rung_after, updated_step = ?,"
+            " topped_step = CASE WHEN u.reached_top THEN ? ELSE curriculum_state.topped_step END"
+            " FROM wrl_curriculum_update u"
             " WHERE curriculum_state.curriculum_id = ? AND curriculum_state.instruction_id = u.instruction_id",
-            [step, curriculum_id],
+            [step, step, curriculum_id],
         )
 
 

@@ -303,6 +303,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE llm_usage ADD COLUMN batched_output_tokens BIGINT DEFAULT 0;
         """,
     ),
+    Migration(
+        9,
+        "curriculum_top_of_ladder",
+        # When an instruction's rollouts beat its top rung (`curriculum.top`): the step it first
+        # did, in the state and in each checkpoint's snapshot (so a resumed run knows which
+        # instructions were retired or judged within their group at that checkpoint), and the
+        # history row of that step. NULL / false for every row written before.
+        """
+        ALTER TABLE curriculum_state ADD COLUMN topped_step BIGINT;
+        ALTER TABLE curriculum_snapshots ADD COLUMN topped_step BIGINT;
+        ALTER TABLE curriculum_history ADD COLUMN reached_top BOOLEAN DEFAULT false;
+        """,
+    ),
 )
 
 

@@ -221,11 +221,11 @@ def test_history_rows_are_exact(store):
     rows = cur.history("run").drop_columns(["recorded_at"]).to_pylist()
     assert rows == [
         dict(step=1, instruction_id="a", rung_judged=0, rung_before=0, rung_after=1, wins=1, ties=1,
-             losses=1, failures=1, mean_reward=0.5, promoted=True),
+             losses=1, failures=1, mean_reward=0.5, promoted=True, reached_top=False),
         dict(step=1, instruction_id="b", rung_judged=0, rung_before=0, rung_after=0, wins=0, ties=0,
-             losses=0, failures=2, mean_reward=None, promoted=False),
+             losses=0, failures=2, mean_reward=None, promoted=False, reached_top=False),
         dict(step=2, instruction_id="a", rung_judged=0, rung_before=1, rung_after=1, wins=1, ties=0,
-             losses=0, failures=0, mean_reward=1.0, promoted=False),
+             losses=0, failures=0, mean_reward=1.0, promoted=False, reached_top=False),
     ]  # fmt: skip
     assert cur.history("run").column("recorded_at").null_count == 0
 

@@ -7,6 +7,7 @@ slices: 4-6 minutes on a 2-core CPU): run by `make test` after the fast suite, a
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -271,3 +272,30 @@ def test_two_cpu_ranks_train_the_demo_policy_on_one_curriculum(demo):
     # 1 prompt x 4 rollouts per step, 2 on each rank: one history row per step counting all 4.
     assert history == [(1, 4), (2, 4)]
     assert samples == [(1, 4, 4), (2, 4, 4)]
+
+
+def test_judge_calibrate_measures_the_demo_judge_on_its_ladders_and_on_the_labelled_example(demo):
+    """`wrl judge calibrate` on the demo's own ladders (curation: cache hits), then on the shipped
+    labelled example: the 135M logprob judge's position bias, which docs/training.md describes,
+    as a measured number, and the recommendation that follows from it (the demo's own swap)."""
+    assert demo["first"].returncode == 0
+    storage = demo["storage"]
+    example = PROJECT_ROOT / "tasks" / "rewards" / "labelled_pairs_example.jsonl"
+    for extra, source in (((), "from ladders"), (("--pairs", str(example)), "labelled_pairs_example")):
+        run = _wrl("judge", "calibrate", "--config", str(CONFIG), *demo["sets"], *extra, cwd=demo["root"],
+                   env={**demo["env"], "COLUMNS": "200"})  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        out = run.stdout
+        assert source in out and "flip rate" in out and "first-position rate" in out, out[-3000:]
+        assert "Recommended reward.position: swap" in out and "judge-calibration.png" in out
+    with storage.catalog.connect() as con:
+        summaries = con.execute(
+            "SELECT summary_json FROM stage_runs WHERE stage = 'calibrate' ORDER BY started_at"
+        ).fetchall()  # fmt: skip
+    assert [json.loads(s)["recommended_position"] for (s,) in summaries] == ["swap", "swap"]
+    ladders = storage.datasets.read(storage.datasets.latest("ladders")).to_pylist()
+    pairs = sum(lad["n_rungs"] * (lad["n_rungs"] - 1) // 2 for lad in ladders)
+    first = storage.datasets.read(DatasetRef("judge_calibration", 0)).to_pylist()
+    assert len(first) == 2 * min(pairs, 50) and all(r["error"] is None for r in first)
+    labelled = storage.datasets.read(DatasetRef("judge_calibration", 1)).to_pylist()
+    assert len(labelled) == 20 and {r["label"] for r in labelled} == {"x", "y", "tie"}

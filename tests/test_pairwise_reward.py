@@ -304,6 +304,32 @@ def test_swap_with_one_failed_order_is_no_reward():
     assert "HTTP 503" in result.error and result.orders[0].outcome == "win"
 
 
+def test_recheck_judges_the_other_order_only_after_a_verdict_that_is_not_a_win():
+    # A win from the second position stands: one call.
+    won = FakeLLM(by_letter({"policy": "A", "reference": "B"}))
+    result = judge(won, "recheck")
+    assert (result.reward, result.outcome, len(won.calls)) == (1.0, "win", 1)
+    assert [o.policy_position for o in result.orders] == ["B"]
+    # A judge that always picks the first: the loss is rechecked with the policy first, and the
+    # disagreement is a tie, as in swap.
+    first = FakeLLM(by_letter({"policy": "A", "reference": "A"}))
+    result = judge(first, "recheck")
+    assert (result.reward, result.outcome, len(first.calls)) == (0.5, "tie", 2)
+    assert [(o.policy_position, o.outcome) for o in result.orders] == [("B", "loss"), ("A", "win")]
+    # A loss confirmed in the other order is a loss; a tie then a win is 0.75, as in swap.
+    assert judge(FakeLLM(by_letter({"policy": "B", "reference": "A"})), "recheck").reward == 0.0
+    assert judge(FakeLLM(by_letter({"policy": "A", "reference": "C"})), "recheck").reward == 0.75
+
+
+def test_recheck_with_a_failed_first_order_makes_no_second_call_and_no_reward():
+    llm = FakeLLM([fail("HTTP 503 after 3 retries")])
+    result = judge(llm, "recheck")
+    assert result.reward is None and not result.ok and len(llm.calls) == 1
+    second_fails = FakeLLM(["Fine.\n[[A]]", fail("HTTP 503 after 3 retries")])
+    result = judge(second_fails, "recheck")
+    assert result.reward is None and "1/2 orders failed" in result.error and len(second_fails.calls) == 2
+
+
 # --- failures: None, never 0 ----------------------------------------------------------------
 
 

@@ -175,6 +175,39 @@ def test_periodic_validation_on_held_out_ladders_is_logged_and_never_enters_the_
     assert summary["validation"]["step"] == 2
 
 
+def test_retire_stops_sampling_an_instruction_once_it_beats_its_top_rung(
+    prefect_harness, tiny_model_dir, tmp_path
+):
+    """TRL's own generation batches, through the trainer's retire hook: a judge that always prefers
+    the rollout (position-disadvantage: [[B]]) promotes whatever a step samples, so the two
+    instructions climb their 3-rung ladders; once one beats its top rung, every later batch trains
+    on the other, until both are retired (then nothing is left to draw, and the batch is kept)."""
+    from tests.support.fault_server import FaultServer
+
+    with FaultServer(reply_text=lambda body: "The second is better.\n[[B]]") as server:
+        recipe_path = train_recipe(
+            tmp_path, tiny_model_dir, limit=2, batch_size=1, num_generations=2, max_steps=6,
+            backends_extra=f"  api: {{kind: openai-compatible, base_url: '{server.openai_base_url}'}}\n",
+            curriculum="schedule: dynamic, promotion: any-win, top: retire",
+            reward="{kind: pairwise, position: position-disadvantage, judge: {backend: api, model: j, mode: json}}",
+        )  # fmt: skip
+        summary = train_policy(recipe_path=recipe_path)
+    outputs = _stages(summary)["train"]["outputs"]
+    storage = open_storage(load_recipe(recipe_path).storage)
+    history = storage.datasets.read(DatasetRef.parse(outputs["curriculum_history"])).to_pylist()
+    judged = storage.datasets.read(DatasetRef.parse(outputs["train_judgments"])).to_pylist()
+    assert {h["rung_after"] for h in history} <= {0, 1, 2}  # 3-rung ladders
+    reached = sorted((h["step"], h["instruction_id"]) for h in history if h["reached_top"])
+    assert len(reached) == 2 and reached[0][0] < reached[1][0], history
+    (first_step, first), (second_step, second) = reached
+    assert first != second
+    between = {j["instruction_id"] for j in judged if first_step < j["step"] <= second_step}
+    assert between == {second}  # the retired one was not sampled again while another was in play
+    report = summary["report"]["training"]
+    assert [(r["step"], r["instruction_id"]) for r in report["reached_top"]] == reached
+    assert [s["topped"] for s in report["steps"]][-1] == 2.0
+
+
 def test_a_recipe_without_training_cannot_run_the_train_stage(prefect_harness, tiny_model_dir, tmp_path):
     from configs.loading import ConfigError
 

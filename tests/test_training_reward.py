@@ -9,11 +9,13 @@ import pytest
 
 from configs.schema import CurriculumConfig, Decoding, JudgeConfig, RewardConfig, StorageConfig
 from storage import open_storage
+from tasks.curriculum import substitute_retired
 from tasks.llm.base import Completion, Usage
 from tasks.training.data import Rung, TrainingItem
 from tasks.training.rank_reward import RankReward
 from tasks.training.ranks import Ranks
 from tasks.training.reward import Rollout, WritingRLReward
+from tasks.training.trainer import retired_rows
 
 
 class VerdictJudge:
@@ -30,10 +32,12 @@ class VerdictJudge:
 
     async def chat(self, messages, params: Decoding, *, sample_index=0):
         prompt = messages[-1]["content"]
-        self.references.append(next(r for r in ("ref-0", "ref-1", "ref-2") if r in prompt))
-        if "FAILX" in prompt:
+        # "sibling": no ladder reference in the prompt (curriculum.top 'group': another rollout).
+        self.references.append(next((r for r in ("ref-0", "ref-1", "ref-2") if r in prompt), "sibling"))
+        policy = prompt.split("<<<RESPONSE B", 1)[-1]  # the policy is B: its section, to the end
+        if "FAILX" in policy:
             return Completion.failure("HTTP 503 after 6 retries")
-        letter = "B" if "GOODX" in prompt else ("C" if "MEHX" in prompt else "A")  # policy is B
+        letter = "B" if "GOODX" in policy else ("C" if "MEHX" in policy else "A")
         return Completion(text=f"Reasoning.\n[[{letter}]]", finish_reason="stop", usage=Usage(50, 5))
 
 
@@ -312,3 +316,92 @@ def test_a_validation_batch_through_the_trl_reward_leaves_the_curriculum_as_it_w
     judged, promotions = rank_reward.finish_step(1)  # the step that follows: nothing of validation
     assert judged == [] and promotions == []
     assert (storage.curriculum.state("c"), storage.curriculum.history("c").num_rows) == before
+
+
+# -- the top of the ladder (curriculum.top) ------------------------------------------------------
+
+
+def _climb_to_the_top(reward, steps=(1, 2, 3)):
+    """i1 wins every step: rung 0 -> 1 -> 2, then beats its top rung (2) at the third step."""
+    for step in steps:
+        _step(reward, step, [("i1", "GOODX")])
+
+
+def test_stay_records_when_an_instruction_beats_its_top_rung_and_keeps_judging_it_there(tmp_path):
+    reward, client, storage = _reward(tmp_path)  # top: stay, the paper
+    _climb_to_the_top(reward)
+    assert reward.topped() == storage.curriculum.topped("c") == {"i1": 3}
+    client.references.clear()
+    _step(reward, 4, [("i1", "GOODX"), ("i2", "BADX")])
+    assert client.references == ["ref-2", "ref-0"]  # still its top rung
+    assert storage.curriculum.topped("c") == {"i1": 3}  # reached once, at step 3
+    history = storage.curriculum.history("c").to_pylist()
+    assert [(h["step"], h["instruction_id"]) for h in history if h["reached_top"]] == [(3, "i1")]
+    assert storage.curriculum.state("c") == {"i1": 2, "i2": 0}
+
+
+def test_group_judges_a_topped_instruction_against_the_next_rollout_of_its_group(tmp_path):
+    reward, client, storage = _reward(tmp_path, CurriculumConfig(top="group"))
+    _climb_to_the_top(reward)
+    client.references.clear()
+    rollouts = [("i1", "GOODX a"), ("i1", "BADX b"), ("i1", "BADX c"), ("i2", "GOODX d")]
+    rewards, judged, promotions = _step(reward, 4, rollouts)
+    # a vs b (a wins), b vs c (b, the policy, loses), c vs a (loses); i2 against its rung 0.
+    assert rewards == [1.0, 0.0, 0.0, 1.0]
+    assert sorted(client.references) == ["ref-0", "sibling", "sibling", "sibling"]
+    assert [j.rung for j in judged] == [None, None, None, 0]
+    assert [(p.instruction_id, p.rung_after) for p in promotions] == [("i2", 1)]
+    step4 = {h["instruction_id"]: h for h in storage.curriculum.history("c").to_pylist() if h["step"] == 4}
+    assert (
+        step4["i1"]["rung_judged"] is None and not step4["i1"]["promoted"] and not step4["i1"]["reached_top"]
+    )
+    assert (step4["i1"]["wins"], step4["i1"]["losses"]) == (1, 2)
+    # A single rollout in the call has no sibling: its top rung.
+    client.references.clear()
+    _step(reward, 5, [("i1", "GOODX")])
+    assert client.references == ["ref-2"]
+
+
+def test_retire_draws_a_replacement_and_resumes_with_the_checkpoints_retirements(tmp_path):
+    reward, _, storage = _reward(tmp_path, CurriculumConfig(top="retire"))
+    _climb_to_the_top(reward, (1, 2))
+    storage.curriculum.snapshot("c", 2)
+    _step(reward, 3, [("i1", "GOODX")])
+    storage.curriculum.snapshot("c", 3)
+    assert reward.topped() == {"i1": 3}
+    ids = ["i1", "i1", "i2", "i2"]
+    assert substitute_retired(ids, reward.topped(), reward.items, seed=0, step=4) == ["i2"] * 4
+    # Nothing left in play: the batch is unchanged (judged against the top rung, as under stay).
+    assert substitute_retired(ids, {"i1", "i2"}, reward.items, seed=0, step=4) == ids
+    # Resume from checkpoint 3: still retired. From checkpoint 2: not yet, and the history's
+    # reached_top row of step 3 is gone with the lost tail.
+    assert reward.restore(3) and reward.topped() == storage.curriculum.topped("c") == {"i1": 3}
+    reward.restore(2)
+    assert reward.topped() == storage.curriculum.topped("c") == {}
+    assert not any(h["reached_top"] for h in storage.curriculum.history("c").to_pylist())
+    _step(reward, 3, [("i1", "BADX")])
+    assert reward.topped() == {} and storage.curriculum.state("c")["i1"] == 2
+
+
+def test_the_trainer_replaces_a_retired_instructions_rows_with_the_drawn_instructions_rows():
+    import datasets
+
+    dataset = datasets.Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": f"Write {i}."}], "instruction_id": i}
+            for i in ("i1", "i2", "i3")
+        ]
+    )
+
+    class Ranked:  # a RankReward's view on any rank: the retired instructions
+        def __init__(self, topped):
+            self.topped = lambda: topped
+
+    retire = retired_rows(Ranked({"i1": 3}), dataset, seed=0, updates_per_step=1)
+    rows = [dataset[0], dataset[0], dataset[1]]
+    (drawn,) = substitute_retired(["i1"], {"i1"}, ["i1", "i2", "i3"], seed=0, step=4)  # optimizer step 3
+    out = retire(rows, 3)
+    assert drawn != "i1" and [r["instruction_id"] for r in out] == [drawn, drawn, "i2"]
+    assert out[0] == dataset[["i1", "i2", "i3"].index(drawn)]  # the replacement's own prompt
+    untouched = retired_rows(Ranked({}), dataset, seed=0, updates_per_step=1)
+    assert untouched(rows, 3) is rows

@@ -13,6 +13,7 @@ from tasks.curriculum.scheduling import (
     reference_rung,
     sample_key,
     should_promote,
+    substitute_retired,
     validate_static_rung,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "reference_rung",
     "sample_key",
     "should_promote",
+    "substitute_retired",
     "validate_static_rung",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 from configs.schema import CurriculumConfig
@@ -162,6 +162,28 @@ def reference_rung(
         draw = _draw(key) % (n_rungs - 1)  # over the references: skip the policy's own rung
         return draw + 1 if draw >= shape.policy_rung else draw
     raise ValueError(f"unknown curriculum schedule '{cfg.schedule}'")
+
+
+def substitute_retired(
+    instruction_ids: Sequence[str],
+    retired: Collection[str],
+    all_ids: Collection[str],
+    *,
+    seed: int,
+    step: int,
+) -> list[str]:
+    """curriculum.top 'retire': the instructions a generation batch trains on, each retired one
+    replaced by an instruction still in play. The draw is keyed by (seed, step, retired id), so
+    every copy of a group, on every rank, gets the same replacement, and a resumed run the same
+    one. With nothing left in play the batch is unchanged (its instructions are judged as under
+    'stay')."""
+    active = sorted(set(all_ids) - set(retired))
+    if not active:
+        return list(instruction_ids)
+    return [
+        active[_draw(json.dumps(["retire", seed, step, iid])) % len(active)] if iid in retired else iid
+        for iid in instruction_ids
+    ]
 
 
 def validate_static_rung(cfg: CurriculumConfig, ladders: Mapping[str, LadderShape | int]) -> None:

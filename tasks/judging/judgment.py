@@ -116,18 +116,24 @@ class Probe(Generic[T]):
     read: Callable[[dict[str, float]], tuple[T, float] | ParseFailure]
 
 
-async def ask(client: LLMClient, question: Ask[T], decoding: Decoding, max_parse_retries: int) -> Judgment[T]:
+async def ask(
+    client: LLMClient, question: Ask[T], decoding: Decoding, max_parse_retries: int, sample_index: int = 0
+) -> Judgment[T]:
     """Ask, parse strictly, re-ask an unusable reply up to `max_parse_retries` times, else fail.
 
     The bad reply and what was wrong join the conversation, so the next ask is a new request (a
-    new cache key); deterministic given the replies. Raises only `EndpointFailingError`."""
+    new cache key); deterministic given the replies. `sample_index` > 0 asks the same question
+    again as an independent sample (its own cache entry, and its own seed when the decoding has
+    one): how a judge's self-consistency is measured. Raises only `EndpointFailingError`."""
     messages = list(question.messages)
     decoding = question.decoding or decoding
+    if sample_index and decoding.seed is not None:
+        decoding = decoding.model_copy(update={"seed": decoding.seed + sample_index})
     calls: list[Completion] = []
     error = ""
     for _ in range(max_parse_retries + 1):
         try:
-            completion = await client.chat(messages, decoding)
+            completion = await client.chat(messages, decoding, sample_index=sample_index)
         except EndpointFailingError:
             raise
         except Exception as exc:  # the contract says chat does not raise; record it if one does
@@ -234,10 +240,14 @@ class Judge:
     def questions(self, form: JudgeForm[T]) -> Sequence[Ask[T] | Probe[T]]:
         return questions_for(self.config.mode, form)
 
-    async def run(self, question: Ask[T] | Probe[T]) -> Judgment[T]:
+    async def run(self, question: Ask[T] | Probe[T], sample_index: int = 0) -> Judgment[T]:
+        """One question. `sample_index` (json mode) asks it again as an independent sample; a
+        probe reads one forward pass, the same every time, so it has none."""
         if isinstance(question, Probe):
             return await probe(self.client, question)
-        return await ask(self.client, question, self.config.decoding, self.config.max_parse_retries)
+        return await ask(
+            self.client, question, self.config.decoding, self.config.max_parse_retries, sample_index
+        )
 
     async def judge(self, form: JudgeForm[T]) -> list[Judgment[T]]:
         """Every question of the form for this judge's mode, concurrently, in order."""

@@ -10,6 +10,14 @@ the policy's response goes:
 - "position-advantage": policy is Response A;
 - "swap": both orders, concurrently; the reward is the mean of the two (twice the cost). A
   judge that always picks the first position then gives win + loss = 0.5, a tie.
+- "recheck" (ours, a named option): the paper's order first; only a verdict that is not a win is
+  judged again with the policy first, and the reward is the mean of the orders judged (a loss that
+  becomes a win is a tie, as in swap). The rule: for a judge that favours the first position, a
+  win from the second position was earned against the bias, and swap's second order would almost
+  always confirm it; a loss or a tie could be the bias, so only those pay for the other order.
+  It costs 1 + P(not a win) calls instead of 2; docs/benchmarks.md measures its accuracy against
+  swap on a simulated judge with a known truth. It assumes the first position is favoured, which
+  `wrl judge calibrate` measures: for a judge that favours the second, use swap.
 
 Unforgeable fences. The policy's response is untrusted: RL optimises it against this judge, and
 text that looks like a verdict, a delimiter or an instruction is exactly what reward hacking finds.
@@ -95,6 +103,7 @@ POLICY_POSITIONS: dict[str, tuple[Position, ...]] = {
     "position-disadvantage": ("B",),
     "position-advantage": ("A",),
     "swap": ("B", "A"),
+    "recheck": ("B", "A"),  # the second order only after a verdict that is not a win (judge_pair)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -647,5 +656,11 @@ async def judge_pair(
             policy_response=policy_response, reference=reference, policy_position=position,
         )  # fmt: skip
 
+    positions = POLICY_POSITIONS[reward.position]
+    if reward.position == "recheck":
+        first = await order(positions[0])
+        if not first.ok or first.outcome == "win":  # a failure fails the judgment: no second call
+            return combine([first])
+        return combine([first, await order(positions[1])])
     # swap: both orders at once
-    return combine(await gather_or_stop(order(p) for p in POLICY_POSITIONS[reward.position]))
+    return combine(await gather_or_stop(order(p) for p in positions))

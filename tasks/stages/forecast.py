@@ -319,6 +319,7 @@ def _train_line(
     if reward.kind == "pairwise":
         prompt = PAIRWISE_PROMPTS[judge.prompt_version]
         per_rollout = []
+        # recheck's second order is asked only after a verdict that is not a win: counted, an upper bound.
         for position in POLICY_POSITIONS[reward.position]:
             a, b = (rollout, reference) if position == "A" else (reference, rollout)
             form = VerdictForm(prompt, typical.prompt, a, b, typical.criteria, reward.tie_margin)

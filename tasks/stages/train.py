@@ -57,7 +57,10 @@ def _config_slice(recipe: Recipe) -> dict[str, Any]:
         "training": training,
         "reward": recipe.reward.model_dump(mode="json"),
         "judge": recipe.call_identity(recipe.judge_for("reward")),
-        "curriculum": recipe.curriculum.model_dump(mode="json"),
+        # `top` came later: its default stays out, so the keys of runs paid for before it still match.
+        "curriculum": recipe.curriculum.model_dump(
+            mode="json", exclude={"top"} if recipe.curriculum.top == "stay" else None
+        ),
         "policy": {"model": policy.model, "strategy": policy.strategy},
     }  # fmt: skip
 

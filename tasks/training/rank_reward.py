@@ -46,14 +46,21 @@ class RankReward:
         self.ranks, self.owner = ranks, owner
         self.budget = budget  # rank 0's judge's (tasks/llm/budget.py), when the recipe has a budget
         self._rungs: dict[str, int] = {}
+        self._topped: dict[str, int] = {}
 
     # -- the curriculum, identical on every rank ------------------------------------------------
 
     def _sync_rungs(self) -> None:
-        self._rungs = self.ranks.broadcast(self.owner.current_rungs() if self.owner else None)
+        mine = (self.owner.current_rungs(), self.owner.topped()) if self.owner else None
+        self._rungs, self._topped = self.ranks.broadcast(mine)
 
     def current_rungs(self) -> dict[str, int]:
         return dict(self._rungs)
+
+    def topped(self) -> dict[str, int]:
+        """Instruction -> the step it beat its top rung (every rank: `curriculum.top` retire
+        replaces them in the batches each rank generates)."""
+        return dict(self._topped)
 
     def start(self, checkpoint_step: int | None, forget_after: Callable[[int], None]) -> None:
         """Put the curriculum where the run starts: at `checkpoint_step`'s snapshot when resuming;

@@ -1,7 +1,8 @@
 """The training part of the end-of-run report: per-step curves and the rung distribution.
 
 `training_report` reads the stage's `train_metrics` (long format: step, source, name, value) and
-`curriculum_history`; `plot_training_report` draws reward (with the periodic validation's, when
+`curriculum_history` (with when each instruction first beat its top rung, `reached_top`);
+`plot_training_report` draws reward (with the periodic validation's, when
 the run validated), win rate and the mean rung over all instructions per step, and how many
 instructions sit on each rung as the steps go, to a PNG.
 """
@@ -25,6 +26,7 @@ STEP_COLUMNS = {  # report column -> (source, metric name)
     "judge_failures": ("reward", "judge/failures"),
     "mean_rung": ("reward", "curriculum/mean_rung"),  # over ALL instructions, after the step
     "promotions": ("reward", "curriculum/promotions"),
+    "topped": ("reward", "curriculum/topped"),  # instructions past their top rung so far
     "completion_length": ("trainer", "completions/mean_length"),
     "kl": ("trainer", "kl"),
     "loss": ("trainer", "loss"),
@@ -34,6 +36,7 @@ STEP_COLUMNS = {  # report column -> (source, metric name)
     "val_vs_initial": ("trainer", "eval_validation/reward_vs_initial"),
     "val_vs_top": ("trainer", "eval_validation/reward_vs_top"),
 }
+TOPPED_METRIC = "curriculum/topped"  # instructions whose rollouts have beaten their top rung so far
 RUNG_COUNT_PREFIX = "curriculum/instructions_at_rung/"  # + rung: instructions on it after the step
 
 
@@ -69,11 +72,28 @@ def training_report(metrics: pa.Table, history: pa.Table) -> dict[str, Any]:
         ):
             last[row["instruction_id"]] = row["rung_after"]
         final = dict(sorted(Counter(last.values()).items()))
+    # When each instruction first beat its top rung (curriculum.top; a history recorded before the
+    # column existed has none to tell).
+    reached = (
+        sorted((r["step"], r["instruction_id"]) for r in history.select(["step", "instruction_id", "reached_top"])
+               .to_pylist() if r["reached_top"])
+        if "reached_top" in history.column_names else []
+    )  # fmt: skip
     return {
         "steps": steps,
         "final_rungs": final,
         "promotions": sum(1 for p in history.column("promoted").to_pylist() if p) if history.num_rows else 0,
+        "reached_top": [{"step": step, "instruction_id": iid} for step, iid in reached],
     }
+
+
+def reached_top_text(report: Mapping[str, Any]) -> str:
+    """'2 instructions beat their top rung (steps 3, 5)', for the terminal and the summary."""
+    reached = report.get("reached_top") or []
+    if not reached:
+        return "no instruction beat its top rung"
+    steps = ", ".join(str(r["step"]) for r in reached)
+    return f"{len(reached)} instruction{'s' if len(reached) != 1 else ''} beat their top rung (steps {steps})"
 
 
 def plot_training_report(report: Mapping[str, Any], path: Path, figures: Path | None = None) -> Path | None:

@@ -18,6 +18,15 @@ cannot travel in the dataset):
 - each outcome carries the rung it was judged against, and the store promotes only when that is
   still the current rung: a late or repeated outcome can never move an instruction twice.
 
+The top of the ladder (`curriculum.top`). An instruction whose rollouts beat its top rung is
+recorded by the store (`topped_step`). Under `stay` (the paper) nothing else changes. Under
+`group` each of its later rollouts is judged against the next rollout of the same group in the
+same reward call (a pairwise GRPO, as BRPO in Writing-Zero): `rung` None, and its outcome never
+asks for a promotion. An instruction with a single rollout in the call falls back to its top
+rung. Under `retire` the trainer stops sampling it (`tasks.curriculum.substitute_retired`, at
+generation time); should one still come here (every instruction retired), it is judged as under
+`stay`.
+
 Validation (`validate`) judges rollouts of the held-out ladders against every rung of their own
 ladder. It reads only those ladders and the judge: never the curriculum store, the rungs or the
 step's pending judgments, so validation cannot move or count toward any rung.
@@ -35,7 +44,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from configs.schema import CurriculumConfig, JudgeConfig, RewardConfig
@@ -64,7 +73,7 @@ class RolloutReward:
     step: int
     instruction_id: str
     sample_index: int
-    rung: int
+    rung: int | None  # None: judged against another rollout of its group (curriculum.top: group)
     reward: float | None  # what the trainer gets; None = judge failure (excluded)
     judge_reward: float | None
     verdict: str | None  # win / tie / loss (pairwise); "score" (pointwise); None on failure
@@ -105,6 +114,7 @@ class WritingRLReward:
         # with the promotions this object applies: one training process owns its curriculum, so a
         # step costs one transaction, not a read and a transaction (docs/benchmarks.md).
         self._rungs: dict[str, int] | None = None
+        self._topped: dict[str, int] | None = None  # instruction -> the step it beat its top rung
 
     # -- judging ------------------------------------------------------------------------------
 
@@ -121,7 +131,10 @@ class WritingRLReward:
             # (the 2-rank kill drill found it). Each step's values depend on its own batch alone.
             forget()
         rollouts = [Rollout(r.instruction_id, base + i, r.text) for i, r in enumerate(rollouts)]
-        results = await gather_or_stop(self._score_one(step, r, state) for r in rollouts)
+        siblings = self._group_siblings(rollouts)
+        results = await gather_or_stop(
+            self._score_one(step, r, state, siblings.get(r.sample_index)) for r in rollouts
+        )
         with self._lock:
             self._pending[step].extend(results)
         return list(results)
@@ -135,12 +148,37 @@ class WritingRLReward:
                 return dict(self._rungs)
             return {iid: self._rungs[iid] for iid in instruction_ids}
 
+    def topped(self) -> dict[str, int]:
+        """Instruction -> the step its rollouts first beat its top rung (read once, then kept in
+        step with `finish_step`, as the rungs are)."""
+        with self._lock:
+            if self._topped is None:
+                self._topped = self.store.topped(self.curriculum_id)
+            return dict(self._topped)
+
     def restore(self, step: int) -> dict[str, int]:
         """Put the curriculum back to checkpoint `step` (store and in-memory rungs alike)."""
         state = self.store.restore(self.curriculum_id, step)
+        topped = self.store.topped(self.curriculum_id)
         with self._lock:
-            self._rungs = dict(state)
+            self._rungs, self._topped = dict(state), topped
         return state
+
+    def _group_siblings(self, rollouts: Sequence[Rollout]) -> dict[int, Rollout]:
+        """curriculum.top 'group': sample index -> the rollout it is judged against (the next of its
+        instruction's rollouts in this call, cyclically), for instructions past their top rung."""
+        if self.curriculum.top != "group":
+            return {}
+        topped = self.topped()
+        groups: dict[str, list[Rollout]] = defaultdict(list)
+        for r in rollouts:
+            if r.instruction_id in topped:
+                groups[r.instruction_id].append(r)
+        return {
+            r.sample_index: group[(k + 1) % len(group)]
+            for group in groups.values() if len(group) > 1
+            for k, r in enumerate(group)
+        }  # fmt: skip
 
     def _rung_for(self, step: int, rollout: Rollout, state: dict[str, int]) -> int:
         item = self.items[rollout.instruction_id]
@@ -148,12 +186,15 @@ class WritingRLReward:
         return reference_rung(self.curriculum, state[rollout.instruction_id], item.shape, step=step, key=key,
                               instruction_id=rollout.instruction_id)  # fmt: skip
 
-    async def _score_one(self, step: int, rollout: Rollout, state: dict[str, int]) -> RolloutReward:
+    async def _score_one(
+        self, step: int, rollout: Rollout, state: dict[str, int], sibling: Rollout | None = None
+    ) -> RolloutReward:
         item = self.items[rollout.instruction_id]
-        rung = self._rung_for(step, rollout, state)
+        rung = None if sibling is not None else self._rung_for(step, rollout, state)
+        reference = item.rungs[rung].text if rung is not None else self._visible(sibling.text)  # type: ignore[union-attr]
         # think-then-write: the judge compares the visible answer, as readers (and the references'
         # generation) see it; the think block only counts through the format reward.
-        answer = split_think(rollout.text).visible if self.think_format else rollout.text
+        answer = self._visible(rollout.text)
         started = time.perf_counter()
         result = RolloutReward(
             step=step, instruction_id=rollout.instruction_id, sample_index=rollout.sample_index, rung=rung,
@@ -163,7 +204,7 @@ class WritingRLReward:
         if self.reward_cfg.kind == "pairwise":
             judgment = await judge_pair(
                 self.client, self.judge, self.reward_cfg, instruction=item.prompt, criteria=item.criteria,
-                policy_response=answer, reference=item.rungs[rung].text,
+                policy_response=answer, reference=reference,
             )  # fmt: skip
             result.judge_reward, result.verdict = judgment.reward, judgment.outcome
             result.rationale, result.error = judgment.rationale or _probabilities(judgment), judgment.error
@@ -189,6 +230,9 @@ class WritingRLReward:
         result.reward = combine(result.judge_reward, result.components, weights)
         result.latency_s = time.perf_counter() - started
         return result
+
+    def _visible(self, text: str) -> str:
+        return split_think(text).visible if self.think_format else text
 
     # -- validation: the held-out ladders, never the curriculum -----------------------------------
 
@@ -244,18 +288,30 @@ class WritingRLReward:
         for r in results:
             rewards[r.instruction_id].append(r.judge_reward)
             rungs[r.instruction_id].add(r.rung)
-        return [
+        outcomes = [
             build_outcome(iid, next(iter(rungs[iid])) if len(rungs[iid]) == 1 else None, rewards[iid],
                           self.curriculum)
             for iid in sorted(rewards)
         ]  # fmt: skip
+        # Judged within its group: no rung was beaten, so nothing to promote (or to top again).
+        return [replace(o, promote=False) if None in rungs[o.instruction_id] else o for o in outcomes]
 
     def finish_step(self, step: int) -> tuple[list[RolloutReward], Any]:
         """Apply `step`'s promotions in one transaction; returns the step's judgments and the
         promotions. Called once per optimisation step, after all of its reward calls."""
         outcomes = self.step_outcomes(step)
+        topped = self.topped()
+        rungs = self.current_rungs({o.instruction_id for o in outcomes})
         promotions = self.store.apply_step(self.curriculum_id, step, outcomes)
+        # The store's rule for reaching the top, mirrored so the step stays one transaction.
+        topped_now = {
+            o.instruction_id: step for o in outcomes
+            if o.promote and o.rung_judged == rungs[o.instruction_id] == self.items[o.instruction_id].n_rungs - 1
+            and o.instruction_id not in topped
+        }  # fmt: skip
         with self._lock:
+            if self._topped is not None:
+                self._topped.update(topped_now)
             if self._rungs is not None:
                 self._rungs.update({p.instruction_id: p.rung_after for p in promotions})
             judged = self._pending.pop(step, [])
@@ -276,6 +332,10 @@ def _probabilities(judgment: Any) -> str | None:
     return "; ".join(parts) or None
 
 
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
 def step_metrics(results: Sequence[RolloutReward]) -> dict[str, float | None]:
     """The reward-side metrics of one step (rates over judged rollouts; failures over all)."""
     n = len(results)
@@ -290,7 +350,7 @@ def step_metrics(results: Sequence[RolloutReward]) -> dict[str, float | None]:
         "judge/failure_rate": sum(r.judge_reward is None for r in results) / n,
         # The rung these rollouts were judged against (the step's batch only; the curriculum as a
         # whole is `curriculum/mean_rung`, added by the trainer's callback).
-        "curriculum/judged_rung": statistics.fmean(r.rung for r in results),
+        "curriculum/judged_rung": _mean_or_none([r.rung for r in results if r.rung is not None]),
         "completion/mean_chars": statistics.fmean(r.completion_chars for r in results),
     }
     if judged and any(r.verdict in ("win", "tie", "loss") for r in judged):

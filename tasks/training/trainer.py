@@ -34,19 +34,21 @@ from tasks.training.args import peft_lora_config, policy_dtype, rl_step, trainer
 from tasks.training.checkpoints import latest_checkpoint, merge_adapter, write_updates_per_step
 from tasks.training.rank_reward import JudgeUnavailableError, RankReward
 from tasks.training.ranks import Ranks
-from tasks.training.report import RUNG_COUNT_PREFIX
+from tasks.training.report import RUNG_COUNT_PREFIX, TOPPED_METRIC
 from tasks.training.reward import step_metrics
 
 logger = logging.getLogger(__name__)
 
 
-def curriculum_metrics(rungs: dict[str, int]) -> dict[str, float]:
-    """Where the whole curriculum stands: the mean rung over ALL instructions and how many sit on
-    each rung (a step judges only its batch's instructions; this is every instruction's rung)."""
+def curriculum_metrics(rungs: dict[str, int], topped: dict[str, int] | None = None) -> dict[str, float]:
+    """Where the whole curriculum stands: the mean rung over ALL instructions, how many sit on
+    each rung (a step judges only its batch's instructions; this is every instruction's rung) and
+    how many have beaten their top rung so far."""
     if not rungs:
         return {}
     counts = Counter(rungs.values())
-    metrics = {"curriculum/mean_rung": statistics.fmean(rungs.values())}
+    metrics = {"curriculum/mean_rung": statistics.fmean(rungs.values()),
+               TOPPED_METRIC: float(len(topped or {}))}  # fmt: skip
     metrics |= {f"{RUNG_COUNT_PREFIX}{rung}": float(counts.get(rung, 0)) for rung in range(max(counts) + 1)}
     return metrics
 
@@ -83,7 +85,7 @@ class CurriculumCallback:
                 if main:
                     metrics = {k: v for k, v in step_metrics(judged).items() if v is not None}
                     metrics["curriculum/promotions"] = float(len(promotions))
-                    metrics |= curriculum_metrics(reward.current_rungs())
+                    metrics |= curriculum_metrics(reward.current_rungs(), reward.topped())
                     metrics["time/step_s"] = time.perf_counter() - self.step_started
                     record_step(step, judged, promotions, metrics)
                 return control
@@ -183,15 +185,47 @@ def epoch_seeded(sampler: Any) -> Any:
     return sampler
 
 
-def resumable(trainer_class: type) -> type:
-    """`trainer_class` with an epoch-seeded prompt order (see `epoch_seeded`)."""
+def resumable(trainer_class: type, retire: Callable[[list[dict], int], list[dict]] | None = None) -> type:
+    """`trainer_class` with an epoch-seeded prompt order (see `epoch_seeded`) and, with `retire`,
+    the rows of retired instructions replaced before each training generation (`retire(rows,
+    optimizer step)`; curriculum.top 'retire'). The replacement happens when the RL step's batch
+    is generated, after the previous step's curriculum update on every rank: so a step sees the
+    retirements of every step before it, and a resumed run those of its checkpoint."""
 
     class Resumable(trainer_class):
         def _get_train_sampler(self, dataset=None):
             return epoch_seeded(super()._get_train_sampler(dataset))
 
+        def _generate_and_score_completions(self, inputs):
+            if retire is not None and self.model.training:
+                inputs = retire(inputs, self.state.global_step)
+            return super()._generate_and_score_completions(inputs)
+
     Resumable.__name__ = Resumable.__qualname__ = trainer_class.__name__
     return Resumable
+
+
+def retired_rows(
+    reward: RankReward, dataset: Any, *, seed: int, updates_per_step: int
+) -> Callable[[list[dict], int], list[dict]]:
+    """The `retire` hook of `resumable`: each row of a retired instruction replaced by the dataset's
+    row of the instruction `substitute_retired` draws for it."""
+    from tasks.curriculum import substitute_retired
+
+    index = {iid: i for i, iid in enumerate(dataset["instruction_id"])}
+
+    def retire(rows: list[dict], optimizer_step: int) -> list[dict]:
+        retired = reward.topped()
+        if not retired:
+            return rows
+        step = optimizer_step // updates_per_step + 1  # the RL step being generated
+        ids = substitute_retired([r["instruction_id"] for r in rows], retired, index, seed=seed, step=step)
+        return [
+            row if row["instruction_id"] == iid else dataset[index[iid]]
+            for row, iid in zip(rows, ids, strict=True)
+        ]
+
+    return retire
 
 
 @dataclass(frozen=True)
@@ -217,6 +251,7 @@ def run_training(
     trainer_log: Path | None = None,
     args: Any = None,
     eval_dataset: Any = None,
+    curriculum_top: str = "stay",
 ) -> TrainingOutcome:
     """Train (or resume) on this rank and save the final policy as a plain model folder (LoRA
     merged). Every rank of the job calls it; `args` is the trainer's config when the caller built
@@ -232,7 +267,9 @@ def run_training(
     if checkpoint is not None and reward.ranks.is_main:
         logger.info("train: resuming from %s (curriculum restored to step %d)", *checkpoint)
     peft_config = peft_lora_config(training.lora)
-    trainer_class = resumable(GRPOTrainer if training.algorithm == "grpo" else RLOOTrainer)
+    retire = retired_rows(reward, train_dataset, seed=training.seed, updates_per_step=updates) if (
+        curriculum_top == "retire") else None  # fmt: skip
+    trainer_class = resumable(GRPOTrainer if training.algorithm == "grpo" else RLOOTrainer, retire)
     callback = CurriculumCallback(reward, record_step, record_trainer_logs, lineage, trainer_log, updates)
     trainer = trainer_class(
         model=model_path,

@@ -101,6 +101,7 @@ def main(spec_path: str) -> int:
             record_trainer_logs=lambda step, logs: log.record_metrics(curriculum_id, step, logs, source="trainer"),
             forget_after=lambda step: log.forget_after(curriculum_id, step),
             final_model_dir=spec.model_dir, trainer_log=spec.work_dir / TRAINER_LOG, lineage=spec.lineage,
+            curriculum_top=recipe.curriculum.top,
         )  # fmt: skip
         if ranks.is_main:
             emit("done", final_step=outcome.final_step, resumed_from=outcome.resumed_from)

@@ -165,7 +165,9 @@ def test_calibration_measures_a_known_bias_recommends_from_it_and_is_cached(pref
         again = calibrate_judge(recipe_path=str(recipe(tmp_path, server, "fair", pairs)))
         assert again["cached"] and server.requests == [] and again["metrics"] == results["fair"]["metrics"]
         assert "Recommended `reward.position`: position-disadvantage" in again["markdown"]
-        assert Path(again["plot"]).is_file()
+        assert Path(again["plot"]).read_bytes()[:4] == b"\x89PNG"
+        assert again["artifacts"] == ["calibrate-fair-judge-calibration-plot",
+                                      "calibrate-fair-judge-calibration-summary"]  # fmt: skip
 
         # A sampling judge (temperature 1): repeats disagree sometimes.
         sampling = calibrate_judge(recipe_path=str(recipe(tmp_path, server, "sampling", pairs, 1.0)))[

@@ -23,10 +23,11 @@ from configs.loading import ConfigError, load_recipe, stable_hash
 from flows.pipeline import run_tags, tag_flow_run, tag_flow_run_with_datasets
 from flows.reporting import artifact_key, figures_drawn_before, image_artifact
 from storage import DatasetRef, Storage, code_version, open_storage
-from tasks.evaluation.bootstrap import Difference, paired_difference
+from tasks.evaluation.bootstrap import Difference, mean_interval, paired_difference, scored_items
 from tasks.evaluation.candidates import Candidate, resolve_candidates
 from tasks.evaluation.registry import SUITES
 from tasks.evaluation.report import (
+    WRITING,
     comparison_markdown,
     comparison_table,
     difference_row,
@@ -162,8 +163,31 @@ def _differences(storage: Storage, recipe: Any, rows: list[dict[str, Any]]) -> l
     return differences
 
 
+def _writing_average_intervals(
+    storage: Storage, recipe: Any, rows: list[dict[str, Any]]
+) -> dict[str, tuple[float, float] | None]:
+    """Per candidate scored on all three writing benchmarks: the bootstrap interval of their mean
+    (the paper's Table 1 Average), each benchmark's items resampled on its own."""
+    by_pair = {(r["candidate"], r["benchmark"]): r for r in rows}
+    intervals: dict[str, tuple[float, float] | None] = {}
+    for candidate in dict.fromkeys(r["candidate"] for r in rows):
+        if not all(
+            (candidate, b) in by_pair and by_pair[(candidate, b)]["score"] is not None for b in WRITING
+        ):
+            continue
+        parts = []
+        for benchmark in WRITING:
+            suite = SUITES[benchmark]
+            items = evaluate_stage.select_items(suite, recipe.evaluation.benchmarks[benchmark])
+            item_rows = storage.datasets.read(DatasetRef.parse(by_pair[(candidate, benchmark)]["items_ref"]))
+            parts.append((suite, *scored_items(items, item_rows.to_pylist())))
+        interval = mean_interval(parts, recipe.evaluation.bootstrap)
+        intervals[candidate] = None if interval is None else (interval.low, interval.high)
+    return intervals
+
+
 def _report(storage: Storage, run_id: str, rows: list[dict[str, Any]], recipe: Any) -> dict[str, Any]:
-    table = comparison_table(rows)
+    table = comparison_table(rows, _writing_average_intervals(storage, recipe, rows))
     differences = _differences(storage, recipe, rows)
     plots = {}
     for train_run_id in sorted({r["train_run_id"] for r in rows if r["train_run_id"]}):

@@ -7,7 +7,7 @@ import pytest
 
 from configs.schema import BootstrapConfig
 from tasks.evaluation.base import BenchItem, BenchmarkResult, ItemScore
-from tasks.evaluation.bootstrap import paired_interval, score_interval
+from tasks.evaluation.bootstrap import mean_interval, paired_interval, score_interval
 
 
 class MeanSuite:
@@ -67,3 +67,17 @@ def test_a_difference_that_goes_both_ways_is_not_significant():
     _, b = scored(60, 40, 60, 40, 60, 40)
     difference = paired_interval(MeanSuite(), items, a, b, BootstrapConfig())
     assert -10 <= difference.low < 0 < difference.high <= 10 and not difference.excludes_zero()
+
+
+def test_the_interval_of_an_average_of_benchmarks_resamples_each_on_its_own():
+    """The paper's writing average, by hand: benchmark A has items 0 and 100 (a resample's mean is
+    0, 50 or 100 with probabilities 1/4, 1/2, 1/4), B one item of 50 (always 50). Their average is
+    25, 50 or 75 with 1/4, 1/2, 1/4: the 2.5% and 97.5% points are 25 and 75. Had B been
+    resampled with A's positions (paired), the average would still span 25-75; had the two been
+    pooled into one benchmark of 3 items, the mean of (0, 100, 50) would reach 0 and 100."""
+    parts = [(MeanSuite(), *scored(0, 100)), (MeanSuite(), *scored(50))]
+    wide = mean_interval(parts, BootstrapConfig(resamples=10_000, level=0.95))
+    assert (wide.low, wide.high) == (25.0, 75.0)
+    pooled = score_interval(MeanSuite(), *scored(0, 100, 50), BootstrapConfig(resamples=10_000, level=0.95))
+    assert (pooled.low, pooled.high) == (0.0, 100.0)  # all three drawn the same: 1/27 = 3.7% each end
+    assert mean_interval([(MeanSuite(), *scored(0, 100)), (MeanSuite(), *scored())], BootstrapConfig()) is None

@@ -43,11 +43,11 @@ def percentile_interval(
     if n == 0:
         return None
     rng = np.random.default_rng(config.seed)
-    values = []
-    for _ in range(config.resamples):
-        value = statistic(rng.integers(0, n, size=n))
-        if value is not None:
-            values.append(value)
+    values = [statistic(rng.integers(0, n, size=n)) for _ in range(config.resamples)]
+    return _percentiles([v for v in values if v is not None], config)
+
+
+def _percentiles(values: Sequence[float], config: BootstrapConfig) -> Interval | None:
     if not values:
         return None
     tail = (1 - config.level) / 2
@@ -84,6 +84,33 @@ def paired_interval(
         return None if first is None or second is None else second - first
 
     return percentile_interval(difference, len(items), config)
+
+
+def mean_interval(
+    parts: Sequence[tuple[BenchmarkSuite, Sequence[BenchItem], Sequence[ItemScore]]], config: BootstrapConfig
+) -> Interval | None:
+    """The interval of the mean of several benchmarks' headlines (the paper's writing average).
+    Each draw resamples every benchmark's own items, independently, from one seeded generator: the
+    benchmarks are different item sets, so nothing pairs them."""
+    if not parts or any(not items for _, items, _ in parts):
+        return None
+    rng = np.random.default_rng(config.seed)
+    headlines = [(_resampled(suite, items, scores), len(items)) for suite, items, scores in parts]
+    values = []
+    for _ in range(config.resamples):
+        drawn = [headline(rng.integers(0, n, size=n)) for headline, n in headlines]
+        if all(v is not None for v in drawn):
+            values.append(sum(drawn) / len(drawn))  # type: ignore[arg-type]
+    return _percentiles(values, config)
+
+
+def scored_items(
+    items: Sequence[BenchItem], rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[BenchItem], list[ItemScore]]:
+    """The benchmark's items a candidate has `eval_items` rows for, with their scores, in item order."""
+    by_id = {r["item_id"]: r for r in rows}
+    kept = [item for item in items if item.id in by_id]
+    return kept, [item_score_of(by_id[item.id]) for item in kept]
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,18 @@
-"""The evaluation report: a comparison table like the paper's Table 1 and a score-over-steps plot.
+"""The evaluation report: a comparison table laid out as the paper's and a score-over-steps plot.
 
 Pure functions over result rows (dicts with candidate, benchmark, score, step, train_run_id, ...:
 the `eval_results` rows of storage/evaluations.py). Every headline is on 0-100 (WritingBench x10,
-LongBench-Write S, Creative Writing v3 rubric x5, LongBench v2 accuracy), so the average is a
-plain mean; it is left empty when one of the candidate's benchmarks has no score, rather than
-averaging fewer numbers than the other rows.
+LongBench-Write S, Creative Writing v3 rubric x5, LongBench v2 accuracy).
+
+The layout is the paper's. Table 1 (writing) has WritingBench, EQ-Bench Creative Writing and
+LongBench-Write, in that order, and its "Average" is their plain mean: the `writing average`
+column. It exists only when all three are evaluated, and is left empty for a candidate missing one
+of them, rather than averaged over fewer. LongBench v2 is the paper's Table 3, a column after the
+average and outside it. Other registered suites come last, outside the average too.
+
+A result with items that went unscored (`n_failed` > 0) is partial: its cell says so, as does a
+writing average that rests on one. The markdown lists, per candidate and benchmark, the items
+scored and failed, the judge, and whether the run is complete.
 """
 
 from __future__ import annotations
@@ -32,10 +40,17 @@ def title(benchmark: str) -> str:
     return TITLES.get(benchmark, benchmark)
 
 
+# The paper's Table 1, in its column order; its "Average" is the mean of exactly these.
+WRITING = ("writingbench", "creative_writing_v3", "longbench_write")
+TABLE_ORDER = (*WRITING, "longbench_v2")  # LongBench v2: the paper's Table 3, after the average
+WRITING_AVERAGE = "writing average"
+assert set(TABLE_ORDER) == set(BENCHMARKS)
+
+
 def _in_order(names: Iterable[str]) -> list[str]:
-    """The built-in benchmarks in their usual order, then any other (a registered suite) by name."""
+    """The built-in benchmarks in the paper's order, then any other (a registered suite) by name."""
     present = set(names)
-    return [b for b in BENCHMARKS if b in present] + sorted(present - set(BENCHMARKS))
+    return [b for b in TABLE_ORDER if b in present] + sorted(present - set(TABLE_ORDER))
 
 
 def _ordered_benchmarks(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -57,48 +72,65 @@ def ci_column(benchmark: str) -> str:
     return f"{title(benchmark)}{CI_SUFFIX}"
 
 
+PARTIAL = "partial"  # a table row's columns whose score rests on unscored items
+
+
 def shown_columns(row: Mapping[str, Any]) -> list[str]:
-    """A table row's columns as a reader sees them: the intervals go inside their scores' cells."""
-    return [c for c in row if not c.endswith(CI_SUFFIX)]
+    """A table row's columns as a reader sees them: the intervals and the partial mark go inside
+    their scores' cells."""
+    return [c for c in row if not c.endswith(CI_SUFFIX) and c != PARTIAL]
 
 
 def score_cell(row: Mapping[str, Any], column: str) -> str:
-    """`score [low, high]` where the column has an interval, else the value; "-" for none. The
-    markdown summary and `wrl evaluate` both write cells this way."""
+    """`score [low, high]` where the column has an interval, else the value, then "(partial)"
+    where items went unscored; "-" for none. The markdown summary and `wrl evaluate` both write
+    cells this way."""
     if row[column] is None:
         return "-"
     interval = row.get(f"{column}{CI_SUFFIX}")
-    return f"{row[column]} [{interval[0]}, {interval[1]}]" if interval else str(row[column])
+    cell = f"{row[column]} [{interval[0]}, {interval[1]}]" if interval else str(row[column])
+    return f"{cell} (partial)" if column in row.get(PARTIAL, ()) else cell
 
 
-def comparison_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per candidate (in the order given): its score per benchmark, the average, and each
-    score's bootstrap interval ("<benchmark> CI": [low, high], after the scores)."""
+def comparison_table(
+    rows: Sequence[Mapping[str, Any]],
+    average_intervals: Mapping[str, tuple[float, float] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per candidate (in the order given): its score per benchmark in the paper's order,
+    the writing average after the writing benchmarks (when all three are evaluated), the unscored
+    items, each score's bootstrap interval ("<column> CI": [low, high], after the scores; the
+    average's from `average_intervals`, candidate -> interval) and the columns that are partial."""
     benchmarks = _ordered_benchmarks(rows)
+    with_average = all(b in benchmarks for b in WRITING)
     by_candidate: dict[str, dict[str, Any]] = {}
     for r in rows:
         by_candidate.setdefault(r["candidate"], {})[r["benchmark"]] = r
     table = []
     for candidate, results in by_candidate.items():
-        scores = [results[b]["score"] if b in results else None for b in benchmarks]
-        complete = all(s is not None for s in scores)
-        step = next((r.get("step") for r in results.values() if r.get("step") is not None), None)
-        table.append(
-            {
-                "candidate": candidate,
-                "step": step,
-                **{
-                    title(b): (None if s is None else round(s, 2))
-                    for b, s in zip(benchmarks, scores, strict=True)
-                },
-                "average": round(sum(scores) / len(scores), 2) if complete and scores else None,
-                "failed items": sum(int(r["n_failed"]) for r in results.values()),
-                **{
-                    ci_column(b): _rounded(interval_of(results[b])) if b in results else None
-                    for b in benchmarks
-                },
-            }
-        )
+        row: dict[str, Any] = {
+            "candidate": candidate,
+            "step": next((r.get("step") for r in results.values() if r.get("step") is not None), None),
+        }
+        partial = [title(b) for b in benchmarks if b in results and int(results[b]["n_failed"]) > 0]
+        for b in benchmarks:
+            score = results[b]["score"] if b in results else None
+            row[title(b)] = None if score is None else round(score, 2)
+            if with_average and b == WRITING[-1]:
+                scores = [results[w]["score"] if w in results else None for w in WRITING]
+                complete = all(s is not None for s in scores)
+                row[WRITING_AVERAGE] = round(sum(scores) / len(scores), 2) if complete else None  # type: ignore[arg-type]
+                if complete and any(title(w) in partial for w in WRITING):
+                    partial.append(WRITING_AVERAGE)
+        row["failed items"] = sum(int(r["n_failed"]) for r in results.values())
+        for b in benchmarks:
+            row[ci_column(b)] = _rounded(interval_of(results[b])) if b in results else None
+            if with_average and b == WRITING[-1]:
+                interval = (
+                    (average_intervals or {}).get(candidate) if row[WRITING_AVERAGE] is not None else None
+                )
+                row[f"{WRITING_AVERAGE}{CI_SUFFIX}"] = _rounded(interval)
+        row[PARTIAL] = partial
+        table.append(row)
     return table
 
 
@@ -161,7 +193,7 @@ def comparison_markdown(
     if not table:
         return "# Evaluation\n\nNo results."
     columns = [c for c in shown_columns(table[0]) if c != "failed items"]
-    lines = ["# Evaluation: candidates x benchmarks (0-100)", ""]
+    lines = ["# Evaluation: candidates x benchmarks (0-100), laid out as the paper's Tables 1 and 3", ""]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
     for row in table:
@@ -175,23 +207,37 @@ def comparison_markdown(
             "",
         ]
     lines += differences_markdown(differences)
-    judges = sorted({r["judge"] for r in rows if r.get("judge")})
     versions = sorted({r["benchmark_version"] for r in rows})
-    items = {r["benchmark"]: r["n_items"] for r in rows}
     failed = sum(int(r["n_failed"]) for r in rows)
+    judges = {b: sorted({r.get("judge") or "none (no judge)" for r in rows if r["benchmark"] == b})
+              for b in _in_order(r["benchmark"] for r in rows)}  # fmt: skip
     lines += [
-        f"**Judge**: {', '.join(judges) or 'none'}",
+        "**Judge per column**: " + "; ".join(f"{title(b)}: {', '.join(j)}" for b, j in judges.items()),
         "",
         f"**Benchmark versions**: {', '.join(versions)}",
         "",
-        "**Items per cell**: " + ", ".join(f"{title(b)} {items[b]}" for b in _in_order(items)),
-        "",
         f"**Items without a score**: {failed} (excluded or counted wrong per benchmark; see docs/evaluation.md)",
         "",
+        *coverage_markdown(rows),
         "Scales: WritingBench x10 (leaderboard), LongBench-Write S = (S_l + S_q)/2, Creative Writing v3 "
-        "rubric x5, LongBench v2 accuracy %. The average is left empty when a benchmark has no score.",
+        "rubric x5, LongBench v2 accuracy %. The writing average is the paper's Table 1 Average: the mean "
+        "of WritingBench, Creative Writing v3 and LongBench-Write, left empty when one has no score; "
+        "LongBench v2 (the paper's Table 3) is outside it.",
     ]
     return "\n".join(lines)
+
+
+def coverage_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per candidate and benchmark: the items scored and failed, the judge, complete or partial."""
+    lines = ["**Coverage** (a partial result is marked in the table too):", "",
+             "| candidate | benchmark | items scored | items failed | judge | run |", "|---|---|---:|---:|---|---|"]  # fmt: skip
+    candidates = list(dict.fromkeys(r["candidate"] for r in rows))
+    order = {b: i for i, b in enumerate(_in_order(r["benchmark"] for r in rows))}
+    for r in sorted(rows, key=lambda r: (candidates.index(r["candidate"]), order[r["benchmark"]])):
+        failed, total = int(r["n_failed"]), int(r["n_items"])
+        lines.append(f"| {r['candidate']} | {title(r['benchmark'])} | {total - failed} | {failed} | "
+                     f"{r.get('judge') or 'none'} | {'partial' if failed else 'complete'} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def score_over_steps(

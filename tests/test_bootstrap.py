@@ -80,4 +80,6 @@ def test_the_interval_of_an_average_of_benchmarks_resamples_each_on_its_own():
     assert (wide.low, wide.high) == (25.0, 75.0)
     pooled = score_interval(MeanSuite(), *scored(0, 100, 50), BootstrapConfig(resamples=10_000, level=0.95))
     assert (pooled.low, pooled.high) == (0.0, 100.0)  # all three drawn the same: 1/27 = 3.7% each end
-    assert mean_interval([(MeanSuite(), *scored(0, 100)), (MeanSuite(), *scored())], BootstrapConfig()) is None
+    assert (
+        mean_interval([(MeanSuite(), *scored(0, 100)), (MeanSuite(), *scored())], BootstrapConfig()) is None
+    )

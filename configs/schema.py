@@ -941,6 +941,13 @@ class BenchmarkConfig(StrictModel):
         description="This benchmark's own judge (e.g. GPT-4o for LongBench-Write, as its harness); "
         "else `evaluation.judge`, else the top-level judge.",
     )
+    requirement_criteria: Path | None = Field(
+        None,
+        description="writingbench: a requirement subset's `_C` file (style_subset_C.jsonl, "
+        "format_subset_C_v1.jsonl, length_subset_C.jsonl): each query's requirement criterion, judged as "
+        "well and reported as the leaderboard's requirement dimension (R: the subset's score, C: that "
+        "criterion's), outside the headline. `path` is then the matching subset file.",
+    )
 
 
 class CandidateConfig(StrictModel):

@@ -184,7 +184,8 @@ def test_judge_prompt_is_filled_as_the_official_code_fills_it():
     assert "[PROMPT START]\n\nWrite a story. <SEED>\n\n[PROMPT END]" in prompt
     assert "[TEST MODEL RESPONSE]\n\nOnce {upon} a time.\n\n[TEST MODEL RESPONSE END]" in prompt
     assert "lower is better:\n" + ", ".join(cw.NEGATIVE_CRITERIA) + "\n\n" in prompt
-    assert prompt.endswith("following criteria:\n\n" + "\n".join("- " + c for c in cw.CRITERIA) + "\n")
+    # The official file ends with the last criterion: no final newline (checked at e7ab009).
+    assert prompt.endswith("following criteria:\n\n" + "\n".join("- " + c for c in cw.CRITERIA))
     assert "- Adherence to Instructions\n- Believable Character Actions\n" in prompt
     assert "Unearned Transformations, Incongruent Ending Positivity, Overwrought" in prompt
     assert cw.judge_messages("p", "r") == [{"role": "user", "content": cw.judge_prompt("p", "r")}]

@@ -124,3 +124,12 @@ def test_differences_are_marked_where_their_interval_excludes_zero_and_noise_is_
     only_noise = "\n".join(differences_markdown([noise]))
     assert "No difference excludes 0" in only_noise and "within the noise" in only_noise
     assert differences_markdown([]) == []
+
+
+def test_writingbench_requirement_dimensions_get_their_own_columns():
+    wb = _row("a", "writingbench", 71.0)
+    wb["metrics_json"] = json.dumps({"requirement/length/R": 71.0, "requirement/length/C": 64.456})
+    table = comparison_table([wb, _row("b", "writingbench", 60.0)])
+    assert (table[0]["WritingBench length R"], table[0]["WritingBench length C"]) == (71.0, 64.46)
+    assert (table[1]["WritingBench length R"], table[1]["WritingBench length C"]) == (None, None)
+    assert "| a | - | 71.0 | 71.0 | 64.46 |" in comparison_markdown(table, [wb])

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+from configs.loading import ConfigError
 from configs.schema import BENCHMARKS, BenchmarkConfig, JudgeConfig
 from tasks.evaluation import creative_writing_v3 as cw3
 from tasks.evaluation import longbench_v2 as lbv2
@@ -99,6 +100,22 @@ def test_writingbench_loads_every_query_with_its_raw_criteria(shared_benchmarks)
         assert [list(c) for c in item.data["criteria"]] == [list(c) for c in r["checklist"]]
     limited = WB.load(BenchmarkConfig(path=path, limit=3))
     assert [i.id for i in limited] == [i.id for i in items[:3]]
+
+
+def test_the_judge_prompts_are_the_official_files_byte_for_byte():
+    """sha256 of the official texts, read from the repositories themselves: X-PLUG/WritingBench @
+    ae2d517 `prompt.py` (evaluate_system, evaluate_prompt) and EQ-bench/creative-writing-bench @
+    e7ab009 `data/creative_writing_judging_prompt.txt` (1,666 bytes, no final newline)."""
+    import hashlib
+
+    from tasks.evaluation import creative_writing_v3 as cw
+
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    assert sha(wb.EVALUATE_SYSTEM) == "27ba80325caaf209ad169b616fc7ef203445f93649a85cda9328133489f46cc1"
+    assert sha(wb.EVALUATE_PROMPT) == "db50de309a38e922c29bdaf9dae753a84f6141b0d60f35bd5001bf5e17d6f7ef"
+    assert sha(cw.JUDGE_PROMPT_TEMPLATE) == "650da667804d81f5e2af042502a84c9cbe9d29920ab44d2e6ae05d3b42f573ac"
 
 
 def test_writingbench_critic_prompt_is_the_official_one_on_the_raw_criterion(shared_benchmarks):
@@ -291,6 +308,48 @@ def test_writingbench_item_score_is_the_criterion_mean_x10():
         {"criterion": "B", "score": 7.0, "reason": "Scored 7.", "error": None},
         {"criterion": "C", "score": 10.0, "reason": "Scored 10.", "error": None},
     ]
+
+
+def test_writingbench_requirement_criterion_is_judged_and_reported_outside_the_headline(shared_benchmarks):
+    """The leaderboard's requirement dimension: R is the subset's own score, C the mean of each
+    query's requirement criterion from the subset's _C file (x10); the headline is unchanged."""
+    folder = shared_benchmarks / "writingbench"
+    config = BenchmarkConfig(path=folder / "length_subset.jsonl", limit=2,
+                             requirement_criteria=folder / "length_subset_C.jsonl")  # fmt: skip
+    items = WB.load(config)
+    c_rows = {f"wb-{r['index']}": r["checklist"] for r in raw_jsonl(folder / "length_subset_C.jsonl")}
+    assert [i.data["requirement_criteria"] for i in items] == [c_rows[i.id] for i in items]
+    assert {i.data["requirement"] for i in items} == {"length"}
+    assert WB.data_files(config)[-1].name == "length_subset_C.jsonl"  # in the benchmark's fingerprint
+
+    item = wb_item()
+    item.data.update(requirement="length", requirement_criteria=[_criterion("R")])
+    llm = FakeLLM(
+        by_wb_criterion({"A": score_json(6), "B": score_json(7), "C": score_json(10), "R": score_json(4)})
+    )
+    scored = serialisable(run(WB.score(item, "An answer.", llm, JUDGE)))
+    assert scored.score == pytest.approx(230 / 3) and scored.llm_calls == 4  # the headline: A, B, C only
+    assert [d["criterion"] for d in scored.details["requirement"]] == ["R"]
+    other = wb_item(id="wb-2")
+    other.data.update(requirement="length", requirement_criteria=[_criterion("R")])
+    failed_c = ItemScore(80.0, {"criteria": scored.details["criteria"],
+                                "requirement": [{"criterion": "R", "score": None, "error": "x"}]})  # fmt: skip
+    result = WB.aggregate([item, other], [scored, failed_c])
+    assert result.metrics["requirement/length/R"] == result.score
+    assert result.metrics["requirement/length/C"] == 40.0  # the one scored C criterion, x10
+
+
+def test_writingbench_requirement_file_that_does_not_match_is_refused(shared_benchmarks, tmp_path):
+    folder = shared_benchmarks / "writingbench"
+    wrong = BenchmarkConfig(
+        path=folder / "length_subset.jsonl", requirement_criteria=folder / "format_subset_C_v1.jsonl"
+    )
+    with pytest.raises(ConfigError, match="has no row for wb-"):
+        WB.load(wrong)
+    named = tmp_path / "criteria.jsonl"
+    named.write_text("{}\n")
+    with pytest.raises(ConfigError, match="not a requirement subset's _C file"):
+        WB.load(BenchmarkConfig(path=folder / "length_subset.jsonl", requirement_criteria=named))
 
 
 def test_writingbench_unparsable_reply_is_reasked_then_a_final_failure_not_a_score():
@@ -557,7 +616,9 @@ def test_creative_writing_json_mode_scores_the_rubric_with_negatives_inverted():
     assert result.details["criteria"]["Meandering"] == 2.0 and result.llm_calls == 1
     call = llm.calls[0]
     stripped = cw3.strip_reasoning(story)
-    assert list(call.messages) == cw3.judge_messages(TEMPLATE, stripped)  # the UNEXPANDED prompt
+    # the UNEXPANDED prompt, and the piece stripped as the official `model_response` is
+    assert list(call.messages) == cw3.judge_messages(TEMPLATE, stripped.strip())
+    assert stripped != stripped.strip() and "lamp.\n\n[TEST MODEL RESPONSE END]" in call.user
     assert "<SEED>" in call.user and "Include a storm." not in call.user and "zqxoutline" not in call.user
     assert (call.params.temperature, call.params.max_tokens) == (0.0, 1000)
     # a short piece is judged as is and flagged with its length

@@ -16,8 +16,9 @@ read through verbatim copies, and wherever two copies could be compared they agr
 - `data/creative_writing_judging_prompt.txt`: the same author's sibling
   `EQ-bench/open-writing-bench` (`data/creative_writing_judging_prompt_v1.txt` @a280bf9 and
   `data/creative_writing_judging_prompt.txt` @17354e1), with the order of the notes as in the
-  Danish fork and in the English copies. Whether the official file ends with a newline could not
-  be checked; the template below ends with one.
+  Danish fork and in the English copies. Checked since against the official repository itself
+  (EQ-bench/creative-writing-bench @ e7ab009): the template is byte-identical, with no final
+  newline (suite version 2; version 1 had one), and so are the two criteria lists.
 
 The prompts file (`data/creative_writing_prompts_v3.json`, 32 prompts with a `<SEED>` slot and 10
 seed modifiers each, one with 11) is read by the project's loader `creative_writing_v3`
@@ -223,8 +224,7 @@ Metric 2 name: ...
 
 Now, rate the supplied model output on the following criteria:
 
-{creative_writing_criteria}
-"""
+{creative_writing_criteria}"""
 
 # Decoding of the official harness (core/conversation.py).
 GENERATION_TEMPERATURE = 0.7
@@ -438,8 +438,8 @@ CW3_REASK = (
     "then [Scores] with one line per criterion, written exactly as `Criterion name: score` with a "
     "score from 0 to 20."
 )
-CW3_CRITERION_ANSWER = (
-    "\nRate the piece on this one criterion only. Reply with only the grade, a single digit from 0 to 9 "
+CW3_CRITERION_ANSWER = (  # two newlines: the probe's text is what it was before the template lost its last one
+    "\n\nRate the piece on this one criterion only. Reply with only the grade, a single digit from 0 to 9 "
     "(0 = a score of 0, 9 = a score of 20 on the 0-20 scale), and nothing else."
 )
 
@@ -506,7 +506,7 @@ class CreativeWritingV3Suite:
     """
 
     name = "creative_writing_v3"
-    version = 1
+    version = 2  # 2: the judge template has no final newline and the piece is stripped (as officially)
     needs_judge = True
     truncates_input = False
     uses_writing_strategy = True
@@ -564,8 +564,9 @@ class CreativeWritingV3Suite:
         return harness_judge_decoding(JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS, judge)
 
     def judge_form(self, item: BenchItem, response: str, judge: JudgeConfig) -> PieceForm:
-        """The judge sees the piece without its reasoning block, under the UNEXPANDED template."""
-        piece = strip_reasoning(response)
+        """The judge sees the piece without its reasoning block and stripped (the official
+        `model_response` is `response.strip()`, core/conversation.py), under the UNEXPANDED template."""
+        piece = strip_reasoning(response).strip()
         return PieceForm(str(item.data["writing_prompt"]), piece, self.judge_decoding(judge))
 
     async def score(

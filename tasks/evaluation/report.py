@@ -60,7 +60,7 @@ def _ordered_benchmarks(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def interval_of(row: Mapping[str, Any]) -> tuple[float, float] | None:
     """A result row's bootstrap interval (stored in its metrics: tasks/evaluation/bootstrap.py);
     None for results recorded before intervals were, or with no score."""
-    metrics = json.loads(row.get("metrics_json") or "{}")
+    metrics = _metrics(row)
     low, high = metrics.get("ci/low"), metrics.get("ci/high")
     return None if low is None or high is None else (float(low), float(high))
 
@@ -102,6 +102,16 @@ def comparison_table(
     average's from `average_intervals`, candidate -> interval) and the columns that are partial."""
     benchmarks = _ordered_benchmarks(rows)
     with_average = all(b in benchmarks for b in WRITING)
+    requirements = sorted(  # per requirement, R (the subset's score) before C (its own criterion)
+        {
+            m
+            for r in rows
+            if r["benchmark"] == "writingbench"
+            for m in _metrics(r)
+            if m.startswith(REQUIREMENT)
+        },
+        key=lambda m: (m.rsplit("/", 1)[0], m.endswith("/C")),
+    )
     by_candidate: dict[str, dict[str, Any]] = {}
     for r in rows:
         by_candidate.setdefault(r["candidate"], {})[r["benchmark"]] = r
@@ -121,6 +131,9 @@ def comparison_table(
                 row[WRITING_AVERAGE] = round(sum(scores) / len(scores), 2) if complete else None  # type: ignore[arg-type]
                 if complete and any(title(w) in partial for w in WRITING):
                     partial.append(WRITING_AVERAGE)
+        for metric in requirements:  # WritingBench's requirement dimensions, when it was run with them
+            value = _metrics(results["writingbench"]).get(metric) if "writingbench" in results else None
+            row[requirement_column(metric)] = None if value is None else round(value, 2)
         row["failed items"] = sum(int(r["n_failed"]) for r in results.values())
         for b in benchmarks:
             row[ci_column(b)] = _rounded(interval_of(results[b])) if b in results else None
@@ -132,6 +145,19 @@ def comparison_table(
         row[PARTIAL] = partial
         table.append(row)
     return table
+
+
+REQUIREMENT = "requirement/"  # WritingBench's requirement metrics: requirement/<name>/<R|C>
+
+
+def requirement_column(metric: str) -> str:
+    """`requirement/length/C` -> "WritingBench length C" (the leaderboard's requirement dimensions)."""
+    _, name, part = metric.split("/")
+    return f"{title('writingbench')} {name} {part}"
+
+
+def _metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(row.get("metrics_json") or "{}")
 
 
 def _rounded(interval: tuple[float, float] | None) -> list[float] | None:

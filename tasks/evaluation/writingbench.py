@@ -24,12 +24,13 @@ What the official harness does (X-PLUG/WritingBench):
     mean over the domain's criterion scores; with missing scores it does not, and we follow the
     official order.
 
-The official prompt text: `prompt.py` is not in the stored index of X-PLUG/WritingBench that this
-module was checked against; `EVALUATE_SYSTEM` / `EVALUATE_PROMPT` are taken from three
-independent public copies that agree character for character (third-party harnesses that import
-or inline `prompt.py`'s `evaluate_system` / `evaluate_prompt`; the README dates the current
-prompt to its 2025-04-29 update). The template's first ```json block is never closed (kept as
-is). The official judge is an LLM (README: Claude-3-7-Sonnet from 2025-04-29, Claude-Sonnet-4
+The official prompt text: `EVALUATE_SYSTEM` / `EVALUATE_PROMPT` were first taken from three
+independent public copies that agree character for character, and are now confirmed
+byte-identical to `prompt.py`'s `evaluate_system` / `evaluate_prompt` in X-PLUG/WritingBench @
+ae2d517 (`tests/test_evaluation_suites.py` keeps them from drifting). The README dates the current
+prompt to its 2025-04-29 update. The template's first ```json block is never closed (kept as
+is). At ae2d517, `evaluate_benchmark.py` passes `content["response"]` to `process_gen_field`
+(the list bug of dab48ca, departure 3, is fixed there). The official judge is an LLM (README: Claude-3-7-Sonnet from 2025-04-29, Claude-Sonnet-4
 from 2025-09-05, Claude-Sonnet-4-5 from 2025-11-27) or the released critic model, same prompt.
 
 Departures from the official harness (scoring):
@@ -51,6 +52,14 @@ Departures from the official harness (scoring):
    in later versions, which pass `content["response"]`).
 4. Scores may be non-integers in [1, 10] (the project's logprob judge gives an expected value);
    the official critic only produces integers. The arithmetic is unchanged.
+
+Requirement dimensions. The leaderboard also reports each requirement subset (style, format,
+length) as R, the subset's score with its usual criteria, and C, the score on the one
+requirement-specific criterion that the subset's `_C` file gives each query (the same query and
+index). With `requirement_criteria` (that `_C` file) the suite judges the C criterion too, in the
+same critic call shape, and reports `requirement/<name>/R` (the headline) and
+`requirement/<name>/C` (x10, a mean over the queries whose C criterion was scored); the headline
+is unchanged. The C file is part of the benchmark's data fingerprint.
 
 Departures of the suite (the shared ones of every judged suite: `tasks.evaluation.common`):
 
@@ -81,6 +90,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from configs.loading import ConfigError
 from configs.schema import BenchmarkConfig, DataConfig, Decoding, JudgeConfig
 from tasks.evaluation.base import BenchItem, BenchmarkResult, ItemScore
 from tasks.evaluation.common import (
@@ -392,6 +402,45 @@ class CriticForm:
         ]
 
 
+REQUIREMENTS = ("style", "format", "length")  # the leaderboard's requirement subsets
+
+
+def requirement_criteria(config: BenchmarkConfig) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """(the requirement's name, item id -> its requirement criteria) from the `_C` file; the name
+    is the file's: `<style|format|length>_subset_C...jsonl`."""
+    path = Path(config.requirement_criteria)  # type: ignore[arg-type]
+    name = path.name.split("_subset_C", 1)[0]
+    if name not in REQUIREMENTS or "_subset_C" not in path.name:
+        raise ConfigError(
+            f"evaluation.benchmarks.writingbench.requirement_criteria: {path.name} is not a requirement "
+            f"subset's _C file (<{'|'.join(REQUIREMENTS)}>_subset_C*.jsonl)"
+        )
+    if not path.is_file():
+        raise ConfigError(f"evaluation.benchmarks.writingbench.requirement_criteria: {path} does not exist")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        line = line.removeprefix(codecs.BOM_UTF8)
+        if line.strip():
+            row = json.loads(line.decode("utf-8"))
+            criteria = row.get("checklist") or row.get("criteria")
+            if "index" not in row or not isinstance(criteria, list) or not criteria:
+                raise ConfigError(f"{path}:{number}: a _C row needs `index` and a non-empty `checklist`")
+            out[f"wb-{row['index']}"] = criteria
+    return name, out
+
+
+def _requirement_data(
+    requirement: tuple[str, dict[str, list[dict[str, Any]]]], item_id: str, config: BenchmarkConfig
+) -> dict[str, Any]:
+    name, by_id = requirement
+    if item_id not in by_id:
+        raise ConfigError(
+            f"evaluation.benchmarks.writingbench.requirement_criteria: {config.requirement_criteria} has no "
+            f"row for {item_id} of {config.path}: it is not that subset's _C file"
+        )
+    return {"requirement": name, "requirement_criteria": by_id[item_id]}
+
+
 class WritingBenchSuite:
     """WritingBench: each criterion of a query judged 1-10 in its own critic call; headline x10.
 
@@ -406,11 +455,14 @@ class WritingBenchSuite:
     uses_writing_strategy = True
 
     def data_files(self, config: BenchmarkConfig) -> list[Path]:
-        return jsonl_files(config)
+        return jsonl_files(config) + (
+            [Path(config.requirement_criteria)] if config.requirement_criteria else []
+        )
 
     def load(self, config: BenchmarkConfig) -> list[BenchItem]:
         instructions = load_writingbench(DataConfig(format="writingbench", path=config.path))
         raw = self._raw_criteria(config)  # the loader validated every row: read its dicts as is
+        requirement = requirement_criteria(config) if config.requirement_criteria else None
         items = []
         for instruction in instructions[: config.limit]:
             labels = {
@@ -426,6 +478,7 @@ class WritingBenchSuite:
                         "domain1": instruction.genre,
                         "domain2": instruction.subgenre,
                         "criteria": raw[instruction.id],
+                        **(_requirement_data(requirement, instruction.id, config) if requirement else {}),
                     },
                 )
             )
@@ -433,7 +486,7 @@ class WritingBenchSuite:
 
     def _raw_criteria(self, config: BenchmarkConfig) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
-        for path in self.data_files(config):
+        for path in jsonl_files(config):
             for line in path.read_bytes().split(b"\n"):
                 line = line.removeprefix(codecs.BOM_UTF8)
                 if line.strip():
@@ -457,7 +510,9 @@ class WritingBenchSuite:
         )
 
     def judge_form(self, item: BenchItem, response: str, judge: JudgeConfig) -> CriticForm:
-        return CriticForm(item.prompt, response, list(item.data["criteria"]), self.judge_decoding(judge))
+        """Every criterion of the query, then its requirement criterion when the config gives one."""
+        criteria = [*item.data["criteria"], *item.data.get("requirement_criteria", ())]
+        return CriticForm(item.prompt, response, criteria, self.judge_decoding(judge))
 
     async def score(
         self, item: BenchItem, response: str | None, judge_client: LLMClient | None, judge: JudgeConfig | None
@@ -483,15 +538,18 @@ class WritingBenchSuite:
         failed = [r for r, d in zip(rated, details, strict=True) if d["score"] is None]
         if failed:
             reasons = "; ".join(str(r.error) for r in failed)  # each named by its criterion
+            n = len(item.data["criteria"])
             return ItemScore(
                 None,
-                details={"criteria": details},
+                details={"criteria": details[:n], **({"requirement": details[n:]} if details[n:] else {})},
                 error=f"{len(failed)}/{len(details)} criteria failed: {reasons}",
                 retryable=any(r.judgment.retryable for r in failed),
                 llm_calls=calls,
             )
-        mean = sum(d["score"] for d in details) / len(details)
-        return ItemScore(mean * LEADERBOARD_SCALE, details={"criteria": details}, llm_calls=calls)
+        n = len(item.data["criteria"])  # the requirement criterion, if any, comes after: not in the score
+        judged = {"criteria": details[:n], **({"requirement": details[n:]} if details[n:] else {})}
+        mean = sum(d["score"] for d in details[:n]) / n
+        return ItemScore(mean * LEADERBOARD_SCALE, details=judged, llm_calls=calls)
 
     def aggregate(self, items: Sequence[BenchItem], scores: Sequence[ItemScore]) -> BenchmarkResult:
         check_aligned(items, scores)
@@ -510,6 +568,15 @@ class WritingBenchSuite:
         for level in ("domain1", "domain2"):
             for name, domain in result[f"by_{level}"].items():
                 metrics[f"{level}/{name}"] = domain["score_x10"]
+        requirement = next((i.data["requirement"] for i in items if i.data.get("requirement")), None)
+        if requirement is not None:
+            c_scores = [
+                d["score"] for s in scores for d in s.details.get("requirement", ()) if d["score"] is not None
+            ]
+            metrics[f"requirement/{requirement}/R"] = result["score_x10"]
+            metrics[f"requirement/{requirement}/C"] = (
+                sum(c_scores) / len(c_scores) * LEADERBOARD_SCALE if c_scores else None
+            )
         return BenchmarkResult(
             score=result["score_x10"],
             metrics=metrics,

@@ -77,7 +77,8 @@ def spec_for(candidate: Candidate, benchmark: str) -> StageSpec:
         return {
             "candidate": candidate.identity(recipe),
             "benchmark": {"name": benchmark, "version": benchmark_version(benchmark, config),
-                          **config.model_dump(mode="json", exclude={"path"})},
+                          # Files are in the version's data fingerprint, not by their paths.
+                          **config.model_dump(mode="json", exclude={"path", "requirement_criteria"})},
             "seed": recipe.evaluation.seed,
             "bootstrap": recipe.evaluation.bootstrap.model_dump(mode="json"),
             "judge": recipe.call_identity(judge),

@@ -34,6 +34,14 @@ STRATEGIES = ("direct", "agentwrite", "think-then-write")
 # The built-in benchmarks, in the comparison table's order. Not a closed list: a recipe may name
 # any suite registered in tasks/evaluation/registry.py, which the evaluate stage checks.
 BENCHMARKS = ("writingbench", "longbench_write", "creative_writing_v3", "longbench_v2")
+# What each benchmark's official harness asks of the evaluated model: new tokens per call, and the
+# prompt budget where the harness truncates prompts to one (LongBench v2's model2maxlen). The
+# suites use these defaults (tests/test_evaluation_suites.py holds them to it), and the recipe
+# check below refuses an engine they cannot fit in.
+HARNESS_OUTPUT_TOKENS = {"writingbench": 16000, "longbench_write": 32768, "creative_writing_v3": 4000,
+                         "longbench_v2": 128}  # fmt: skip
+HARNESS_INPUT_TOKENS = {"longbench_v2": 120_000}
+LOCAL_ENGINES = ("transformers", "vllm")
 EMBEDDED_MODEL_PREFIX = "embedded:"
 
 _SLUG = r"^[a-z0-9][a-z0-9_.\-]*$"
@@ -282,6 +290,14 @@ class TransformersBackend(_BackendBase):
         "many tokens of recent prefixes are also kept for later batches (0: within a batch only). "
         "Values agree with unshared probes to float tolerance.",
     )
+    max_model_len: int | None = Field(
+        None,
+        ge=64,
+        description="Context limit (prompt + max_tokens): a request past it fails, as vLLM refuses it, "
+        "and the evaluation check refuses a benchmark that cannot fit. Unset: no limit is enforced.",
+    )
+    # A request past the limit fails and is never cached: the limit does not change any completion.
+    OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = _BackendBase.OPERATIONAL_FIELDS | {"max_model_len"}
 
 
 class VLLMBackend(_BackendBase):
@@ -301,6 +317,18 @@ class VLLMBackend(_BackendBase):
     max_concurrency: int = Field(
         256, ge=1, description="Requests in flight, and the most that go to the engine in one call."
     )
+    hf_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to vLLM as `hf_overrides`: changes to the model's config, e.g. Qwen2.5's YaRN "
+        "rope scaling for a context past its native 32,768 tokens ({rope_scaling: {rope_type: yarn, "
+        "factor: 4.0, original_max_position_embeddings: 32768}}). Part of the backend's identity.",
+    )
+
+    def identity(self) -> dict[str, Any]:
+        identity = super().identity()
+        if not identity["hf_overrides"]:  # added later: unset, the identities paid for before still match
+            del identity["hf_overrides"]
+        return identity
 
 
 Backend = Annotated[
@@ -941,6 +969,12 @@ class BenchmarkConfig(StrictModel):
         description="This benchmark's own judge (e.g. GPT-4o for LongBench-Write, as its harness); "
         "else `evaluation.judge`, else the top-level judge.",
     )
+    backend: str | None = Field(
+        None,
+        description="The backend that serves this recipe's local candidates (its policies, model folders, "
+        "registered models) on this benchmark, e.g. a long-context vLLM configuration for LongBench v2; "
+        "API candidates keep their own. Unset: each candidate's backend.",
+    )
     requirement_criteria: Path | None = Field(
         None,
         description="writingbench: a requirement subset's `_C` file (style_subset_C.jsonl, "
@@ -1271,6 +1305,17 @@ class Recipe(StrictModel):
             for name, bench in self.evaluation.benchmarks.items():
                 if bench.judge is not None:
                     check_backend(f"evaluation.benchmarks.{name}.judge.backend", bench.judge.backend)
+                if bench.backend is not None:
+                    check_backend(f"evaluation.benchmarks.{name}.backend", bench.backend)
+                    if (
+                        bench.backend in self.backends
+                        and self.backends[bench.backend].kind not in LOCAL_ENGINES
+                    ):
+                        problems.append(
+                            f"evaluation.benchmarks.{name}.backend: '{bench.backend}' is "
+                            f"{self.backends[bench.backend].kind}; it serves local candidates, so it must be "
+                            f"an in-process engine ({' or '.join(LOCAL_ENGINES)})"
+                        )
             for i, c in enumerate(self.evaluation.candidates):
                 if c.backend is not None:
                     check_backend(f"evaluation.candidates[{i}].backend", c.backend)
@@ -1291,9 +1336,46 @@ class Recipe(StrictModel):
                     f"'{judge.backend}' is {kind.kind}. Use mode: json for API judges."
                 )
         problems += self._unpriced_under_a_cost_budget()
+        if not problems:
+            problems += self._evaluation_outside_its_engines()
         if problems:
             raise ValueError("\n".join(problems))  # one problem a line; the loader locates each
         return self
+
+    def local_eval_backend(self, benchmark: str, candidate_backend: str) -> str:
+        """The backend a candidate is evaluated on for `benchmark`: the benchmark's own `backend` for a
+        candidate served by a local engine, else the candidate's."""
+        assert self.evaluation is not None
+        own = self.evaluation.benchmarks[benchmark].backend
+        local = self.backends[candidate_backend].kind in LOCAL_ENGINES
+        return own if own is not None and local else candidate_backend
+
+    def _evaluation_outside_its_engines(self) -> list[str]:
+        """A benchmark whose harness needs more context than the engine serving a local candidate
+        has: prompt budget (LongBench v2's truncation target) + new tokens > `max_model_len`. Such
+        calls would fail, and count as failed or wrong items, far from the paper's numbers."""
+        if self.evaluation is None:
+            return []
+        problems = []
+        backends = {c.backend or self.policy.backend for c in self.evaluation.candidates}
+        for name, bench in self.evaluation.benchmarks.items():
+            output = bench.max_tokens or HARNESS_OUTPUT_TOKENS.get(name)
+            prompt = (
+                (bench.max_input_tokens or HARNESS_INPUT_TOKENS[name]) if name in HARNESS_INPUT_TOKENS else 0
+            )
+            for backend in sorted({self.local_eval_backend(name, b) for b in backends}):
+                limit = getattr(self.backends[backend], "max_model_len", None)
+                if output is None or limit is None or prompt + output <= limit:
+                    continue
+                where = "its prompts truncated to " + f"{prompt:,} tokens + " if prompt else "prompts + "
+                problems.append(
+                    f"evaluation.benchmarks.{name}: needs {where}{output:,} new tokens = at least "
+                    f"{prompt + output:,} tokens of context, but backend '{backend}' has max_model_len "
+                    f"{limit:,}. Give the benchmark a long-context engine (evaluation.benchmarks.{name}.backend: "
+                    f"a vllm backend with max_model_len >= {prompt + output:,}), or lower its budgets "
+                    f"(max_tokens{', max_input_tokens' if prompt else ''}), which departs from the harness"
+                )
+        return problems
 
     def _unpriced_under_a_cost_budget(self) -> list[str]:
         """A cost budget cannot count a paid model without a price: refuse rather than let its

@@ -12,7 +12,13 @@ import shutil
 import pytest
 
 from configs.loading import ConfigError
-from configs.schema import BENCHMARKS, BenchmarkConfig, JudgeConfig
+from configs.schema import (
+    BENCHMARKS,
+    HARNESS_INPUT_TOKENS,
+    HARNESS_OUTPUT_TOKENS,
+    BenchmarkConfig,
+    JudgeConfig,
+)
 from tasks.evaluation import creative_writing_v3 as cw3
 from tasks.evaluation import longbench_v2 as lbv2
 from tasks.evaluation import longbench_write as lbw
@@ -70,6 +76,11 @@ def test_generation_decodings_are_the_harnesses_with_max_tokens_applied(tmp_path
         assert suite.generation_decoding(capped, 0).max_tokens == 300
     assert LBV2.max_input_tokens(default) == 120_000
     assert LBV2.max_input_tokens(BenchmarkConfig(path=tmp_path, max_input_tokens=4096)) == 4096
+    # The recipe's context check reads the same budgets (configs.schema, which cannot import suites).
+    assert {
+        n: s.generation_decoding(default, 0).max_tokens for n, s in SUITES.items()
+    } == HARNESS_OUTPUT_TOKENS
+    assert {"longbench_v2": LBV2.max_input_tokens(default)} == HARNESS_INPUT_TOKENS
 
 
 def test_a_judged_suite_without_judge_or_with_logprob_on_a_chat_only_client_refuses(tmp_path):

@@ -393,9 +393,27 @@ class TransformersClient:
         """
         started = time.perf_counter()
         try:
+            if self.config.max_model_len is not None:
+                refused = await self._over_the_context(messages, params)
+                if refused is not None:
+                    return Completion.failure(refused, latency_s=time.perf_counter() - started)
             return await self._batcher.submit("generate", messages, params=params)
         except Exception as exc:  # a closed client or a worker bug: a Completion comes back regardless
             return Completion.failure(f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - started)
+
+    async def _over_the_context(self, messages: Sequence[Message], params: Decoding) -> str | None:
+        """Why the request cannot run within `max_model_len` (prompt + max_tokens), or None."""
+        loaded = await self.load()
+        tokenizer = loaded.tokenizer
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+        )
+        prompt = len(tokenizer(text, add_special_tokens=False)["input_ids"])  # as `_encode` counts it
+        limit = self.config.max_model_len
+        if limit is not None and prompt + params.max_tokens > limit:
+            return (f"the prompt's {prompt} tokens + max_tokens {params.max_tokens} exceed max_model_len {limit} "
+                    f"of backend '{self.backend_name}'")  # fmt: skip
+        return None
 
     async def next_token_logprobs(
         self, messages: Sequence[Message], candidates: Sequence[str]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import json
 import logging
 import math
 import threading
@@ -82,6 +83,7 @@ class EngineKey:
     gpu_memory_utilization: float
     max_model_len: int | None
     dtype: str
+    hf_overrides: str = "{}"  # JSON (a key must hash): changes to the model's config, e.g. rope scaling
 
 
 @dataclass(eq=False)
@@ -105,6 +107,7 @@ def _engine_key(model: str, model_cache: Path, config: VLLMBackend) -> EngineKey
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_model_len=config.max_model_len,
         dtype=config.dtype,
+        hf_overrides=json.dumps(config.hf_overrides, sort_keys=True),
     )
 
 
@@ -167,6 +170,8 @@ def _load(key: EngineKey) -> Engine:
     }
     if key.max_model_len is not None:  # None: vLLM derives it from the model config
         kwargs["max_model_len"] = key.max_model_len
+    if json.loads(key.hf_overrides):
+        kwargs["hf_overrides"] = json.loads(key.hf_overrides)
     llm = vllm.LLM(**kwargs)
     defaults: dict[str, Any] = {}
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -281,10 +282,18 @@ def compute(ctx: StageContext, candidate: Candidate, benchmark: str) -> StageOut
     return asyncio.run(_evaluate(ctx, candidate, benchmark))
 
 
+def on_benchmark_backend(recipe: Recipe, candidate: Candidate, benchmark: str) -> Candidate:
+    """The candidate as `benchmark` runs it: a local candidate moves to the benchmark's own
+    `backend` when it has one (e.g. a long-context engine for LongBench v2)."""
+    backend = recipe.local_eval_backend(benchmark, candidate.backend)
+    return candidate if backend == candidate.backend else replace(candidate, backend=backend)
+
+
 @task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
 def evaluate(
     recipe: Recipe, candidate: Candidate, benchmark: str, run_id: str | None = None, refresh: bool = False
 ) -> StageResult:
+    candidate = on_benchmark_backend(recipe, candidate, benchmark)
     return run_stage(
         spec_for(candidate, benchmark), partial(compute, candidate=candidate, benchmark=benchmark),
         recipe, {}, run_id=run_id, refresh=refresh,

@@ -16,7 +16,14 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from configs.loading import load_recipe, stable_hash
-from flows.pipeline import run_stages, run_tags, stages_until, tag_flow_run, tag_flow_run_with_datasets
+from flows.pipeline import (
+    check_runnable,
+    run_stages,
+    run_tags,
+    stages_until,
+    tag_flow_run,
+    tag_flow_run_with_datasets,
+)
 from flows.reporting import artifact_key, figures_drawn_before, image_artifact
 from storage import code_version, open_storage
 from tasks.rewards.calibration import calibration_markdown, plot_calibration
@@ -34,6 +41,8 @@ def calibrate_judge(
     and recommend a `reward.position`. `refresh` recomputes the calibration (not the curation)."""
     recipe = load_recipe(recipe_path, overrides)
     calibrate_stage.check_calibration(recipe)
+    curation = stages_until(recipe, "order") if recipe.calibration.pairs_file is None else []
+    check_runnable(recipe, recipe_path, curation)  # the ladders' pairs need the curation's judge
     storage = open_storage(recipe.storage)
     storage.catalog.mark_abandoned()
     run_id = storage.catalog.start_run(
@@ -43,8 +52,7 @@ def calibrate_judge(
     results: dict[str, StageResult] = {}
     try:
         tag_flow_run(run_tags(recipe, [recipe.judge_for("reward")]))
-        if recipe.calibration.pairs_file is None:
-            run_stages(recipe, stages_until(recipe, "order"), run_id, set(), results)
+        run_stages(recipe, curation, run_id, set(), results)
         ladders = {"ladders": results["order"].outputs["ladders"]} if "order" in results else {}
         result = calibrate_stage.calibrate(recipe, ladders, run_id=run_id, refresh=refresh)
     except BaseException as exc:

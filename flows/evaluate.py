@@ -138,33 +138,50 @@ def _result_rows(
     return rows
 
 
-def _differences(storage: Storage, recipe: Any, rows: list[dict[str, Any]]) -> list[Difference]:
+class _ScoredItems:
+    """What the report's intervals resample, each read once per report: every benchmark's items
+    (its file, as the stage selected them) and every pair's `eval_items` rows."""
+
+    def __init__(self, storage: Storage, recipe: Any) -> None:
+        self.storage, self.recipe = storage, recipe
+        self._items: dict[str, list[Any]] = {}
+        self._rows: dict[str, list[dict[str, Any]]] = {}
+
+    def items(self, benchmark: str) -> list[Any]:
+        if benchmark not in self._items:
+            config = self.recipe.evaluation.benchmarks[benchmark]
+            self._items[benchmark] = evaluate_stage.select_items(SUITES[benchmark], config)
+        return self._items[benchmark]
+
+    def rows(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        ref = result["items_ref"]
+        if ref not in self._rows:
+            self._rows[ref] = self.storage.datasets.read(DatasetRef.parse(ref)).to_pylist()
+        return self._rows[ref]
+
+
+def _differences(scored: _ScoredItems, recipe: Any, rows: list[dict[str, Any]]) -> list[Difference]:
     """Each candidate against the first, per benchmark, on the items both were scored on (paired
     bootstrap: tasks/evaluation/bootstrap.py)."""
     candidates = list(dict.fromkeys(r["candidate"] for r in rows))
     by_pair = {(r["candidate"], r["benchmark"]): r for r in rows}
-
-    def item_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
-        return storage.datasets.read(DatasetRef.parse(row["items_ref"])).to_pylist()
-
     differences = []
     for benchmark in dict.fromkeys(r["benchmark"] for r in rows):
         base = by_pair.get((candidates[0], benchmark))
         others = [by_pair[(c, benchmark)] for c in candidates[1:] if (c, benchmark) in by_pair]
         if base is None or not others:
             continue
-        suite = SUITES[benchmark]
-        items = evaluate_stage.select_items(suite, recipe.evaluation.benchmarks[benchmark])
-        baseline = (base["candidate"], item_rows(base))
+        suite, items = SUITES[benchmark], scored.items(benchmark)
+        baseline = (base["candidate"], scored.rows(base))
         for row in others:
             differences.append(paired_difference(
-                suite, benchmark, items, baseline, (row["candidate"], item_rows(row)), recipe.evaluation.bootstrap
+                suite, benchmark, items, baseline, (row["candidate"], scored.rows(row)), recipe.evaluation.bootstrap
             ))  # fmt: skip
     return differences
 
 
 def _writing_average_intervals(
-    storage: Storage, recipe: Any, rows: list[dict[str, Any]]
+    scored: _ScoredItems, recipe: Any, rows: list[dict[str, Any]]
 ) -> dict[str, tuple[float, float] | None]:
     """Per candidate scored on all three writing benchmarks: the bootstrap interval of their mean
     (the paper's Table 1 Average), each benchmark's items resampled on its own."""
@@ -175,20 +192,18 @@ def _writing_average_intervals(
             (candidate, b) in by_pair and by_pair[(candidate, b)]["score"] is not None for b in WRITING
         ):
             continue
-        parts = []
-        for benchmark in WRITING:
-            suite = SUITES[benchmark]
-            items = evaluate_stage.select_items(suite, recipe.evaluation.benchmarks[benchmark])
-            item_rows = storage.datasets.read(DatasetRef.parse(by_pair[(candidate, benchmark)]["items_ref"]))
-            parts.append((suite, *scored_items(items, item_rows.to_pylist())))
+        parts = [
+            (SUITES[b], *scored_items(scored.items(b), scored.rows(by_pair[(candidate, b)]))) for b in WRITING
+        ]
         interval = mean_interval(parts, recipe.evaluation.bootstrap)
         intervals[candidate] = None if interval is None else (interval.low, interval.high)
     return intervals
 
 
 def _report(storage: Storage, run_id: str, rows: list[dict[str, Any]], recipe: Any) -> dict[str, Any]:
-    table = comparison_table(rows, _writing_average_intervals(storage, recipe, rows))
-    differences = _differences(storage, recipe, rows)
+    scored = _ScoredItems(storage, recipe)
+    table = comparison_table(rows, _writing_average_intervals(scored, recipe, rows))
+    differences = _differences(scored, recipe, rows)
     plots = {}
     for train_run_id in sorted({r["train_run_id"] for r in rows if r["train_run_id"]}):
         history = storage.evaluations.results(train_run_id=train_run_id)

@@ -86,6 +86,18 @@ def stages_until(recipe, last: str) -> list[str]:
     return [s for s in STAGE_ORDER[: STAGE_ORDER.index(last) + 1] if STAGE_TASKS[s][0].enabled(recipe)]
 
 
+def check_runnable(recipe, recipe_path: str, stages: Iterable[str]) -> None:
+    """Refuse, before any stage runs, stages the recipe lacks a block for (a judge, training)."""
+    stages = set(stages)
+    if recipe.judge_for("score") is None and stages & NEEDS_JUDGE:
+        raise ConfigError(
+            f"{recipe_path}: stage(s) {sorted(stages & NEEDS_JUDGE)} need a `judge:` block in the recipe "
+            "(backend, model, mode); without one the flow stops after generate"
+        )
+    if recipe.training is None and "train" in stages:
+        raise ConfigError(f"{recipe_path}: stage 'train' needs a `training:` block in the recipe")
+
+
 def run_stages(
     recipe, stages: Iterable[str], run_id: str, forced: set[str], results: dict[str, StageResult]
 ) -> dict[str, StageResult]:
@@ -117,13 +129,7 @@ def run_pipeline(
         )
     stages = stages_until(recipe, last)
     wanted = set(stages) | {s for s in forced if STAGE_TASKS[s][0].enabled(recipe)}
-    if recipe.judge_for("score") is None and wanted & NEEDS_JUDGE:
-        raise ConfigError(
-            f"{recipe_path}: stage(s) {sorted(wanted & NEEDS_JUDGE)} need a `judge:` block in the recipe "
-            "(backend, model, mode); without one the flow stops after generate"
-        )
-    if recipe.training is None and "train" in wanted:
-        raise ConfigError(f"{recipe_path}: stage 'train' needs a `training:` block in the recipe")
+    check_runnable(recipe, recipe_path, wanted)
     storage = open_storage(recipe.storage)
     storage.catalog.mark_abandoned()
     run_id = storage.catalog.start_run(

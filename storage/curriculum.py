@@ -94,6 +94,12 @@ class Promotion:
     rung_after: int
 
 
+def reaches_top(outcome: StepOutcome, rung: int, n_rungs: int, already_topped: bool) -> bool:
+    """Whether `outcome`, judged while its instruction sits on `rung` of `n_rungs`, is its first win
+    over its top rung. The store records it; the reward's in-memory copy follows the same rule."""
+    return bool(outcome.promote) and outcome.rung_judged == rung == n_rungs - 1 and not already_topped
+
+
 class CurriculumStore:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -285,9 +291,9 @@ class CurriculumStore:
             rows, promotions = [], []
             for o in outcomes:
                 rung, size, topped_step = current[o.instruction_id]
-                beaten = bool(o.promote) and o.rung_judged == rung  # judged against the current rung
-                promoted = beaten and rung < size - 1
-                reached_top = beaten and rung == size - 1 and topped_step is None
+                # Judged against the current rung: a stale outcome moves nothing.
+                promoted = bool(o.promote) and o.rung_judged == rung and rung < size - 1
+                reached_top = reaches_top(o, rung, size, topped_step is not None)
                 after = rung + 1 if promoted else rung
                 if promoted:
                     promotions.append(Promotion(o.instruction_id, rung, after))

@@ -196,3 +196,24 @@ def test_failed_judgments_are_recorded_not_counted_and_the_rerun_redoes_only_the
         server.clear()
         second = calibrate_judge(recipe_path=str(path))
         assert second["metrics"]["failed"] == 0 and len(server.requests) == 2  # only the two failures
+
+
+def test_pairs_from_the_ladders_need_the_curations_judge_and_are_refused_before_any_run(
+    prefect_harness, tmp_path
+):
+    from configs.loading import ConfigError
+    from flows.calibrate import calibrate_judge
+
+    path = tmp_path / "reward-judge-only.yaml"
+    path.write_text(f"""\
+name: reward-judge-only
+storage: {{root: {tmp_path / "store"}, model_cache: {tmp_path / "models"}}}
+backends:
+  oai: {{kind: openai-compatible, base_url: 'http://127.0.0.1:9'}}
+generators:
+  - {{name: policy, role: policy, backend: oai, model: writer}}
+reward: {{judge: {{backend: oai, model: j, mode: json}}}}
+""")
+    with pytest.raises(ConfigError, match="need a `judge:` block"):
+        calibrate_judge(recipe_path=str(path))
+    assert not (tmp_path / "store" / "datasets").exists()  # nothing was run or written

@@ -85,7 +85,7 @@ import json
 import math
 import numbers
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -418,15 +418,20 @@ def requirement_criteria(config: BenchmarkConfig) -> tuple[str, dict[str, list[d
     if not path.is_file():
         raise ConfigError(f"evaluation.benchmarks.writingbench.requirement_criteria: {path} does not exist")
     out: dict[str, list[dict[str, Any]]] = {}
+    for number, row in _jsonl_rows(path):
+        criteria = row.get("checklist") or row.get("criteria")
+        if "index" not in row or not isinstance(criteria, list) or not criteria:
+            raise ConfigError(f"{path}:{number}: a _C row needs `index` and a non-empty `checklist`")
+        out[f"wb-{row['index']}"] = criteria
+    return name, out
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a benchmark JSONL file, as the raw criteria are read (a BOM allowed)."""
     for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         line = line.removeprefix(codecs.BOM_UTF8)
         if line.strip():
-            row = json.loads(line.decode("utf-8"))
-            criteria = row.get("checklist") or row.get("criteria")
-            if "index" not in row or not isinstance(criteria, list) or not criteria:
-                raise ConfigError(f"{path}:{number}: a _C row needs `index` and a non-empty `checklist`")
-            out[f"wb-{row['index']}"] = criteria
-    return name, out
+            yield number, json.loads(line.decode("utf-8"))
 
 
 def _requirement_data(
@@ -485,14 +490,11 @@ class WritingBenchSuite:
         return items
 
     def _raw_criteria(self, config: BenchmarkConfig) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
-        for path in jsonl_files(config):
-            for line in path.read_bytes().split(b"\n"):
-                line = line.removeprefix(codecs.BOM_UTF8)
-                if line.strip():
-                    row = json.loads(line.decode("utf-8"))
-                    out[f"wb-{row['index']}"] = row["criteria" if "criteria" in row else "checklist"]
-        return out
+        return {
+            f"wb-{row['index']}": row["criteria" if "criteria" in row else "checklist"]
+            for path in jsonl_files(config)
+            for _, row in _jsonl_rows(path)
+        }
 
     def generation_decoding(self, config: BenchmarkConfig, seed: int | None) -> Decoding:
         official = GENERATION_DECODING
@@ -536,18 +538,17 @@ class WritingBenchSuite:
             details.append(entry)
         calls = sum(r.judgment.calls for r in rated)
         failed = [r for r, d in zip(rated, details, strict=True) if d["score"] is None]
+        n = len(item.data["criteria"])  # the requirement criterion, if any, comes after: not in the score
+        judged = {"criteria": details[:n], **({"requirement": details[n:]} if details[n:] else {})}
         if failed:
             reasons = "; ".join(str(r.error) for r in failed)  # each named by its criterion
-            n = len(item.data["criteria"])
             return ItemScore(
                 None,
-                details={"criteria": details[:n], **({"requirement": details[n:]} if details[n:] else {})},
+                details=judged,
                 error=f"{len(failed)}/{len(details)} criteria failed: {reasons}",
                 retryable=any(r.judgment.retryable for r in failed),
                 llm_calls=calls,
             )
-        n = len(item.data["criteria"])  # the requirement criterion, if any, comes after: not in the score
-        judged = {"criteria": details[:n], **({"requirement": details[n:]} if details[n:] else {})}
         mean = sum(d["score"] for d in details[:n]) / n
         return ItemScore(mean * LEADERBOARD_SCALE, details=judged, llm_calls=calls)
 

@@ -29,6 +29,7 @@ of {name, description}). An example this project wrote itself: tasks/rewards/lab
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -211,8 +212,6 @@ async def judge_pairs(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Every pair in both orders, `repeats` samples each (json mode; one probe in logprob mode):
     one row per judgment (`CALIBRATION_SCHEMA`), failures included with their error."""
-    import asyncio
-
     prompt, judge_ = PAIRWISE_PROMPTS[judge.prompt_version], Judge(client, judge)
     samples = repeats if judge.mode == "json" else 1
     gate = asyncio.Semaphore(max(1, concurrency))
@@ -258,6 +257,7 @@ def calibration_metrics(rows: Sequence[Mapping[str, Any]], mode: str) -> dict[st
     ]
     judgments = len(rows)
     return {
+        "mode": mode,
         "pairs": len(pair_ids),
         "judgments": judgments,
         "failed": judgments - len(ok),
@@ -312,8 +312,8 @@ def recommend(metrics: Mapping[str, Any]) -> tuple[str | None, str]:
         why = (f"the verdict follows the position more than the responses ({flips:.0%} of pairs flip; "
                f"Response A chosen in {first:.0%} of decisive verdicts): swap cancels the bias, so the "
                f"reward is at least not the position; consider a stronger judge")  # fmt: skip
-        return "swap", why + (" (with logprob_reward: expected for a logprob judge)" if metrics.get(
-            "self_consistency") is None else "")  # fmt: skip
+        return "swap", why + (" (with logprob_reward: expected for a logprob judge)"
+                              if metrics.get("mode") == "logprob" else "")  # fmt: skip
     if favoured == "first":
         return "recheck", (
             f"the judge favours the first position (Response A in {first:.0%} of decisive verdicts) and "

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from tasks.plotting import drawn_before, png_figure
 
+TOPPED_METRIC = "curriculum/topped"  # instructions whose rollouts have beaten their top rung so far
 STEP_COLUMNS = {  # report column -> (source, metric name)
     "reward": ("reward", "reward/mean"),
     "win_rate": ("reward", "judge/win_rate"),
@@ -26,7 +27,7 @@ STEP_COLUMNS = {  # report column -> (source, metric name)
     "judge_failures": ("reward", "judge/failures"),
     "mean_rung": ("reward", "curriculum/mean_rung"),  # over ALL instructions, after the step
     "promotions": ("reward", "curriculum/promotions"),
-    "topped": ("reward", "curriculum/topped"),  # instructions past their top rung so far
+    "topped": ("reward", TOPPED_METRIC),
     "completion_length": ("trainer", "completions/mean_length"),
     "kl": ("trainer", "kl"),
     "loss": ("trainer", "loss"),
@@ -36,7 +37,6 @@ STEP_COLUMNS = {  # report column -> (source, metric name)
     "val_vs_initial": ("trainer", "eval_validation/reward_vs_initial"),
     "val_vs_top": ("trainer", "eval_validation/reward_vs_top"),
 }
-TOPPED_METRIC = "curriculum/topped"  # instructions whose rollouts have beaten their top rung so far
 RUNG_COUNT_PREFIX = "curriculum/instructions_at_rung/"  # + rung: instructions on it after the step
 
 

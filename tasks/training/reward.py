@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from configs.schema import CurriculumConfig, JudgeConfig, RewardConfig
-from storage.curriculum import CurriculumStore, StepOutcome
+from storage.curriculum import CurriculumStore, StepOutcome, reaches_top
 from tasks.curriculum import build_outcome, reference_rung, sample_key
 from tasks.instructions import Instruction
 from tasks.judging import HOLISTIC, score_response
@@ -247,7 +247,7 @@ class WritingRLReward:
             item = self.validation_items.get(rollout.instruction_id)
             if item is None:
                 raise ValueError(f"validation: '{rollout.instruction_id}' is not a held-out ladder")
-            answer = split_think(rollout.text).visible if self.think_format else rollout.text
+            answer = self._visible(rollout.text)
             pairs += [(rollout, item, rung, answer) for rung in range(item.n_rungs)]
         judgments = await gather_or_stop(
             judge_pair(self.client, self.judge, self.reward_cfg, instruction=item.prompt, criteria=item.criteria,
@@ -303,11 +303,10 @@ class WritingRLReward:
         topped = self.topped()
         rungs = self.current_rungs({o.instruction_id for o in outcomes})
         promotions = self.store.apply_step(self.curriculum_id, step, outcomes)
-        # The store's rule for reaching the top, mirrored so the step stays one transaction.
+        # The store's own rule, applied to the in-memory copy, so the step stays one transaction.
         topped_now = {
             o.instruction_id: step for o in outcomes
-            if o.promote and o.rung_judged == rungs[o.instruction_id] == self.items[o.instruction_id].n_rungs - 1
-            and o.instruction_id not in topped
+            if reaches_top(o, rungs[o.instruction_id], self.items[o.instruction_id].n_rungs, o.instruction_id in topped)
         }  # fmt: skip
         with self._lock:
             if self._topped is not None:

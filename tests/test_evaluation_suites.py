@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -357,6 +358,10 @@ def test_writingbench_requirement_file_that_does_not_match_is_refused(shared_ben
     )
     with pytest.raises(ConfigError, match="has no row for wb-"):
         WB.load(wrong)
+    broken = tmp_path / "length_subset_C.jsonl"
+    broken.write_text('{"index": 1, "checklist": [{"name": "x"}]}\n{"index": 2, "checklist": \n')
+    with pytest.raises(ConfigError, match=re.escape(f"{broken}:2: not a JSON line")):
+        WB.load(BenchmarkConfig(path=folder / "length_subset.jsonl", requirement_criteria=broken))
     named = tmp_path / "criteria.jsonl"
     named.write_text("{}\n")
     with pytest.raises(ConfigError, match="not a requirement subset's _C file"):

@@ -427,11 +427,18 @@ def requirement_criteria(config: BenchmarkConfig) -> tuple[str, dict[str, list[d
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a benchmark JSONL file, as the raw criteria are read (a BOM allowed)."""
+    """(line number, row) of a benchmark JSONL file, as the raw criteria are read (a BOM allowed);
+    a line that is not a JSON object is an error naming the file and line."""
     for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         line = line.removeprefix(codecs.BOM_UTF8)
         if line.strip():
-            yield number, json.loads(line.decode("utf-8"))
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{path}:{number}: not a JSON line ({exc})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{number}: not a JSON object")
+            yield number, row
 
 
 def _requirement_data(

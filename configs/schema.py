@@ -33,13 +33,19 @@ DATA_FORMATS = ("builtin", "jsonl", "parquet", "hf", "writingbench", "longbench_
 STRATEGIES = ("direct", "agentwrite", "think-then-write")
 # The built-in benchmarks, in the comparison table's order. Not a closed list: a recipe may name
 # any suite registered in tasks/evaluation/registry.py, which the evaluate stage checks.
-BENCHMARKS = ("writingbench", "longbench_write", "creative_writing_v3", "longbench_v2")
+BENCHMARKS = (
+    "writingbench",
+    "longbench_write",
+    "creative_writing_v3",
+    "longbench_v2",
+    "creative_writing_v3_elo",
+)
 # What each benchmark's official harness asks of the evaluated model: new tokens per call, and the
 # prompt budget where the harness truncates prompts to one (LongBench v2's model2maxlen). The
 # suites use these defaults (tests/test_evaluation_suites.py holds them to it), and the recipe
 # check below refuses an engine they cannot fit in.
 HARNESS_OUTPUT_TOKENS = {"writingbench": 16000, "longbench_write": 32768, "creative_writing_v3": 4000,
-                         "longbench_v2": 128}  # fmt: skip
+                         "longbench_v2": 128, "creative_writing_v3_elo": 4000}  # fmt: skip
 HARNESS_INPUT_TOKENS = {"longbench_v2": 120_000}
 LOCAL_ENGINES = ("transformers", "vllm")
 EMBEDDED_MODEL_PREFIX = "embedded:"
@@ -981,6 +987,21 @@ class BenchmarkConfig(StrictModel):
         "format_subset_C_v1.jsonl, length_subset_C.jsonl): each query's requirement criterion, judged as "
         "well and reported as the leaderboard's requirement dimension (R: the subset's score, C: that "
         "criterion's), outside the headline. `path` is then the matching subset file.",
+    )
+    opponents: Path | None = Field(
+        None,
+        description="creative_writing_v3_elo: the opponents' pieces, a JSONL file (model, prompt_id, iteration, "
+        "response per row) or the harness's creative_bench_runs.json; the two anchors must be among them.",
+    )
+    opponent_models: tuple[str, ...] | None = Field(
+        None,
+        min_length=2,
+        description="creative_writing_v3_elo: the opponents to use from that file; unset: all.",
+    )
+    anchors: dict[str, float] | None = Field(
+        None,
+        description="creative_writing_v3_elo: the normalisation's two anchors, model -> Elo; unset: the "
+        "harness's (deepseek/deepseek-r1 1500, meta-llama/llama-3.2-1b-instruct 200).",
     )
 
 

@@ -207,11 +207,13 @@ def _check_evaluation(recipe, config: Path) -> None:
 
 
 def _print_evaluation(summary: dict[str, Any], elapsed: float) -> None:
+    from tasks.evaluation.report import scale_note, score_cell, shown_columns
+
     rows = summary["table"]
     table = Table(
-        title=f"{summary['recipe']}: evaluation {summary['run_id'][:12]} (scores 0-100, [95% interval])"
+        title=f"{summary['recipe']}: evaluation {summary['run_id'][:12]} (scores {scale_note(rows[0] if rows else ())}, "
+        "[95% interval])"
     )
-    from tasks.evaluation.report import score_cell, shown_columns
 
     columns = shown_columns(rows[0]) if rows else []
     for column in columns:

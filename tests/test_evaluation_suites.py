@@ -33,7 +33,7 @@ from tasks.instructions.loaders import InstructionDataError
 from tasks.llm.base import EndpointFailingError
 from tests.support.fake_llm import FakeCall, FakeLLM, FakeProbe, fail
 
-WB, LBW, CW3, LBV2 = (SUITES[name] for name in BENCHMARKS)
+WB, LBW, CW3, LBV2, CW3_ELO = (SUITES[name] for name in BENCHMARKS)
 JUDGE = JudgeConfig(backend="api", model="judge", max_parse_retries=1)
 LOGPROB_JUDGE = JudgeConfig(backend="local", model="judge", mode="logprob")
 
@@ -59,8 +59,8 @@ def raw_jsonl(path):
 def test_registry_holds_one_suite_per_benchmark_name():
     assert list(SUITES) == list(BENCHMARKS)
     assert [s.name for s in SUITES.values()] == list(BENCHMARKS)
-    assert [s.needs_judge for s in SUITES.values()] == [True, True, True, False]
-    assert [s.truncates_input for s in SUITES.values()] == [False, False, False, True]
+    assert [s.needs_judge for s in SUITES.values()] == [True, True, True, False, True]
+    assert [s.truncates_input for s in SUITES.values()] == [False, False, False, True, False]
 
 
 def test_generation_decodings_are_the_harnesses_with_max_tokens_applied(tmp_path):
@@ -73,6 +73,9 @@ def test_generation_decodings_are_the_harnesses_with_max_tokens_applied(tmp_path
     assert (d.temperature, d.max_tokens, d.seed) == (0.7, 4000, None)
     d = LBV2.generation_decoding(default, 0)
     assert (d.temperature, d.max_tokens) == (0.1, 128)
+    assert CW3_ELO.generation_decoding(default, 3) == CW3.generation_decoding(
+        default, 3
+    )  # the rubric run's pieces
     for suite in SUITES.values():
         assert suite.generation_decoding(capped, 0).max_tokens == 300
     assert LBV2.max_input_tokens(default) == 120_000

@@ -67,6 +67,7 @@ class ToyLengthSuite:
     name = "toy_length"
     version = 1
     needs_judge = True
+    judge_modes = ("json", "logprob")
     truncates_input = False
     uses_writing_strategy = True
 

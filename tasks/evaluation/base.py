@@ -50,6 +50,8 @@ class BenchmarkSuite(Protocol):
     name: str
     version: int  # bump when prompts, parsing or aggregation change: it is part of the cache key
     needs_judge: bool
+    # The judge modes it has a form for (json, logprob): the stage refuses a judge in another.
+    judge_modes: tuple[str, ...]
     truncates_input: bool  # the stage fits `prompt` to the candidate's context (middle truncation)
     # False for tasks that are answered, not written (multiple choice): the candidate answers
     # directly whatever its writing strategy (AgentWrite would plan an essay about an answer letter).

@@ -54,7 +54,8 @@ What the official harness does
    `core/benchmark.py::compute_benchmark_results_creative`): the flat mean of the piece scores
    over every prompt and every iteration (no per-iteration averaging), `overall_score` (0-20),
    and `eqbench_creative_score = 5 * overall_score` (0-100), both rounded to 2 decimals; 0.0 when
-   no piece has scores. (The leaderboard ranks by a separate pairwise Elo, not reproduced here.)
+   no piece has scores. (The leaderboard ranks by a separate pairwise Elo: the optional suite
+   `creative_writing_v3_elo`, tasks/evaluation/creative_writing_elo.py.)
 
 Departures from the official harness (scoring)
 ----------------------------------------------
@@ -508,6 +509,7 @@ class CreativeWritingV3Suite:
     name = "creative_writing_v3"
     version = 2  # 2: the judge template has no final newline and the piece is stripped (as officially)
     needs_judge = True
+    judge_modes = ("json", "logprob")
     truncates_input = False
     uses_writing_strategy = True
 

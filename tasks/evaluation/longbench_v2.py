@@ -286,6 +286,7 @@ class LongBenchV2Suite:
     name = "longbench_v2"
     version = 1
     needs_judge = False
+    judge_modes = ()
     truncates_input = True
     uses_writing_strategy = False
 

@@ -437,6 +437,7 @@ class LongBenchWriteSuite:
     name = "longbench_write"
     version = 1
     needs_judge = True
+    judge_modes = ("json", "logprob")
     truncates_input = False
     uses_writing_strategy = True
 

@@ -16,6 +16,7 @@ from configs.loading import ConfigError
 from configs.schema import BenchmarkConfig
 from tasks.evaluation.base import BenchmarkSuite
 from tasks.evaluation.common import files_fingerprint, resolve_path
+from tasks.evaluation.creative_writing_elo import CreativeWritingV3EloSuite
 from tasks.evaluation.creative_writing_v3 import CreativeWritingV3Suite
 from tasks.evaluation.longbench_v2 import LongBenchV2Suite
 from tasks.evaluation.longbench_write import LongBenchWriteSuite
@@ -32,6 +33,7 @@ BUILT_IN: tuple[BenchmarkSuite, ...] = (
     LongBenchWriteSuite(),
     CreativeWritingV3Suite(),
     LongBenchV2Suite(),
+    CreativeWritingV3EloSuite(),
 )
 for _suite in BUILT_IN:
     SUITES.register(_suite.name)(_suite)

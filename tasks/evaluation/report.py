@@ -2,13 +2,15 @@
 
 Pure functions over result rows (dicts with candidate, benchmark, score, step, train_run_id, ...:
 the `eval_results` rows of storage/evaluations.py). Every headline is on 0-100 (WritingBench x10,
-LongBench-Write S, Creative Writing v3 rubric x5, LongBench v2 accuracy).
+LongBench-Write S, Creative Writing v3 rubric x5, LongBench v2 accuracy), but the optional Creative
+Writing v3 Elo's, a normalised Elo (`NOT_ON_0_100`).
 
 The layout is the paper's. Table 1 (writing) has WritingBench, EQ-Bench Creative Writing and
 LongBench-Write, in that order, and its "Average" is their plain mean: the `writing average`
 column. It exists only when all three are evaluated, and is left empty for a candidate missing one
 of them, rather than averaged over fewer. LongBench v2 is the paper's Table 3, a column after the
-average and outside it. Other registered suites come last, outside the average too.
+average and outside it, and the Creative Writing v3 Elo (when run) after it. Other registered
+suites come last, outside the average too.
 
 A result with items that went unscored (`n_failed` > 0) is partial: its cell says so, as does a
 writing average that rests on one. The markdown lists, per candidate and benchmark, the items
@@ -32,6 +34,7 @@ TITLES = {
     "longbench_write": "LongBench-Write",
     "creative_writing_v3": "Creative Writing v3",
     "longbench_v2": "LongBench v2",
+    "creative_writing_v3_elo": "Creative Writing v3 Elo",
 }
 
 
@@ -42,7 +45,10 @@ def title(benchmark: str) -> str:
 
 # The paper's Table 1, in its column order; its "Average" is the mean of exactly these.
 WRITING = ("writingbench", "creative_writing_v3", "longbench_write")
-TABLE_ORDER = (*WRITING, "longbench_v2")  # LongBench v2: the paper's Table 3, after the average
+# LongBench v2: the paper's Table 3, after the average; then the leaderboard's Creative Writing Elo,
+# an option that is in no table of the paper.
+TABLE_ORDER = (*WRITING, "longbench_v2", "creative_writing_v3_elo")
+NOT_ON_0_100 = ("creative_writing_v3_elo",)  # a normalised Elo: in the table, not on the 0-100 plot
 WRITING_AVERAGE = "writing average"
 assert set(TABLE_ORDER) == set(BENCHMARKS)
 
@@ -73,6 +79,12 @@ def ci_column(benchmark: str) -> str:
 
 
 PARTIAL = "partial"  # a table row's columns whose score rests on unscored items
+
+
+def scale_note(columns: Iterable[str]) -> str:
+    """What a table's numbers are on: 0-100, and the columns that are not."""
+    off = [title(b) for b in NOT_ON_0_100 if title(b) in columns]
+    return "0-100" + "".join(f"; {c}: normalised Elo" for c in off)
 
 
 def shown_columns(row: Mapping[str, Any]) -> list[str]:
@@ -219,7 +231,10 @@ def comparison_markdown(
     if not table:
         return "# Evaluation\n\nNo results."
     columns = [c for c in shown_columns(table[0]) if c != "failed items"]
-    lines = ["# Evaluation: candidates x benchmarks (0-100), laid out as the paper's Tables 1 and 3", ""]
+    lines = [
+        f"# Evaluation: candidates x benchmarks ({scale_note(columns)}), laid out as the paper's Tables 1 and 3",
+        "",
+    ]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
     for row in table:
@@ -246,7 +261,8 @@ def comparison_markdown(
         "",
         *coverage_markdown(rows),
         "Scales: WritingBench x10 (leaderboard), LongBench-Write S = (S_l + S_q)/2, Creative Writing v3 "
-        "rubric x5, LongBench v2 accuracy %. The writing average is the paper's Table 1 Average: the mean "
+        "rubric x5, LongBench v2 accuracy %, Creative Writing v3 Elo: the leaderboard's normalised Elo on "
+        "this run's pool (not 0-100). The writing average is the paper's Table 1 Average: the mean "
         "of WritingBench, Creative Writing v3 and LongBench-Write, left empty when one has no score; "
         "LongBench v2 (the paper's Table 3) is outside it.",
     ]
@@ -277,7 +293,8 @@ def score_over_steps(
             latest[(r["benchmark"], int(r["step"]))] = float(r["score"])
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for (benchmark, step), score in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        series[benchmark].append((step, score))
+        if benchmark not in NOT_ON_0_100:  # the plot's axis is 0-100
+            series[benchmark].append((step, score))
     return {b: series[b] for b in _in_order(series)}
 
 

@@ -463,6 +463,7 @@ class WritingBenchSuite:
     name = "writingbench"
     version = 2  # 2: the logprob probe puts the criterion after the response
     needs_judge = True
+    judge_modes = ("json", "logprob")
     truncates_input = False
     uses_writing_strategy = True
 

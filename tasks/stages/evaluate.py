@@ -79,7 +79,7 @@ def spec_for(candidate: Candidate, benchmark: str) -> StageSpec:
             "candidate": candidate.identity(recipe),
             "benchmark": {"name": benchmark, "version": benchmark_version(benchmark, config),
                           # Files are in the version's data fingerprint, not by their paths.
-                          **config.model_dump(mode="json", exclude={"path", "requirement_criteria"})},
+                          **config.model_dump(mode="json", exclude={"path", "requirement_criteria", "opponents"})},
             "seed": recipe.evaluation.seed,
             "bootstrap": recipe.evaluation.bootstrap.model_dump(mode="json"),
             "judge": recipe.call_identity(judge),
@@ -130,7 +130,7 @@ def check_benchmark_paths(recipe: Recipe, benchmarks: list[str] | None = None) -
 
 def check_evaluation(recipe: Recipe, candidates: list[Candidate], benchmarks: list[str]) -> None:
     """Refuse, before any call, what cannot run: a benchmark without a registered suite, a judged
-    benchmark without a judge, a truncating benchmark (LongBench v2) for an API model without a
+    benchmark without a judge or with a judge in a mode it has no form for, a truncating benchmark (LongBench v2) for an API model without a
     tokenizer to truncate with,
     a missing benchmark file."""
     assert recipe.evaluation is not None
@@ -141,6 +141,13 @@ def check_evaluation(recipe: Recipe, candidates: list[Candidate], benchmarks: li
             f"benchmarks {unjudged} need a judge: set `evaluation.judge` (or the benchmark's own, or a "
             "top-level `judge`)"
         )
+    for b in benchmarks:
+        judge = recipe.judge_for(b) if SUITES[b].needs_judge else None
+        if judge is not None and judge.mode not in SUITES[b].judge_modes:
+            raise ConfigError(
+                f"evaluation.benchmarks.{b}: its judge ({judge.label}) is in {judge.mode} mode, and {b} judges "
+                f"only in {' or '.join(SUITES[b].judge_modes)} mode: give it its own `judge`"
+            )
     check_benchmark_paths(recipe, benchmarks)
     for benchmark in (b for b in benchmarks if SUITES[b].truncates_input):
         for c in candidates:

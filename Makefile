@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -q
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo up down test test-fast test-slow lint clean gpu gpu-lock gpu-lock-check cpu-lock cpu-lock-check
+.PHONY: install demo up down test test-fast test-slow lint clean gpu gpu-lock gpu-lock-check cpu-lock cpu-lock-check \
+	verl verl-cpu verl-lock verl-lock-check
 
 install: $(STAMP)
 
@@ -82,6 +83,43 @@ cpu-lock: install
 cpu-lock-check: install
 	$(UV_CPU) --constraint $(CPU_LOCK) > /dev/null
 	@echo "the CPU lock ($(CPU_LOCK)) resolves from pyproject.toml"
+
+# verl's own environment (training.engine: verl), .verl-venv: verl 0.9.1 pins a torch, transformers
+# and vLLM that this project's environment cannot hold (docs/training.md, "The verl engine"). This
+# project goes in without its dependencies; locks/verl-common.in lists what its reward path imports.
+# The store's libraries (DuckDB, Delta, Arrow) are pinned to the main lock's versions, so both
+# environments read and write the same files. `make verl` on a GPU machine; `make verl-cpu` for the
+# checks a CPU machine can run.
+VERL_VENV     := .verl-venv
+VERL_LOCK     := locks/verl-gpu-linux-x86_64-py311.txt
+VERL_CPU_LOCK := locks/verl-cpu-linux-x86_64-py311.txt
+VERL_PIP      := $(VERL_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar off -q
+UV_VERL       := $(BIN)/uv pip compile --python-platform x86_64-manylinux_2_28 --python-version 3.11 --quiet
+
+$(VERL_VENV)/bin/python:
+	$(PYTHON) -m venv $(VERL_VENV)
+
+verl: | $(VERL_VENV)/bin/python
+	$(VERL_PIP) -r $(VERL_LOCK)
+	$(VERL_PIP) --no-deps -e .
+
+verl-cpu: | $(VERL_VENV)/bin/python
+	$(VERL_PIP) torch==2.13.0
+	$(VERL_PIP) -r $(VERL_CPU_LOCK)
+	$(VERL_PIP) --no-deps -e .
+
+.verl-storage-pins.txt: $(CPU_LOCK)
+	grep -E '^(duckdb|deltalake|pyarrow)==' $(CPU_LOCK) > $@
+
+verl-lock: install .verl-storage-pins.txt
+	$(UV_VERL) locks/verl-gpu.in -c .verl-storage-pins.txt --custom-compile-command 'make verl-lock' -o $(VERL_LOCK)
+	$(UV_VERL) locks/verl-cpu.in -c .verl-storage-pins.txt $(foreach p,$(CUDA_WHEELS),--no-emit-package $(p)) \
+		--custom-compile-command 'make verl-lock' -o $(VERL_CPU_LOCK)
+
+verl-lock-check: install .verl-storage-pins.txt
+	$(UV_VERL) locks/verl-gpu.in -c .verl-storage-pins.txt --constraint $(VERL_LOCK) > /dev/null
+	$(UV_VERL) locks/verl-cpu.in -c .verl-storage-pins.txt --constraint $(VERL_CPU_LOCK) > /dev/null
+	@echo "the verl locks resolve from locks/verl-*.in"
 
 test: lint gpu-lock-check cpu-lock-check
 	$(PYTEST) --durations=10 || [ $$? -eq 5 ]

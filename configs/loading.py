@@ -27,11 +27,41 @@ class ConfigError(ValueError):
 
 
 def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """The recipe at `path`. A recipe may start from another: `extends: <file>` (relative to the
+    recipe's folder) deep-merges this recipe's keys over that file's (mappings merge, anything else
+    is replaced; null resets a setting), as the paper's PPO recipes extend their GRPO ones."""
     path = Path(path)
+    sources = _sources(path, ())
+    raw: dict[str, Any] = {}
+    for _, data, _ in reversed(sources):  # the furthest base first
+        raw = _deep_merge(raw, data)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            format_validation_error(
+                exc,
+                path,
+                sources[0][2],
+                overridden=set(overrides or ()),
+                bases=[(p, n) for p, _, n in sources[1:]],
+            )
+        ) from None
+
+
+EXTENDS = "extends"
+
+
+def _sources(path: Path, chain: tuple[Path, ...]) -> list[tuple[Path, dict[str, Any], yaml.Node | None]]:
+    """(file, its mapping without `extends`, its YAML node) for the recipe and each file it
+    extends, the recipe first."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: recipe file not found") from None
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise ConfigError(f"{path}: recipe file not found{where}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
@@ -43,14 +73,16 @@ def load_recipe(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe is a YAML mapping at the top level, got {type(raw).__name__}")
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(
-            format_validation_error(exc, path, root_node, overridden=set(overrides or ()))
-        ) from None
+    base = raw.pop(EXTENDS, None)
+    if base is None:
+        return [(path, raw, root_node)]
+    line = _line_of(root_node, (EXTENDS,))
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}:{line}: extends: the file this recipe starts from, a path")
+    base_path = (path.parent / base).resolve()
+    if base_path in (*chain, path.resolve()):
+        raise ConfigError(f"{path}:{line}: extends: {base} extends this recipe again (a cycle)")
+    return [(path, raw, root_node), *_sources(base_path, (*chain, path.resolve()))]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,14 +132,21 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
 
 
 def format_validation_error(
-    exc: ValidationError, path: Path, root_node: yaml.Node | None, overridden: set[str] | None = None
+    exc: ValidationError,
+    path: Path,
+    root_node: yaml.Node | None,
+    overridden: set[str] | None = None,
+    bases: list[tuple[Path, yaml.Node | None]] | None = None,
 ) -> str:
+    """Every problem with its file and line: the recipe's, else the file it extends that sets it."""
     lines = [f"Invalid recipe {path}:"]
     for err in exc.errors(include_url=False):
         for loc, message in _split_root_errors(err):
             display = _display_loc(loc)
-            line = _line_of(root_node, loc)
-            where = f"{path}:{line}" if line else str(path)
+            # The file that holds most of the path: the recipe, unless a base sets the value.
+            located = [(source, *_locate(node, loc)) for source, node in [(path, root_node), *(bases or [])]]
+            source, line, _ = max(located, key=lambda found: found[2])  # the first of the deepest
+            where = f"{source}:{line}" if line else str(source)
             if overridden and any(display == o or display.startswith(o + ".") for o in overridden):
                 where += " (from an override)"
             if err["type"] == "extra_forbidden":
@@ -164,7 +203,13 @@ def _display_loc(loc: tuple[Any, ...]) -> str:
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """Best-effort line of the deepest YAML node on the error's path (1-based)."""
+    return _locate(node, loc)[0]
+
+
+def _locate(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, int]:
+    """(that line, how many parts of `loc` the file holds)."""
     best = node.start_mark.line + 1 if node is not None else None
+    depth = 0
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             match = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
@@ -173,10 +218,12 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
                 continue  # union tags and missing keys: stay on the parent
             best = (key or match).start_mark.line + 1
             node = match
+            depth += 1
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
             best = node.start_mark.line + 1
-    return best
+            depth += 1
+    return best, depth
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

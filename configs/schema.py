@@ -680,16 +680,67 @@ class ProcessLayout(StrictModel):
     )
 
 
+class VerlConfig(StrictModel):
+    """verl's own settings (`training.engine: verl`), beyond those every engine shares. The defaults
+    are the official launch script's (Tongyi-Zhiwen/Writing-RL `scripts/train_writing_rl.sh`);
+    tasks/training/verl_config.py turns the recipe into verl's configuration."""
+
+    environment: Path = Field(
+        Path(".verl-venv"),
+        description="The Python environment verl runs in (`make verl` builds it from locks/verl-*.txt): "
+        "verl pins its own torch, transformers and vLLM, which this project's environment cannot hold.",
+    )
+    rollout: Literal["vllm", "sglang"] = Field("vllm", description="verl's rollout engine (rollout.name).")
+    rollout_tensor_parallel: int = Field(
+        2, ge=1, description="GPUs per rollout engine (rollout.tensor_model_parallel_size; 2 officially)."
+    )
+    rollout_gpu_memory_utilization: float = Field(
+        0.7, gt=0, le=1, description="The rollout engine's share of each GPU (0.7 officially)."
+    )
+    rollout_max_num_batched_tokens: int = Field(
+        16384, ge=1, description="The rollout engine's tokens per forward pass (16,384 officially)."
+    )
+    max_token_len_per_gpu: int = Field(
+        16500,
+        ge=1,
+        description="Token-bounded micro-batches (use_dynamic_bsz): tokens per GPU per forward pass of the "
+        "actor's update and of the log-probability passes (PPO_MAX_TOKEN_LEN_PER_GPU, 16,500 officially).",
+    )
+    critic_learning_rate: float = Field(1e-5, gt=0, description="ppo: the critic's learning rate (1e-5).")
+    critic_warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="ppo: the critic's learning-rate warmup share (0.05 officially)."
+    )
+    nodes: int = Field(1, ge=1, description="Machines (trainer.nnodes), each with `training.gpus` GPUs.")
+    reward_workers: int = Field(
+        8,
+        ge=1,
+        description="verl's reward workers (reward.num_workers): they call the one reward actor, which "
+        "holds the judge's rate and token limits for all of them.",
+    )
+
+
+ENGINES = ("trl", "verl")
+
+
 class TrainingConfig(ProcessLayout):
     """The trainer's settings. Steps are RL steps: one batch of `batch_size` prompts rolled out
     (`num_generations` each), judged once, the curriculum updated once; it is trained in
     `updates_per_step` optimizer updates (TRL's optimizer steps are RL steps x updates_per_step,
     tasks/training/args.py). docs/training.md compares each setting with the official run's."""
 
-    algorithm: Literal["grpo", "rloo"] = Field(
+    engine: Literal[ENGINES] = Field(  # type: ignore[valid-type]
+        "trl",
+        description="The training engine: trl (in this project's environment, launched with accelerate) or "
+        "verl (the official code's engine, in its own environment: `training.verl`; docs/training.md).",
+    )
+    algorithm: Literal["grpo", "rloo", "ppo"] = Field(
         "grpo",
-        description="TRL trainer: grpo (GRPOTrainer, the critic-free stand-in for the official run's PPO, "
-        "docs/training.md) or rloo (RLOOTrainer).",
+        description="trl: grpo (GRPOTrainer, the critic-free stand-in for the official run's PPO, "
+        "docs/training.md) or rloo (RLOOTrainer). verl: ppo (the paper's: a GAE critic, one rollout per "
+        "prompt) or grpo.",
+    )
+    verl: VerlConfig | None = Field(
+        None, description="engine verl: its own settings (defaults: the official launch script's)."
     )
     learning_rate: float = Field(
         1e-6, gt=0, description="AdamW's peak learning rate (1e-6 in the official run)."
@@ -730,7 +781,11 @@ class TrainingConfig(ProcessLayout):
         "delta; verl's clip_ratio_c, 3.0 in the official run). None: plain clipping.",
     )
     batch_size: int = Field(32, ge=1, description="Prompts per RL step (verl's train_batch_size).")
-    num_generations: int = Field(4, ge=2, description="Rollouts per prompt (GRPO group size).")
+    num_generations: int = Field(
+        4,
+        ge=1,
+        description="Rollouts per prompt (GRPO's group size, at least 2; ppo: 1 in the official run).",
+    )
     updates_per_step: int = Field(
         1,
         ge=1,
@@ -807,8 +862,50 @@ class TrainingConfig(ProcessLayout):
     gpu_memory_gib: float = Field(80.0, gt=0, description="Memory of each of those GPUs.")
 
     @model_validator(mode="after")
+    def _engine_settings(self) -> TrainingConfig:
+        if self.engine == "trl":
+            if self.algorithm == "ppo":
+                raise ValueError(
+                    "training.algorithm: TRL 1.16 has no PPO trainer; PPO runs on `engine: verl`"
+                )
+            if self.verl is not None:
+                raise ValueError("training.verl: only used by `engine: verl`")
+        else:
+            if self.algorithm == "rloo":
+                raise ValueError("training.algorithm: engine verl runs ppo or grpo, not rloo")
+            refused = {
+                "lora": self.lora is not None,
+                "use_vllm": self.use_vllm,  # verl always rolls out on its own engine (training.verl.rollout)
+                "distributed": self.distributed != "fsdp2",
+                "lr_scheduler": self.lr_scheduler not in ("constant", "constant_with_warmup", "cosine"),
+                "clip_ratio_c": self.clip_ratio_c is None,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps != 1,
+            }
+            why = {
+                "lora": "not mapped to verl's LoRA yet",
+                "use_vllm": "verl rolls out on its own engine (training.verl.rollout); leave it false",
+                "distributed": "verl trains with FSDP: set fsdp2 (cpu_offload: true is the official layout)",
+                "lr_scheduler": "verl has constant (with warmup_ratio) and cosine",
+                "clip_ratio_c": "verl always clips dual (its default 3.0, the official run's): set it",
+                "gradient_accumulation_steps": "verl bounds micro-batches by tokens "
+                "(training.verl.max_token_len_per_gpu): leave it 1",
+            }
+            for name, bad in refused.items():
+                if bad:
+                    raise ValueError(f"training.{name}: with engine verl, {why[name]}")
+        if self.algorithm in ("grpo", "rloo") and self.num_generations < 2:
+            raise ValueError(f"training.num_generations: {self.algorithm} compares rollouts within a group; "
+                             "it needs at least 2")  # fmt: skip
+        return self
+
+    @property
+    def verl_settings(self) -> VerlConfig:
+        """`verl`, or its defaults (the official script's) when the block is left out."""
+        return self.verl if self.verl is not None else VerlConfig()
+
+    @model_validator(mode="after")
     def _optimisation_settings(self) -> TrainingConfig:
-        if self.gradient_accumulation_steps % self.updates_per_step:
+        if self.engine == "trl" and self.gradient_accumulation_steps % self.updates_per_step:
             raise ValueError(
                 f"training.gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a multiple "
                 f"of updates_per_step ({self.updates_per_step}): each update takes an equal share of the "
@@ -817,7 +914,7 @@ class TrainingConfig(ProcessLayout):
         if self.lr_scheduler == "constant" and self.warmup_ratio > 0:
             raise ValueError("training.warmup_ratio: lr_scheduler 'constant' has no warmup; use "
                              "'constant_with_warmup'")  # fmt: skip
-        if self.algorithm != "grpo":
+        if self.algorithm == "rloo":
             for name in ("entropy_coef", "clip_ratio_c"):
                 if getattr(self, name) not in (None, 0.0):
                     raise ValueError(f"training.{name}: TRL's {self.algorithm} trainer has no such setting "

@@ -464,7 +464,24 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
                 check_benchmark_names(recipe.evaluation.benchmarks)
             except ConfigError as exc:
                 problems.append(str(exc))
-        if recipe.training is not None:
+        if recipe.training is not None and recipe.training.engine == "verl":
+            # verl's configuration, generated as the train stage will (`wrl config verl --check`
+            # has verl compose it), and the memory on the declared GPUs.
+            from tasks.training.verl_config import overrides, preview_run
+
+            try:
+                overrides(recipe.training, preview_run(recipe))
+            except ConfigError as exc:
+                problems.append(str(exc))
+            memory = ""
+            try:
+                plan = _memory_plan(recipe)
+            except ValueError as exc:
+                memory = f", memory not estimated ({exc})"
+            else:
+                problems += plan.problems()
+                memory = f", its memory on {plan.gpus} x {plan.gpu_memory_gib:g} GiB"
+        elif recipe.training is not None:
             # TRL's own config checks, on 1-8 devices and the ranks the recipe launches, without
             # needing the hardware here; then the accelerate configuration the stage would write.
             from tasks.training.args import validate_training
@@ -491,9 +508,13 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
                 err_console.print(f"  - {problem}", highlight=False, markup=False)
             bad += 1
             continue
-        what = f"{len(recipe.generators)} generators" + (
-            ", training checked for 1-8 devices" if recipe.training else ""
-        )
+        what = f"{len(recipe.generators)} generators"
+        if recipe.training is not None:
+            what += (
+                ", verl's configuration generated (`wrl config verl --check` composes it in verl's environment)"
+                if recipe.training.engine == "verl"
+                else ", training checked for 1-8 devices"
+            )
         if recipe.training is not None and recipe.training.device != "cpu":
             what += memory
         console.print(f"[green]ok[/] {path} ({recipe.name}: {what})")
@@ -540,6 +561,54 @@ def config_plan(
     console.print(plan.render(), highlight=False, markup=False, soft_wrap=True)
     if not plan.fits:
         raise typer.Exit(1)
+
+
+@config_app.command("verl")
+def config_verl(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    sets: SetOpt = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Have verl compose and validate it, in verl's environment (`make verl`)."
+        ),
+    ] = False,
+) -> None:
+    """Print the verl command the train stage runs for this recipe (training.engine: verl), generated
+    from the recipe (tasks/training/verl_config.py); the paths the stage fills in are named in <>."""
+    from configs.loading import ConfigError
+    from tasks.training.verl_config import (
+        ENTRY_POINT,
+        compose_with_verl,
+        override_args,
+        overrides,
+        preview_run,
+    )
+
+    recipe, _ = _load(config, sets)
+    if recipe.training is None or recipe.training.engine != "verl":
+        raise _UserFacingError(f"{config}: training.engine is not verl (nothing for verl to run)")
+    try:
+        settings = overrides(recipe.training, preview_run(recipe))
+    except ConfigError as exc:
+        raise _UserFacingError(str(exc)) from None
+    console.print(f"python -m {ENTRY_POINT} \\", highlight=False, markup=False)
+    args = override_args(settings)
+    for i, arg in enumerate(args):
+        end = " \\" if i < len(args) - 1 else ""
+        console.print(f"    {arg}{end}", highlight=False, markup=False, soft_wrap=True)
+    if not check:
+        return
+    python = recipe.training.verl_settings.environment / "bin" / "python"
+    if not python.exists():
+        raise _UserFacingError(
+            f"{python}: no verl environment; build it with `make verl` (GPU) or `make verl-cpu`"
+        )
+    report = compose_with_verl(settings, python)
+    if "error" in report:
+        raise _UserFacingError(f"verl refuses this configuration: {report['error']}")
+    console.print(f"verl composed and validated it (critic: {report['critic']}, reference model: {report['reference']})",
+                  highlight=False)  # fmt: skip
 
 
 @config_app.command("cost")

@@ -97,6 +97,13 @@ def compute(ctx: StageContext) -> StageOutput:
             f"recipe '{recipe.name}': reward judge prompt_version '{judge.prompt_version}' is not a pairwise "
             f"judge prompt (registered: {', '.join(sorted(PAIRWISE_PROMPTS))})"
         )
+    if recipe.training.engine == "verl":
+        # Built so far: verl's configuration, its check by verl and the memory plan (`wrl config verl`,
+        # docs/training.md). The reward actor and the launch are not; README's status table says so.
+        raise ConfigError(
+            f"recipe '{recipe.name}': training.engine verl: the train stage cannot launch verl yet (its reward "
+            "actor and launch are not built); `wrl config verl --check` shows and checks the configuration"
+        )
     ladders, instructions = ctx.read("ladders"), ctx.read("instructions")  # read once, both splits
     items = training_items(ladders, instructions)
     if not items:

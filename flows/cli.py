@@ -573,9 +573,18 @@ def config_verl(
             "--check", help="Have verl compose and validate it, in verl's environment (`make verl`)."
         ),
     ] = False,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="--check: a local folder with the policy's config.json to check with (verl reads it).",
+        ),
+    ] = None,
 ) -> None:
     """Print the verl command the train stage runs for this recipe (training.engine: verl), generated
     from the recipe (tasks/training/verl_config.py); the paths the stage fills in are named in <>."""
+    from dataclasses import replace
+
     from configs.loading import ConfigError
     from tasks.training.verl_config import (
         ENTRY_POINT,
@@ -604,9 +613,17 @@ def config_verl(
         raise _UserFacingError(
             f"{python}: no verl environment; build it with `make verl` (GPU) or `make verl-cpu`"
         )
+    if model is not None:
+        settings = overrides(recipe.training, replace(preview_run(recipe), model=str(model)))
     report = compose_with_verl(settings, python)
     if "error" in report:
-        raise _UserFacingError(f"verl refuses this configuration: {report['error']}")
+        hint = (
+            f"\nverl reads the policy's config.json ({settings['actor_rollout_ref.model.path']}): where the hub "
+            "is out of reach, pass --model with a local folder of the same model"
+            if "huggingface.co" in report["error"]
+            else ""
+        )
+        raise _UserFacingError(f"verl refuses this configuration: {report['error']}{hint}")
     console.print(f"verl composed and validated it (critic: {report['critic']}, reference model: {report['reference']})",
                   highlight=False)  # fmt: skip
 

@@ -368,6 +368,7 @@ generators:
   - {{name: policy, role: policy, backend: oai, model: writer}}
 judge: {{backend: {"oai" if judge_mode == "json" else "local"}, model: judge, mode: {judge_mode}}}
 evaluation:
+  bootstrap: {{resamples: 100}}  # each draw is a TrueSkill solve: the default 1,000 cost this test ~15 s
   candidates:
     - {{name: strong, backend: oai, model: strong}}
     - {{name: middling, backend: oai, model: middling}}

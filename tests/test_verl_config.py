@@ -309,3 +309,19 @@ def test_verl_refuses_what_it_cannot_run(tiny_model_dir, tmp_path):
     settings = overrides(ppo_recipe().training, run_paths(tmp_path, model=str(tiny_model_dir)))
     settings["trainer.n_gpu_per_node"] = 8  # a key verl does not have
     assert "n_gpu_per_node" in compose(settings)["error"]
+
+
+@needs_verl
+def test_wrl_config_verl_prints_the_command_and_has_verl_check_it(tiny_model_dir):
+    from tests.support.cli import wrl
+
+    recipe = str(PROJECT_ROOT / "configs" / PPO[0])
+    shown = wrl("config", "verl", "--config", recipe)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("python -m verl.trainer.main_ppo \\\n")
+    assert "    algorithm.adv_estimator=gae \\\n" in shown.stdout
+    assert "train.parquet" in shown.stdout and "<order stage run>" in shown.stdout
+    checked = wrl("config", "verl", "--config", recipe, "--check", "--model", str(tiny_model_dir),
+                  "--set", f"training.verl.environment={verl_python().parents[1]}")  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "verl composed and validated it (critic: True, reference model: False)" in checked.stdout

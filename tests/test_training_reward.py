@@ -4,6 +4,7 @@ failure becomes (nothing: None, never a loss), and the once-per-step curriculum 
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -15,6 +16,7 @@ from tasks.training.data import Rung, TrainingItem
 from tasks.training.rank_reward import RankReward
 from tasks.training.ranks import Ranks
 from tasks.training.reward import Rollout, WritingRLReward
+from tasks.training.reward_service import RewardService
 from tasks.training.trainer import retired_rows
 
 
@@ -63,12 +65,38 @@ def _reward(tmp_path, curriculum=None, reward=None):
     return reward, client, storage
 
 
-def _step(reward, step, texts):
+def _trl_step(reward, step, texts):
+    """A step as the TRL engine runs it: one reward call with the step's rollouts."""
     results = asyncio.run(reward.score(step, [Rollout(iid, i, t) for i, (iid, t) in enumerate(texts)]))
     judged, promotions = reward.finish_step(step)
     return [r.reward for r in results], judged, promotions
 
 
+def _verl_step(reward, step, texts):
+    """A step as the verl engine runs it: the service told the step begins, one concurrent call per
+    rollout (verl's reward workers), then the step's end."""
+    service = RewardService(reward)
+    service.begin_step(step)
+
+    async def each():
+        return await asyncio.gather(*(service.score(iid, text) for iid, text in texts))
+
+    replies = asyncio.run(each())
+    finished = service.finish_step(step)
+    return [None if r["judge_failed"] else r["score"] for r in replies], finished.judged, finished.promotions
+
+
+_step = _trl_step
+
+
+@pytest.fixture(params=["trl", "verl"])
+def engine(request, monkeypatch):
+    """The curriculum tests run on both engines' calling conventions: one implementation."""
+    monkeypatch.setattr(sys.modules[__name__], "_step", _trl_step if request.param == "trl" else _verl_step)
+    return request.param
+
+
+@pytest.mark.usefixtures("engine")
 def test_a_judge_failure_is_none_never_a_loss_and_never_promotes(tmp_path):
     reward, _, storage = _reward(tmp_path)
     rewards, judged, promotions = _step(
@@ -82,6 +110,7 @@ def test_a_judge_failure_is_none_never_a_loss_and_never_promotes(tmp_path):
     assert (history["i2"]["losses"], history["i2"]["failures"]) == (1, 1)
 
 
+@pytest.mark.usefixtures("engine")
 def test_one_rung_per_step_and_every_rollout_of_a_step_sees_the_same_rung(tmp_path):
     reward, client, storage = _reward(tmp_path)
     rewards, _, promotions = _step(
@@ -98,6 +127,7 @@ def test_one_rung_per_step_and_every_rollout_of_a_step_sees_the_same_rung(tmp_pa
     assert storage.curriculum.state("c") == {"i1": 2, "i2": 2}  # the top rung stays the top
 
 
+@pytest.mark.usefixtures("engine")
 def test_the_rungs_kept_in_memory_follow_promotions_and_restores_and_match_the_store(tmp_path, monkeypatch):
     reward, client, storage = _reward(tmp_path)
     _step(reward, 1, [("i1", "GOODX"), ("i2", "BADX")])
@@ -142,6 +172,7 @@ def test_the_trl_adapter_labels_the_step_being_trained_and_returns_none_for_fail
      # section 6.4: the staged static curriculum, one rung up at steps 2 and 3
      (CurriculumConfig(schedule="staged", stage_steps=(2, 3)), ["ref-0"] * 8 + ["ref-1"] * 8 + ["ref-2"] * 8)],
 )  # fmt: skip
+@pytest.mark.usefixtures("engine")
 def test_ablation_schedules_judge_against_their_rung_and_never_promote(tmp_path, curriculum, expected):
     reward, client, storage = _reward(tmp_path, curriculum=curriculum)
     for step in (1, 2, 3):
@@ -327,6 +358,7 @@ def _climb_to_the_top(reward, steps=(1, 2, 3)):
         _step(reward, step, [("i1", "GOODX")])
 
 
+@pytest.mark.usefixtures("engine")
 def test_stay_records_when_an_instruction_beats_its_top_rung_and_keeps_judging_it_there(tmp_path):
     reward, client, storage = _reward(tmp_path)  # top: stay, the paper
     _climb_to_the_top(reward)
@@ -362,6 +394,7 @@ def test_group_judges_a_topped_instruction_against_the_next_rollout_of_its_group
     assert client.references == ["ref-2"]
 
 
+@pytest.mark.usefixtures("engine")
 def test_retire_draws_a_replacement_and_resumes_with_the_checkpoints_retirements(tmp_path):
     reward, _, storage = _reward(tmp_path, CurriculumConfig(top="retire"))
     _climb_to_the_top(reward, (1, 2))

@@ -1,9 +1,10 @@
 """The Writing-RL reward for one training step, and the curriculum update that follows it.
 
-Independent of TRL: `WritingRLReward.score(step, rollouts)` judges a step's rollouts and
-`finish_step(step)` applies that step's promotions. In a training job only rank 0 holds one:
-tasks/training/rank_reward.py adapts it to TRL's calling convention across ranks, and a verl
-`compute_score` adapter can call it too.
+Independent of TRL: `WritingRLReward.score(step, rollouts)` judges a step's rollouts (in one call
+or many concurrent ones) and `finish_step(step)` applies that step's promotions. In a training job
+one object holds it: rank 0 under TRL (tasks/training/rank_reward.py adapts it to TRL's calling
+convention across ranks), the reward actor under verl (tasks/training/reward_service.py, which
+verl's `compute_score` calls once per rollout).
 
 Keeping the reward in step with the curriculum (TRL builds its dataloader once, so the reference
 cannot travel in the dataset):
@@ -42,7 +43,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -57,6 +58,7 @@ from tasks.rewards.auxiliary import auxiliary_rewards, combine
 from tasks.rewards.pairwise import judge_pair
 from tasks.text import split_think
 from tasks.training.data import TrainingItem
+from tasks.training.report import RUNG_COUNT_PREFIX, TOPPED_METRIC
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class WritingRLReward:
         self.validation_items = validation_items or {}
         self.seed, self.think_format = seed, think_format
         self._pending: dict[int, list[RolloutReward]] = defaultdict(list)
+        self._numbered: dict[int, int] = defaultdict(int)  # rollouts numbered so far, per step
         self._lock = threading.Lock()
         # The curriculum's rungs, read from the store once (after any restore) and then kept in step
         # with the promotions this object applies: one training process owns its curriculum, so a
@@ -121,8 +124,9 @@ class WritingRLReward:
     async def score(self, step: int, rollouts: Sequence[Rollout]) -> list[RolloutReward]:
         """Judge every rollout of `step` concurrently, against the rung current right now."""
         state = self.current_rungs({r.instruction_id for r in rollouts})
-        with self._lock:  # several reward calls in one step (gradient accumulation): number on
-            base = len(self._pending[step])
+        with self._lock:  # several reward calls in one step (gradient accumulation, or verl's
+            base = self._numbered[step]  # concurrent per-rollout calls): each numbers on from the last
+            self._numbered[step] += len(rollouts)
         forget = getattr(self.client, "forget_prefixes", None)
         if base == 0 and forget is not None:
             # An in-process judge's probe on a prefix stored by an earlier step sums its floats in
@@ -314,9 +318,11 @@ class WritingRLReward:
             if self._rungs is not None:
                 self._rungs.update({p.instruction_id: p.rung_after for p in promotions})
             judged = self._pending.pop(step, [])
+            self._numbered.pop(step, None)
             # Anything older was never finished (a step that produced no optimiser update): drop it.
-            for stale in [s for s in self._pending if s < step]:
-                self._pending.pop(stale)
+            for stale in [s for s in {*self._pending, *self._numbered} if s < step]:
+                self._pending.pop(stale, None)
+                self._numbered.pop(stale, None)
         return judged, promotions
 
 
@@ -359,3 +365,26 @@ def step_metrics(results: Sequence[RolloutReward]) -> dict[str, float | None]:
         values = [r.components[name] for r in results if r.components.get(name) is not None]
         metrics[f"reward/{name}"] = statistics.fmean(values) if values else None
     return metrics
+
+
+def curriculum_metrics(rungs: dict[str, int], topped: dict[str, int] | None = None) -> dict[str, float]:
+    """Where the whole curriculum stands: the mean rung over ALL instructions, how many sit on
+    each rung (a step judges only its batch's instructions; this is every instruction's rung) and
+    how many have beaten their top rung so far."""
+    if not rungs:
+        return {}
+    counts = Counter(rungs.values())
+    metrics = {"curriculum/mean_rung": statistics.fmean(rungs.values()),
+               TOPPED_METRIC: float(len(topped or {}))}  # fmt: skip
+    metrics |= {f"{RUNG_COUNT_PREFIX}{rung}": float(counts.get(rung, 0)) for rung in range(max(counts) + 1)}
+    return metrics
+
+
+def finished_step_metrics(
+    judged: Sequence[RolloutReward], promotions: Sequence[Any], rungs: dict[str, int], topped: dict[str, int]
+) -> dict[str, float]:
+    """What a finished step records, whichever engine ran it: its judgments' metrics, its promotions
+    and where the whole curriculum stands after them."""
+    metrics = {k: v for k, v in step_metrics(judged).items() if v is not None}
+    metrics["curriculum/promotions"] = float(len(promotions))
+    return metrics | curriculum_metrics(rungs, topped)

@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,23 +32,9 @@ from tasks.training.args import peft_lora_config, policy_dtype, rl_step, trainer
 from tasks.training.checkpoints import latest_checkpoint, merge_adapter, write_updates_per_step
 from tasks.training.rank_reward import JudgeUnavailableError, RankReward
 from tasks.training.ranks import Ranks
-from tasks.training.report import RUNG_COUNT_PREFIX, TOPPED_METRIC
-from tasks.training.reward import step_metrics
+from tasks.training.reward import finished_step_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def curriculum_metrics(rungs: dict[str, int], topped: dict[str, int] | None = None) -> dict[str, float]:
-    """Where the whole curriculum stands: the mean rung over ALL instructions, how many sit on
-    each rung (a step judges only its batch's instructions; this is every instruction's rung) and
-    how many have beaten their top rung so far."""
-    if not rungs:
-        return {}
-    counts = Counter(rungs.values())
-    metrics = {"curriculum/mean_rung": statistics.fmean(rungs.values()),
-               TOPPED_METRIC: float(len(topped or {}))}  # fmt: skip
-    metrics |= {f"{RUNG_COUNT_PREFIX}{rung}": float(counts.get(rung, 0)) for rung in range(max(counts) + 1)}
-    return metrics
 
 
 class CurriculumCallback:
@@ -83,9 +67,9 @@ class CurriculumCallback:
                 if control.should_save:  # set by DefaultFlowCallback, which runs first
                     reward.snapshot(step)  # before the checkpoint is written
                 if main:
-                    metrics = {k: v for k, v in step_metrics(judged).items() if v is not None}
-                    metrics["curriculum/promotions"] = float(len(promotions))
-                    metrics |= curriculum_metrics(reward.current_rungs(), reward.topped())
+                    metrics = finished_step_metrics(
+                        judged, promotions, reward.current_rungs(), reward.topped()
+                    )
                     metrics["time/step_s"] = time.perf_counter() - self.step_started
                     record_step(step, judged, promotions, metrics)
                 return control

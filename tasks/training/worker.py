@@ -44,39 +44,27 @@ def main(spec_path: str) -> int:
     for plugin in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
         importlib.import_module(plugin)
 
-    from storage import open_storage
-    from tasks.llm.budget import BudgetedClient, BudgetMeter
-    from tasks.llm.cache import CachingClient, UsageMeter
-    from tasks.llm.registry import create_client
+    from tasks.llm.cache import UsageMeter
     from tasks.training.args import trainer_args, world_size
     from tasks.training.checkpoints import TRAINER_LOG
     from tasks.training.data import train_dataset
     from tasks.training.launch import LaunchSpec, emit
     from tasks.training.rank_reward import BudgetStopError, JudgeUnavailableError, RankReward
     from tasks.training.ranks import Ranks
-    from tasks.training.reward import WritingRLReward
+    from tasks.training.reward_service import open_reward_owner
     from tasks.training.trainer import run_training
 
     spec = LaunchSpec.read(Path(spec_path))
-    recipe, training, judge = spec.recipe, spec.recipe.training, spec.judge
+    recipe, training = spec.recipe, spec.recipe.training
     args = trainer_args(training, spec.work_dir, world_size=world_size())
     _ = args.device  # sets up accelerate's state, and with it the process group
     ranks = Ranks.current()
 
     owner, client, meter, log, budget = None, None, UsageMeter(), None, None
-    if ranks.is_main:
-        storage = open_storage(recipe.storage)
-        log = storage.training
-        inner = create_client(recipe, judge.backend, judge.model)
-        if spec.budget is not None and recipe.is_paid(judge.backend):  # inside the cache: a hit is free
-            budget = BudgetMeter(spec.budget, recipe.prices)
-            inner = BudgetedClient(inner, budget)
-        client = CachingClient(inner, storage.responses, stage_run_id=spec.stage_run_id, meter=meter)
-        owner = WritingRLReward(
-            client=client, judge=judge, reward=recipe.reward, curriculum=recipe.curriculum, items=spec.items,
-            store=storage.curriculum, curriculum_id=spec.curriculum_id, seed=training.seed,
-            think_format=recipe.policy.strategy == "think-then-write", validation_items=spec.validation_items,
-        )  # fmt: skip
+    if ranks.is_main:  # the run's one reward, as the verl engine's reward actor builds it
+        reward_owner = open_reward_owner(spec)
+        owner, client, meter = reward_owner.reward, reward_owner.client, reward_owner.meter
+        log, budget = reward_owner.log, reward_owner.budget
     curriculum_id = spec.curriculum_id
 
     def record_step(step: int, judged: list, promotions: list, metrics: dict[str, float]) -> None:

@@ -1,0 +1,123 @@
+"""The verl engine's reward actor under Ray on the CPU: several reward workers call verl's
+`compute_score` (tasks/training/verl_reward.py) concurrently, and the one named actor
+(tasks/training/reward_service.py) judges over the real OpenAI SDK against the fault server. One
+judge client means one limit for all workers; one curriculum writer means one promotion per
+instruction per step; a failed judgment is marked, never a win or a loss; the held-out split never
+touches the curriculum. The step semantics themselves are tests/test_training_reward.py's, which
+run on both engines' calling conventions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from configs.loading import load_recipe  # noqa: E402
+from storage import open_storage  # noqa: E402
+from tasks.training.data import Rung, TrainingItem  # noqa: E402
+from tasks.training.launch import LaunchSpec  # noqa: E402
+from tasks.training.reward_service import ACTOR_NAMESPACE, actor_name, start_reward_actor  # noqa: E402
+from tests.support.fault_server import Fault, FaultServer  # noqa: E402
+
+
+def judge_reply(body: dict) -> str:
+    """The policy's response is B (position-disadvantage): GOODX wins, anything else loses."""
+    prompt = body["messages"][-1]["content"]
+    policy = prompt.split("<<<RESPONSE B", 1)[-1]
+    return f"Compared.\n[[{'B' if 'GOODX' in policy else 'A'}]]"
+
+
+def items() -> dict[str, TrainingItem]:
+    rungs = tuple(
+        Rung(g, s, f"ref-{i} text") for i, (g, s) in enumerate([("policy", 3.0), ("x", 5.0), ("y", 7.0)])
+    )
+    return {iid: TrainingItem(iid, f"Write {iid}.", (), None, rungs) for iid in ("i1", "i2", "i3")}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    temp = Path(f"/tmp/ray-wrl-{os.getpid()}")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
+             namespace=ACTOR_NAMESPACE, _temp_dir=str(temp), log_to_driver=False)  # fmt: skip
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def launch_spec(tmp_path: Path, server: FaultServer) -> Path:
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(f"""\
+name: actor
+storage: {{root: {tmp_path / "store"}, model_cache: {tmp_path / "models"}}}
+backends:
+  oai: {{kind: openai-compatible, base_url: '{server.openai_base_url}', max_retries: 0, timeout_s: 10,
+         max_concurrency: 2}}
+generators:
+  - {{name: policy, role: policy, backend: oai, model: writer}}
+judge: {{backend: oai, model: judge, mode: json, max_parse_retries: 0}}
+training: {{device: cpu}}
+""")
+    recipe = load_recipe(recipe_path)
+    work = items()
+    open_storage(recipe.storage).curriculum.create("c", {iid: it.n_rungs for iid, it in work.items()})
+    spec = LaunchSpec(recipe=recipe, judge=recipe.judge_for("reward"), items=work, base_model="unused",
+                      work_dir=tmp_path / "work", model_dir=tmp_path / "model", curriculum_id="c",
+                      stage_run_id="run1", validation_items={"v1": items()["i1"]})  # fmt: skip
+    return spec.write(tmp_path / "work" / "spec.pkl")
+
+
+@ray.remote
+def reward_worker(actor: str, rollouts: list[tuple[str, str, str]]) -> list[dict]:
+    """One of verl's reward workers: compute_score on each of its rollouts, concurrently."""
+    from tasks.training.verl_reward import compute_score
+
+    async def all_of_them():
+        return await asyncio.gather(*(
+            compute_score("writing", text, None, {"instruction_id": iid, "split": split}, actor=actor)
+            for iid, text, split in rollouts
+        ))  # fmt: skip
+
+    return asyncio.run(all_of_them())
+
+
+def test_reward_workers_share_one_actor_one_curriculum_and_one_judge_limit(ray_session, tmp_path):
+    faults = [Fault("500")] * 2  # the first two judge calls fail (no retries): marked, never a loss
+    with FaultServer(faults, reply_text=judge_reply, latency_s=0.05) as server:
+        spec = launch_spec(tmp_path, server)
+        actor = start_reward_actor(spec, "run1")
+        name = actor_name("run1")
+        ray.get(actor.begin_step.remote(1))
+        # three workers, four rollouts each: i1 wins everywhere, i2 loses everywhere, i3 mixed
+        batches = [[("i1", f"GOODX w{k}", "train"), ("i2", f"BADX w{k}", "train"), ("i3", f"GOODX w{k}", "train"),
+                    ("i3", f"BADX w{k}", "train")] for k in range(3)]  # fmt: skip
+        replies = [r for batch in ray.get([reward_worker.remote(name, b) for b in batches]) for r in batch]
+        assert len(replies) == 12 and all(set(r) == {"score", "judge_failed", "rung"} for r in replies)
+        failed = [r for r in replies if r["judge_failed"]]
+        assert len(failed) == 2 and all(r["score"] == 0.0 for r in failed)
+        assert all(r["rung"] == 0.0 for r in replies)  # every rollout of step 1 sees rung 0
+        # one judge client for every worker: the backend's max_concurrency 2 held across all of them
+        assert server.max_in_flight <= 2
+        metrics = ray.get(actor.finish_step.remote(1))
+        rungs = ray.get(actor.current_rungs.remote())
+        # i1 won every judged rollout and i3 some (two failures cannot take all three of either):
+        # each up one rung, once, though several workers reported wins; i2 lost everywhere: stays
+        assert (rungs["i1"], rungs["i2"], rungs["i3"]) == (1, 0, 1)  # any-win: up one rung, once
+        assert metrics["curriculum/promotions"] == 2.0 and metrics["judge/failures"] == 2.0
+
+        # the held-out split: judged against every rung of its ladder, the curriculum untouched
+        before = open_storage(load_recipe(tmp_path / "r.yaml").storage).curriculum.state("c")
+        held_out = ray.get(reward_worker.remote(name, [("v1", "GOODX", "test")]))
+        assert held_out[0]["rung"] == -1.0 and held_out[0]["score"] == 1.0
+        ray.get(actor.begin_step.remote(2))
+        metrics_2 = ray.get(actor.finish_step.remote(2))  # a step with no rollouts promotes nothing
+        assert metrics_2["curriculum/promotions"] == 0
+        assert open_storage(load_recipe(tmp_path / "r.yaml").storage).curriculum.state("c") == before
+        usage = ray.get(actor.usage.remote())
+        assert sum(row["requests"] for row in usage) >= 12
+        ray.get(actor.close.remote())
+        ray.kill(actor)

@@ -229,6 +229,17 @@ def test_without_offload_the_critic_is_resident_beside_the_actor():
     assert resident.training_total > offloaded.training_total
 
 
+def test_wrl_config_validate_checks_the_ppo_recipes_and_their_memory(tmp_path):
+    from tests.support.cli import wrl
+
+    four = tmp_path / "four-gpus.yaml"  # extends the recipe from another folder: the path is relative
+    four.write_text(f"extends: {PROJECT_ROOT / 'configs' / PPO[0]}\nname: four\ntraining: {{gpus: 4}}\n")
+    result = wrl("config", "validate", *(str(PROJECT_ROOT / "configs" / n) for n in PPO), str(four))
+    out = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
+    assert result.returncode == 2 and out.count("verl's configuration generated") == 2, out
+    assert "four-gpus.yaml" in out and "24.1 GiB per GPU, 24.0 GiB available on 4 x 80 GiB" in out
+
+
 # ---------------------------------------------------------------------------------------------
 # The environment's locks
 # ---------------------------------------------------------------------------------------------

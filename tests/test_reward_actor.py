@@ -121,3 +121,67 @@ def test_reward_workers_share_one_actor_one_curriculum_and_one_judge_limit(ray_s
         assert sum(row["requests"] for row in usage) >= 12
         ray.get(actor.close.remote())
         ray.kill(actor)
+
+
+class FakeVerlTrainer:
+    """verl 0.9.1's v1 `fit` loop, reduced to the order of its hooks (trainer_base.py:466-488): per
+    step, on_step_begin, step (the rollouts' rewards), _save_checkpoint when due, on_step_end."""
+
+    def __init__(self, save_freq: int, rollouts_of_step):
+        self.save_freq, self.rollouts_of_step = save_freq, rollouts_of_step
+        self.global_steps, self.events = 0, []
+
+    def on_step_begin(self):
+        self.events.append(("begin", self.global_steps))
+
+    def step(self):
+        self.events.append(("rewards", self.global_steps))
+        ray.get(reward_worker.remote(actor_name("hooks"), self.rollouts_of_step(self.global_steps)))
+
+    def _save_checkpoint(self):
+        self.events.append(("checkpoint", self.global_steps))
+
+    def on_step_end(self):
+        self.events.append(("end", self.global_steps))
+
+    def fit(self, steps: int):
+        for step in range(1, steps + 1):
+            self.global_steps = step
+            self.on_step_begin()
+            self.step()
+            if step % self.save_freq == 0:
+                self._save_checkpoint()
+            self.on_step_end()
+
+
+def test_the_trainer_hooks_finish_each_step_once_and_snapshot_it_before_its_checkpoint(ray_session, tmp_path):
+    from tasks.training.verl_hooks import CurriculumHooks
+
+    class Trainer(CurriculumHooks, FakeVerlTrainer):
+        pass
+
+    with FaultServer(reply_text=judge_reply) as server:
+        spec = launch_spec(tmp_path, server)
+        trainer = Trainer(save_freq=2, rollouts_of_step=lambda s: [("i1", f"GOODX s{s}", "train")])
+        trainer.reward_actor = start_reward_actor(spec, "hooks")
+        trainer.fit(3)
+        store = open_storage(load_recipe(tmp_path / "r.yaml").storage).curriculum
+        # i1 wins every step: one rung per step, up to its top (rung 2 of 3)
+        history = [(h["step"], h["rung_before"], h["rung_after"]) for h in store.history("c").to_pylist()
+                   if h["instruction_id"] == "i1"]  # fmt: skip
+        assert history == [(1, 0, 1), (2, 1, 2), (3, 2, 2)]
+        # the checkpoint of step 2 holds step 2's promotion: snapshot after finish, before the save
+        snapshot = open_storage(load_recipe(tmp_path / "r.yaml").storage).catalog.query(
+            "SELECT instruction_id, rung FROM curriculum_snapshots WHERE curriculum_id = 'c' AND step = 2"
+        )
+        assert dict(zip(snapshot["instruction_id"], snapshot["rung"], strict=True))["i1"] == 2
+        assert store.snapshot_steps("c") == [0, 2]  # the initial state, and step 2's checkpoint
+        assert [e for e in trainer.events if e[1] == 2] == [
+            ("begin", 2),
+            ("rewards", 2),
+            ("checkpoint", 2),
+            ("end", 2),
+        ]
+        assert trainer.curriculum_metrics["curriculum/promotions"] == 0.0  # step 3: already at the top
+        ray.get(trainer.reward_actor.close.remote())
+        ray.kill(trainer.reward_actor)

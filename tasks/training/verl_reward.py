@@ -47,6 +47,11 @@ async def compute_score(
             f"verl row without extra_info.instruction_id (data_source {data_source!r}): the train stage's "
             "ladder export writes it; this file reads only that export"
         )
-    return await _actor(actor, namespace).score.remote(
-        instruction_id, solution_str, info.get("split", "train")
-    )
+    import ray
+
+    split = info.get("split", "train")
+    try:
+        return await _actor(actor, namespace).score.remote(instruction_id, solution_str, split)
+    except ray.exceptions.RayActorError:  # a handle cached before the actor was replaced: look it up again
+        _actors.pop(actor, None)
+        return await _actor(actor, namespace).score.remote(instruction_id, solution_str, split)

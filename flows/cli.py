@@ -466,21 +466,13 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
                 problems.append(str(exc))
         if recipe.training is not None and recipe.training.engine == "verl":
             # verl's configuration, generated as the train stage will (`wrl config verl --check`
-            # has verl compose it), and the memory on the declared GPUs.
+            # has verl compose it).
             from tasks.training.verl_config import overrides, preview_run
 
             try:
                 overrides(recipe.training, preview_run(recipe))
             except ConfigError as exc:
                 problems.append(str(exc))
-            memory = ""
-            try:
-                plan = _memory_plan(recipe)
-            except ValueError as exc:
-                memory = f", memory not estimated ({exc})"
-            else:
-                problems += plan.problems()
-                memory = f", its memory on {plan.gpus} x {plan.gpu_memory_gib:g} GiB"
         elif recipe.training is not None:
             # TRL's own config checks, on 1-8 devices and the ranks the recipe launches, without
             # needing the hardware here; then the accelerate configuration the stage would write.
@@ -494,14 +486,18 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
                 accelerate_config(recipe.training, port=0)
             except ValueError as exc:
                 problems.append(str(exc))
-            if recipe.training.device != "cpu":  # memory on the GPUs the recipe declares
-                try:
-                    plan = _memory_plan(recipe)
-                except ValueError as exc:  # an architecture we cannot read is not a recipe error
-                    memory = f", memory not estimated ({exc})"
-                else:
-                    problems += plan.problems()
-                    memory = f", its memory on {plan.gpus} x {plan.gpu_memory_gib:g} GiB"
+        # Memory on the GPUs the recipe declares (verl always runs on GPUs).
+        plans_memory = recipe.training is not None and (
+            recipe.training.engine == "verl" or recipe.training.device != "cpu"
+        )
+        if plans_memory:
+            try:
+                plan = _memory_plan(recipe)
+            except ValueError as exc:  # an architecture we cannot read is not a recipe error
+                memory = f", memory not estimated ({exc})"
+            else:
+                problems += plan.problems()
+                memory = f", its memory on {plan.gpus} x {plan.gpu_memory_gib:g} GiB"
         if problems:
             err_console.print(f"Invalid recipe {path}:", highlight=False, markup=False)
             for problem in problems:
@@ -515,7 +511,7 @@ def config_validate(paths: Annotated[list[Path], typer.Argument(help="Recipe fil
                 if recipe.training.engine == "verl"
                 else ", training checked for 1-8 devices"
             )
-        if recipe.training is not None and recipe.training.device != "cpu":
+        if plans_memory:
             what += memory
         console.print(f"[green]ok[/] {path} ({recipe.name}: {what})")
     if bad:

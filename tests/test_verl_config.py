@@ -7,7 +7,6 @@ verl's own config composition runs in verl's environment; those tests run where 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -282,10 +281,7 @@ needs_verl = pytest.mark.skipif(
 
 
 def compose(settings: dict) -> dict:
-    script = Path(verl_config.__file__).with_name("verl_compose.py")
-    done = subprocess.run([str(verl_python()), str(script), *override_args(settings)], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return verl_config.compose_with_verl(settings, verl_python())
 
 
 @needs_verl

@@ -863,16 +863,15 @@ class TrainingConfig(ProcessLayout):
 
     @model_validator(mode="after")
     def _engine_settings(self) -> TrainingConfig:
+        # Paths relative to `training`: the recipe's error puts them under it (configs/loading.py).
         if self.engine == "trl":
             if self.algorithm == "ppo":
-                raise ValueError(
-                    "training.algorithm: TRL 1.16 has no PPO trainer; PPO runs on `engine: verl`"
-                )
+                raise ValueError("algorithm: TRL 1.16 has no PPO trainer; PPO runs on `engine: verl`")
             if self.verl is not None:
-                raise ValueError("training.verl: only used by `engine: verl`")
+                raise ValueError("verl: only used by `engine: verl`")
         else:
             if self.algorithm == "rloo":
-                raise ValueError("training.algorithm: engine verl runs ppo or grpo, not rloo")
+                raise ValueError("algorithm: engine verl runs ppo or grpo, not rloo")
             refused = {
                 "lora": self.lora is not None,
                 "use_vllm": self.use_vllm,  # verl always rolls out on its own engine (training.verl.rollout)
@@ -892,9 +891,9 @@ class TrainingConfig(ProcessLayout):
             }
             for name, bad in refused.items():
                 if bad:
-                    raise ValueError(f"training.{name}: with engine verl, {why[name]}")
+                    raise ValueError(f"{name}: with engine verl, {why[name]}")
         if self.algorithm in ("grpo", "rloo") and self.num_generations < 2:
-            raise ValueError(f"training.num_generations: {self.algorithm} compares rollouts within a group; "
+            raise ValueError(f"num_generations: {self.algorithm} compares rollouts within a group; "
                              "it needs at least 2")  # fmt: skip
         return self
 

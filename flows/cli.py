@@ -577,8 +577,10 @@ def config_verl(
         ),
     ] = None,
 ) -> None:
-    """Print the verl command the train stage runs for this recipe (training.engine: verl), generated
-    from the recipe (tasks/training/verl_config.py); the paths the stage fills in are named in <>."""
+    """Print verl's configuration for this recipe (training.engine: verl) as verl's command line,
+    generated from the recipe (tasks/training/verl_config.py); the paths the stage fills in are
+    named in <>. The train stage's driver composes exactly these overrides and trains through
+    verl's `run_ppo` with the Writing-RL trainer (tasks/training/verl_main.py)."""
     from dataclasses import replace
 
     from configs.loading import ConfigError
@@ -597,6 +599,11 @@ def config_verl(
         settings = overrides(recipe.training, preview_run(recipe))
     except ConfigError as exc:
         raise _UserFacingError(str(exc)) from None
+    console.print(
+        "# verl's configuration for this recipe. `wrl run train` runs it through the driver "
+        "(python -m tasks.training.verl_main: the reward actor, the curriculum hooks), not this command",
+        highlight=False, markup=False, soft_wrap=True,
+    )  # fmt: skip
     console.print(f"python -m {ENTRY_POINT} \\", highlight=False, markup=False)
     args = override_args(settings)
     for i, arg in enumerate(args):

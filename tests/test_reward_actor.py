@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -49,14 +50,14 @@ def ray_session():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def launch_spec(tmp_path: Path, server: FaultServer) -> Path:
+def launch_spec(tmp_path: Path, server: FaultServer, max_consecutive_failures: int = 25) -> Path:
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(f"""\
 name: actor
 storage: {{root: {tmp_path / "store"}, model_cache: {tmp_path / "models"}}}
 backends:
   oai: {{kind: openai-compatible, base_url: '{server.openai_base_url}', max_retries: 0, timeout_s: 10,
-         max_concurrency: 2}}
+         max_concurrency: 2, max_consecutive_failures: {max_consecutive_failures}}}
 generators:
   - {{name: policy, role: policy, backend: oai, model: writer}}
 judge: {{backend: oai, model: judge, mode: json, max_parse_retries: 0}}
@@ -124,28 +125,44 @@ def test_reward_workers_share_one_actor_one_curriculum_and_one_judge_limit(ray_s
 
 
 class FakeVerlTrainer:
-    """verl 0.9.1's v1 `fit` loop, reduced to the order of its hooks (trainer_base.py:466-488): per
-    step, on_step_begin, step (the rollouts' rewards), _save_checkpoint when due, on_step_end."""
+    """verl 0.9.1's v1 trainer reduced to the order of its hooks (trainer_base.py): `init` loads the
+    newest checkpoint (`_load_checkpoint` sets global_steps); per step, on_step_begin, step (the
+    rollouts' rewards, then `_compute_advantage`), _save_checkpoint when due, on_step_end."""
 
-    def __init__(self, save_freq: int, rollouts_of_step):
-        self.save_freq, self.rollouts_of_step = save_freq, rollouts_of_step
+    def __init__(self, save_freq: int, rollouts_of_step, checkpoints: Path, resume_at: int = 0):
+        self.save_freq, self.rollouts_of_step, self.resume_at = save_freq, rollouts_of_step, resume_at
+        self.config = SimpleNamespace(trainer=SimpleNamespace(default_local_dir=str(checkpoints)))
         self.global_steps, self.events = 0, []
+
+    def _load_checkpoint(self):
+        self.global_steps = self.resume_at
 
     def on_step_begin(self):
         self.events.append(("begin", self.global_steps))
 
     def step(self):
         self.events.append(("rewards", self.global_steps))
-        ray.get(reward_worker.remote(actor_name("hooks"), self.rollouts_of_step(self.global_steps)))
+        try:
+            ray.get(reward_worker.remote(actor_name("hooks"), self.rollouts_of_step(self.global_steps)))
+        except ray.exceptions.RayTaskError:  # verl logs a raising compute_score and pads the group
+            self.events.append(("reward raised", self.global_steps))
+        self._compute_advantage(None, {})
+
+    def _compute_advantage(self, batch, metrics):
+        self.events.append(("update", self.global_steps))
 
     def _save_checkpoint(self):
         self.events.append(("checkpoint", self.global_steps))
+        folder = Path(self.config.trainer.default_local_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "latest_checkpointed_iteration.txt").write_text(str(self.global_steps))
 
     def on_step_end(self):
         self.events.append(("end", self.global_steps))
 
     def fit(self, steps: int):
-        for step in range(1, steps + 1):
+        self._load_checkpoint()
+        for step in range(self.global_steps + 1, steps + 1):
             self.global_steps = step
             self.on_step_begin()
             self.step()
@@ -162,7 +179,8 @@ def test_the_trainer_hooks_finish_each_step_once_and_snapshot_it_before_its_chec
 
     with FaultServer(reply_text=judge_reply) as server:
         spec = launch_spec(tmp_path, server)
-        trainer = Trainer(save_freq=2, rollouts_of_step=lambda s: [("i1", f"GOODX s{s}", "train")])
+        trainer = Trainer(save_freq=2, rollouts_of_step=lambda s: [("i1", f"GOODX s{s}", "train")],
+                          checkpoints=tmp_path / "ckpt")  # fmt: skip
         trainer.reward_actor = start_reward_actor(spec, "hooks")
         trainer.fit(3)
         store = open_storage(load_recipe(tmp_path / "r.yaml").storage).curriculum
@@ -179,9 +197,58 @@ def test_the_trainer_hooks_finish_each_step_once_and_snapshot_it_before_its_chec
         assert [e for e in trainer.events if e[1] == 2] == [
             ("begin", 2),
             ("rewards", 2),
+            ("update", 2),
             ("checkpoint", 2),
             ("end", 2),
         ]
         assert trainer.curriculum_metrics["curriculum/promotions"] == 0.0  # step 3: already at the top
         ray.get(trainer.reward_actor.close.remote())
         ray.kill(trainer.reward_actor)
+
+
+def test_a_judge_that_stops_answering_ends_the_run_with_a_checkpoint_and_the_run_resumes_there(
+    ray_session, tmp_path
+):
+    """Step 3's judge is down (the endpoint's breaker opens): no update for step 3; step 2 (the last
+    finished one) is checkpointed with its snapshot, unless on disk already, and the run stops. The
+    next run resumes at that checkpoint: the curriculum goes back to its snapshot and the training
+    log forgets the steps after it, as the TRL engine's resume does."""
+    from tasks.training.verl_hooks import CurriculumHooks, JudgeStopError
+
+    class Trainer(CurriculumHooks, FakeVerlTrainer):
+        pass
+
+    def rollouts(step):  # i1 wins steps 1 and 2; step 3's texts hit a dead judge
+        return (
+            [("i1", f"GOODX s{step}", "train")]
+            if step < 3
+            else [("i2", f"DOWNX {k}", "train") for k in range(4)]
+        )
+
+    with FaultServer(reply_text=judge_reply, triggers={"DOWNX": Fault("500")}) as server:
+        spec = launch_spec(tmp_path, server, max_consecutive_failures=2)
+        trainer = Trainer(save_freq=5, rollouts_of_step=rollouts, checkpoints=tmp_path / "ckpt")
+        trainer.reward_actor = start_reward_actor(spec, "hooks")
+        with pytest.raises(JudgeStopError, match="failed at step 3: the judge stopped answering"):
+            trainer.fit(4)
+        assert ("update", 3) not in trainer.events and ("checkpoint", 2) in trainer.events
+        storage = open_storage(load_recipe(tmp_path / "r.yaml").storage)
+        assert storage.curriculum.snapshot_steps("c") == [0, 2]
+        assert storage.curriculum.state("c")["i1"] == 2  # steps 1 and 2 promoted i1, step 3 nothing
+        ray.get(trainer.reward_actor.close.remote())
+        ray.kill(trainer.reward_actor)
+
+        # A later step ran past the checkpoint before the run died: the resume forgets it.
+        storage.training.record_step("c", 3, [], {"reward/mean": 0.5})
+        resumed = Trainer(save_freq=5, rollouts_of_step=lambda s: [("i1", f"BADX s{s}", "train")],
+                          checkpoints=tmp_path / "ckpt", resume_at=2)  # fmt: skip
+        resumed.reward_actor = start_reward_actor(spec, "hooks")
+        resumed.fit(3)
+        assert [e for e in resumed.events if e[0] == "begin"] == [("begin", 3)]
+        assert sorted({s for s in storage.training.metrics("c").column("step").to_pylist()}) == [1, 2, 3]
+        history = [(h["step"], h["rung_before"]) for h in storage.curriculum.history("c").to_pylist()
+                   if h["instruction_id"] == "i1"]  # fmt: skip
+        assert history[-1] == (3, 2)  # step 3 starts from step 2's snapshot
+        assert ray.get(resumed.reward_actor.resumed_from.remote()) == 2
+        ray.get(resumed.reward_actor.close.remote())
+        ray.kill(resumed.reward_actor)

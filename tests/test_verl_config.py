@@ -21,6 +21,7 @@ from tasks.training import verl_config
 from tasks.training.memory_plan import GIB, architecture_of, plan_training
 from tasks.training.verl_config import VerlRun, epochs_for, hydra_value, override_args, overrides
 from tests.support.paths import PROJECT_ROOT
+from tests.support.verl_env import needs_verl, verl_python
 
 PPO = ["paper-qwen2.5-7b-ppo.yaml", "paper-llama3.1-8b-ppo.yaml"]
 
@@ -68,7 +69,7 @@ VERL = {"engine": "verl", "distributed": "fsdp2", "clip_ratio_c": 3.0, "lr_sched
     ("settings", "message"),
     [
         ({"algorithm": "ppo"}, "TRL 1.16 has no PPO trainer"),
-        ({"verl": {}}, "training.verl: only used by `engine: verl`"),
+        ({"verl": {}}, "verl: only used by `engine: verl`"),
         (VERL | {"algorithm": "rloo"}, "engine verl runs ppo or grpo"),
         (VERL | {"distributed": "zero3"}, "verl trains with FSDP"),
         (VERL | {"clip_ratio_c": None}, "verl always clips dual"),
@@ -82,6 +83,18 @@ def test_engine_settings_that_cannot_run_are_refused(settings, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         TrainingConfig(**settings)
     assert TrainingConfig(**VERL).engine == "verl"  # the same settings, minus the one refused
+
+
+def test_a_recipe_names_the_refused_engine_setting_once_at_its_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text((PROJECT_ROOT / "configs" / "demo.yaml").read_text().split("\ntraining:")[0]
+                    + "\ntraining:\n  engine: verl\n  distributed: fsdp2\n  lr_scheduler: linear\n")  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        load_recipe(path)
+    lines = str(refused.value).splitlines()
+    at = next(i for i, line in enumerate(path.read_text().splitlines(), 1) if "lr_scheduler" in line)
+    assert f"r.yaml:{at}: training.lr_scheduler: with engine verl" in str(refused.value), lines
+    assert "training.training" not in str(refused.value)
 
 
 def test_extends_merges_mappings_and_reports_each_problem_in_the_file_that_sets_it(tmp_path):
@@ -269,17 +282,6 @@ def test_the_verl_environment_pins_this_projects_libraries_as_pyproject_does():
 # ---------------------------------------------------------------------------------------------
 
 
-def verl_python() -> Path | None:
-    named = os.environ.get("WRL_VERL_PYTHON")
-    python = Path(named) if named else PROJECT_ROOT / ".verl-venv" / "bin" / "python"
-    return python if python.exists() else None
-
-
-needs_verl = pytest.mark.skipif(
-    verl_python() is None, reason="no verl environment (make verl-cpu, or WRL_VERL_PYTHON=<its python>)"
-)
-
-
 def compose(settings: dict) -> dict:
     return verl_config.compose_with_verl(settings, verl_python())
 
@@ -325,7 +327,8 @@ def test_wrl_config_verl_prints_the_command_and_has_verl_check_it(tiny_model_dir
     recipe = str(PROJECT_ROOT / "configs" / PPO[0])
     shown = wrl("config", "verl", "--config", recipe)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.startswith("python -m verl.trainer.main_ppo \\\n")
+    assert shown.stdout.startswith("# verl's configuration for this recipe. `wrl run train` runs it through")
+    assert "\npython -m verl.trainer.main_ppo \\\n" in shown.stdout
     assert "    algorithm.adv_estimator=gae \\\n" in shown.stdout
     assert "train.parquet" in shown.stdout and "<order stage run>" in shown.stdout
     checked = wrl("config", "verl", "--config", recipe, "--check", "--model", str(tiny_model_dir),
@@ -357,3 +360,30 @@ def test_the_verl_environment_builds_from_its_lock_and_runs_the_reward_path(tmp_
         overrides(ppo_recipe().training, run_paths(tmp_path, model=str(tiny_model_dir))), python
     )
     assert "error" not in composed and composed["critic"] is True
+
+
+ENTRY_CHECK = """
+from verl.trainer.ppo.v1 import get_trainer_cls, trainer_base
+from tasks.training import verl_entry
+from tasks.training.verl_hooks import CurriculumHooks, JudgeFailureMasking
+
+sync = get_trainer_cls("sync")
+trainer = verl_entry.writing_rl_trainer(sync)
+assert trainer.__mro__[1:4] == (CurriculumHooks, JudgeFailureMasking, sync), trainer.__mro__
+for hook in ("_load_checkpoint", "on_step_begin", "_save_checkpoint", "on_step_end", "_compute_metrics"):
+    assert getattr(trainer, hook) is getattr(CurriculumHooks, hook), hook
+    assert hasattr(sync, hook), f"verl's trainer has no {hook}: the mixin would never run"
+assert trainer._compute_advantage is CurriculumHooks._compute_advantage  # the stop check, then the masking
+runner = verl_entry._task_runner()
+assert hasattr(runner, "remote") and trainer_base.TRAINER_REGISTRY["sync"] is sync  # swapped in the actor only
+print("ok")
+"""
+
+
+@needs_verl
+def test_the_driver_trains_with_verls_own_sync_trainer_under_the_writing_rl_mixins():
+    """verl 0.9.1's v1 sync trainer has every method the mixins extend, and the TaskRunner subclass
+    builds (verl's actor class cannot be subclassed directly)."""
+    done = subprocess.run([str(verl_python()), "-c", ENTRY_CHECK], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""Stage 5, train: RL of the policy against its reference ladders (GRPO or RLOO on TRL).
+"""Stage 5, train: RL of the policy against its reference ladders (GRPO or RLOO on TRL; PPO or GRPO
+on verl, `training.engine: verl`).
 
 Reads the `ladders` (and `instructions`, for required lengths) versions; writes `train_metrics`,
 `train_judgments` and `curriculum_history` as Delta versions with lineage, checkpoints under
@@ -6,12 +7,13 @@ Reads the `ladders` (and `instructions`, for required lengths) versions; writes 
 `<root>/models/<model id>/`, registered in the catalog's `models` table (`wrl serve` takes it).
 
 The trainer runs as its own process tree (tasks/training/launch.py: `accelerate launch`, one rank
-per GPU or CPU process); this stage keeps the claim, the stage run, its lineage and outputs, waits
-for the trainer and logs each step rank 0 reports. Resumable: the work folder and the curriculum
-are keyed on the stage's cache key (same config, same ladders -> same key; the rank count is not
-part of it). A killed run's next attempt finds the newest checkpoint, restores the
-curriculum to that checkpoint's snapshot and continues; the judge's calls come back from the
-response cache.
+per GPU or CPU process; tasks/training/verl_launch.py: verl's driver with its Ray session and the
+reward actor, in verl's environment); this stage keeps the claim, the stage run, its lineage and
+outputs, waits for the trainer and logs each step the trainer reports. Resumable: the work
+folder and the curriculum are keyed on the stage's cache key (same config, same ladders -> same
+key; the rank count is not part of it). A killed run's next attempt finds the newest checkpoint,
+restores the curriculum to that checkpoint's snapshot and continues; the judge's calls come back
+from the response cache.
 
 With `sft.writer`, RL starts from the SFT writer's model (tasks/stages/sft.py): the stage then reads
 its `sft_models` version (in the cache key and the lineage), and the registered policy's base is it.
@@ -42,6 +44,7 @@ from tasks.training.checkpoints import training_run_paths
 from tasks.training.data import training_items
 from tasks.training.launch import LaunchSpec, TrainerFailedError, run_trainer
 from tasks.training.report import RUNG_COUNT_PREFIX
+from tasks.training.verl_launch import run_verl_trainer, verl_spec
 
 # How many ranks train is not part of a run's identity: a run killed on 8 GPUs resumes on 4 (or a
 # CPU run on 1 rank on 2), its curriculum exactly as checkpointed. The engine (`distributed`,
@@ -97,13 +100,6 @@ def compute(ctx: StageContext) -> StageOutput:
             f"recipe '{recipe.name}': reward judge prompt_version '{judge.prompt_version}' is not a pairwise "
             f"judge prompt (registered: {', '.join(sorted(PAIRWISE_PROMPTS))})"
         )
-    if recipe.training.engine == "verl":
-        # Built so far: verl's configuration, its check by verl and the memory plan (`wrl config verl`,
-        # docs/training.md). The reward actor and the launch are not; README's status table says so.
-        raise ConfigError(
-            f"recipe '{recipe.name}': training.engine verl: the train stage cannot launch verl yet (its reward "
-            "actor and launch are not built); `wrl config verl --check` shows and checks the configuration"
-        )
     ladders, instructions = ctx.read("ladders"), ctx.read("instructions")  # read once, both splits
     items = training_items(ladders, instructions)
     if not items:
@@ -150,7 +146,10 @@ def compute(ctx: StageContext) -> StageOutput:
             ctx.logger.info("train: %s", step_line(event["step"], max_steps, event["metrics"]))
 
     try:
-        run_trainer(spec, on_event=on_event)
+        if recipe.training.engine == "verl":  # verl's driver in its own environment, the same events
+            run_verl_trainer(verl_spec(spec, ladders), on_event=on_event)
+        else:
+            run_trainer(spec, on_event=on_event)
     except TrainerFailedError as exc:
         if (
             stopped := events.get("budget")

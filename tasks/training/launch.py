@@ -119,6 +119,17 @@ class LaunchSpec:
         return read_spec(path)
 
 
+@dataclass
+class VerlLaunchSpec(LaunchSpec):
+    """`training.engine: verl`: the same fields (the reward actor reads them as rank 0 does) plus
+    verl's configuration generated from the recipe (tasks/training/verl_launch.py)."""
+
+    verl_overrides: dict[str, Any] = field(default_factory=dict)  # verl key -> value
+    checkpoint_dir: Path = Path()  # trainer.default_local_dir
+
+    worker: ClassVar[str] = "tasks.training.verl_main"  # the driver, in verl's environment
+
+
 def write_spec(spec: Any, path: Path) -> Path:
     """Pickle `spec` to `path` (written aside and renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,12 +234,26 @@ def run_trainer(
     config_file = work_dir / ACCELERATE_FILE
     config_file.write_text(yaml.safe_dump(config, sort_keys=True))
     command = launch_command(config_file, spec_file, spec.worker)
+    logger.info("%s: launching %d rank(s): %s", section, processes(layout), " ".join(command))
+    run_process_tree(command, work_dir, on_event=on_event, env=env)
+
+
+def run_process_tree(
+    command: list[str],
+    work_dir: Path,
+    *,
+    on_event: Callable[[dict[str, Any]], None],
+    env: dict[str, str] | None = None,
+    what: str = "the trainer",
+) -> None:
+    """Run `command` as a process tree this process owns (see the module's docstring: nothing is
+    orphaned) and wait for it. Lines starting with EVENT_PREFIX go to `on_event`; the rest to
+    `<work_dir>/trainer_output.log`, whose tail a failure's TrainerFailedError carries."""
     project_root = Path(__file__).resolve().parents[2]
     child_env = {**os.environ, **(env or {}), "TOKENIZERS_PARALLELISM": "false"}
-    # The ranks import this project's packages whatever the working directory.
+    # The tree imports this project's packages whatever the working directory (or the environment).
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root), child_env.get("PYTHONPATH")]))
     tail: deque[str] = deque(maxlen=60)
-    logger.info("%s: launching %d rank(s): %s", section, processes(layout), " ".join(command))
     with _sigterm_raises(), (work_dir / OUTPUT_LOG).open("a") as output:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
@@ -245,11 +270,10 @@ def run_trainer(
                     tail.append(line.rstrip("\n"))
             code = process.wait()
         finally:
-            stop_group(process, STOP_GRACE_S, what="the trainer")  # the elastic agent stops its ranks
+            stop_group(process, STOP_GRACE_S, what=what)
     if code != 0:
         raise TrainerFailedError(
-            f"the trainer exited with code {code}; the last lines of {work_dir / OUTPUT_LOG}:\n"
-            + "\n".join(tail)
+            f"{what} exited with code {code}; the last lines of {work_dir / OUTPUT_LOG}:\n" + "\n".join(tail)
         )
 
 

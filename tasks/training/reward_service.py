@@ -16,7 +16,14 @@ every rung of its own ladder and never reads or writes the curriculum.
 
 A judge failure is never a win or a loss: `score` returns it as `judge_failed` 1 with a neutral
 score, and the step's metrics count it; what the trainer does with it is the engine's part
-(docs/training.md, "The verl engine").
+(docs/training.md, "The verl engine"). A judge that stops answering (the endpoint's breaker) or a
+budget that runs out stops the run: the service records why (`stopped`), the trainer checkpoints
+the last finished step and ends, as the TRL engine does.
+
+Resume (`start`): the curriculum goes back to the checkpoint's snapshot and the training log
+forgets every later step, or back to its initial state when a killed run left steps but no
+checkpoint. The service queues an event for each finished step (`events`), which the verl
+driver relays to the train stage.
 
 Under Ray (`start_reward_actor`) the service is one named async actor; `compute_score`
 (tasks/training/verl_reward.py) finds it by name from any reward worker.
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.llm.base import EndpointFailingError
 from tasks.training.reward import Rollout, RolloutReward, WritingRLReward, finished_step_metrics
 
 ACTOR_NAMESPACE = "writing-rl"
@@ -79,6 +87,16 @@ def open_reward_owner(spec: Any) -> RewardOwner:
 
 
 @dataclass(frozen=True)
+class Stop:
+    """Why the run must end at `step` before its update: "failed" (the judge stopped answering)
+    or "budget" (the judge's budget ran out)."""
+
+    kind: str
+    error: str
+    step: int
+
+
+@dataclass(frozen=True)
 class FinishedStep:
     judged: list[RolloutReward]
     promotions: list[Any]
@@ -92,10 +110,36 @@ class RewardService:
         self,
         reward: WritingRLReward,
         record_step: Callable[[int, list[RolloutReward], dict[str, float]], None] | None = None,
+        *,
+        budget: Any = None,  # tasks.llm.budget.BudgetMeter, when the run has a budget
+        forget_after: Callable[[int], None] | None = None,  # the training log's, for a resume
     ) -> None:
         self.reward = reward
         self.record_step = record_step
+        self.budget = budget
+        self.forget_after = forget_after
         self.step: int | None = None
+        self.stopped: Stop | None = None
+        self.resumed_from: int | None = None
+        self.events: list[dict[str, Any]] = []
+
+    def start(self, checkpoint_step: int | None) -> dict[str, int]:
+        """Where the run starts (the TRL engine's `RankReward.start`): `checkpoint_step`'s snapshot
+        when resuming, the initial state when a killed run left steps but no checkpoint. Steps
+        after the start leave the training log: they are trained and judged again (the judge's
+        answers come back from the response cache)."""
+        store, curriculum_id = self.reward.store, self.reward.curriculum_id
+        start = (
+            checkpoint_step
+            if checkpoint_step
+            else (0 if store.last_step(curriculum_id) is not None else None)
+        )
+        if start is not None:
+            self.reward.restore(start)
+            if self.forget_after is not None:
+                self.forget_after(start)
+        self.resumed_from = checkpoint_step or None
+        return self.reward.current_rungs()
 
     def begin_step(self, step: int) -> None:
         """Rollouts scored from now on belong to `step` (the trainer's hook, before generation)."""
@@ -108,15 +152,25 @@ class RewardService:
             return _reply(value, rung=None)
         if self.step is None:
             raise RuntimeError("reward service: score called before begin_step")
-        (result,) = await self.reward.score(self.step, [Rollout(instruction_id, 0, text)])
+        step = self.step
+        try:
+            (result,) = await self.reward.score(step, [Rollout(instruction_id, 0, text)])
+        except EndpointFailingError as exc:  # the endpoint is down: the run stops (not a failure per rollout)
+            self.stopped = self.stopped or Stop("failed", f"the judge stopped answering: {exc}", step)
+            raise
+        if self.budget is not None and self.budget.exhausted is not None:
+            self.stopped = self.stopped or Stop("budget", self.budget.exhausted, step)
         return _reply(result.reward, result.rung)
 
-    def finish_step(self, step: int) -> FinishedStep:
-        """Apply `step`'s promotions (once all its rewards are in) and record the step."""
+    def finish_step(self, step: int, timing: dict[str, float] | None = None) -> FinishedStep:
+        """Apply `step`'s promotions (once all its rewards are in) and record the step, with the
+        trainer's `timing` (time/step_s) among its metrics."""
         judged, promotions = self.reward.finish_step(step)
         metrics = finished_step_metrics(judged, promotions, self.reward.current_rungs(), self.reward.topped())
+        metrics |= timing or {}
         if self.record_step is not None:
             self.record_step(step, judged, metrics)
+        self.events.append({"event": "step", "step": step, "metrics": metrics})
         return FinishedStep(judged, list(promotions), metrics)
 
     def current_rungs(self) -> dict[str, int]:
@@ -147,7 +201,14 @@ class RewardActor:
         spec = LaunchSpec.read(Path(spec_path))
         self.stage_run_id = spec.stage_run_id
         self.owner = open_reward_owner(spec)
-        self.service = RewardService(self.owner.reward, self.owner.record_step)
+        curriculum_id = self.owner.reward.curriculum_id
+        self.service = RewardService(
+            self.owner.reward, self.owner.record_step, budget=self.owner.budget,
+            forget_after=lambda step: self.owner.log.forget_after(curriculum_id, step),
+        )  # fmt: skip
+
+    async def start(self, checkpoint_step: int | None) -> dict[str, int]:
+        return self.service.start(checkpoint_step)
 
     async def begin_step(self, step: int) -> None:
         self.service.begin_step(step)
@@ -155,8 +216,24 @@ class RewardActor:
     async def score(self, instruction_id: str, text: str, split: str = "train") -> dict[str, float]:
         return await self.service.score(instruction_id, text, split)
 
-    async def finish_step(self, step: int) -> dict[str, float]:
-        return self.service.finish_step(step).metrics
+    async def finish_step(self, step: int, timing: dict[str, float] | None = None) -> dict[str, float]:
+        return self.service.finish_step(step, timing).metrics
+
+    async def record_trainer_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """The trainer's own metrics of `step` (losses, KL, lengths, timings), as the TRL engine keeps
+        its trainer's logs."""
+        self.owner.log.record_metrics(self.owner.reward.curriculum_id, step, metrics, source="trainer")
+
+    async def stopped(self) -> dict[str, Any] | None:
+        stop = self.service.stopped
+        return None if stop is None else vars(stop)
+
+    async def events(self, after: int = 0) -> list[dict[str, Any]]:
+        """Events queued since the first `after` (each finished step), for the driver to relay."""
+        return self.service.events[after:]
+
+    async def resumed_from(self) -> int | None:
+        return self.service.resumed_from
 
     async def current_rungs(self) -> dict[str, int]:
         return self.service.current_rungs()

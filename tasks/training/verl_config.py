@@ -84,11 +84,14 @@ def compose_with_verl(settings: Mapping[str, Any], python: Path, timeout_s: floa
     """verl's own composition and validation of `settings` (tasks/training/verl_compose.py, run by
     `python`, verl's environment): its JSON report."""
     import json
+    import os
     import subprocess
 
     script = Path(__file__).with_name("verl_compose.py")
+    root = str(Path(__file__).resolve().parents[2])  # the script imports tasks.training.verl_entry
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([str(python), str(script), *override_args(settings)], capture_output=True, text=True,
-                          timeout=timeout_s)  # fmt: skip
+                          timeout=timeout_s, env=env)  # fmt: skip
     lines = done.stdout.strip().splitlines()
     if not lines:
         return {

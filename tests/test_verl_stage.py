@@ -2,10 +2,11 @@
 needs a GPU rollout engine: tests/support/verl_standin.py says what the stand-in keeps of it).
 Everything else is real: the stage writes the ladders as verl's parquet and verl's configuration,
 launches the driver (tasks/training/verl_main.py) as a process tree with its own Ray session,
-the named reward actor judges every reward worker's rollouts with the recipe's judge, the trainer
-mixin keeps the curriculum in step, and the stage records the run as it does the TRL engine's.
-The driver runs in this environment (training.verl.environment: this venv): it holds Ray and
-everything the driver imports outside the entry module."""
+the named reward actor judges every reward worker's rollouts with the recipe's judge (the real
+OpenAI SDK against the fault server), the trainer mixin keeps the curriculum in step, and the
+stage records the run as it does the TRL engine's. The driver runs in this environment
+(training.verl.environment: this venv, which holds Ray and everything the driver imports outside
+the entry module) and, where it exists, in verl's own."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 
 from configs.loading import load_recipe
 from storage import open_storage
+from tests.support.fault_server import FaultServer
 from tests.support.recipes import tiny_pipeline_yaml
 from tests.support.train_worker import start, summary_of
 from tests.support.verl_env import needs_verl, verl_python
@@ -29,12 +31,22 @@ from tests.support.verl_standin import STEP_DELAY_ENV
 STANDIN = {"WRL_VERL_ENTRY": "tests.support.verl_standin"}
 
 
-def verl_recipe(tmp_path: Path, model: Path, *, environment: Path, max_steps: int = 4) -> str:
+def judge_reply(body: dict) -> str:
+    """The policy's response is B (position-disadvantage): it wins on odd steps, loses on even ones."""
+    policy = body["messages"][-1]["content"].split("<<<RESPONSE B", 1)[-1]
+    return f"Compared.\n[[{'B' if ('step 1 ' in policy or 'step 3 ' in policy) else 'A'}]]"
+
+
+def verl_recipe(
+    tmp_path: Path, model: Path, server: FaultServer, *, environment: Path, max_steps: int = 4
+) -> str:
     path = tmp_path / "verl.yaml"
-    head = tiny_pipeline_yaml(tmp_path, model, name="verl-test", limit=3, rivals=(("rival", 0.7, 16),))
+    api = f"  api: {{kind: openai-compatible, base_url: '{server.openai_base_url}', max_retries: 0, timeout_s: 10}}\n"
+    head = tiny_pipeline_yaml(tmp_path, model, name="verl-test", limit=3, rivals=(("rival", 0.7, 16),),
+                              backends_extra=api)  # fmt: skip
     path.write_text(f"""\
 {head}ordering: {{}}
-reward: {{kind: pairwise, position: position-disadvantage}}
+reward: {{kind: pairwise, position: position-disadvantage, judge: {{backend: api, model: judge, mode: json}}}}
 curriculum: {{schedule: dynamic, promotion: any-win}}
 training:
   engine: verl
@@ -67,6 +79,12 @@ def _standin_tree() -> list[str]:
     return found
 
 
+@pytest.fixture
+def judge_server():
+    with FaultServer(reply_text=judge_reply) as server:
+        yield server
+
+
 @pytest.fixture(autouse=True)
 def _standin(monkeypatch):
     for key, value in STANDIN.items():
@@ -86,14 +104,14 @@ ENVIRONMENTS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_a_killed_verl_run_resumes_with_its_checkpoints_curriculum_and_its_tree_dies_with_it(
-    environment, tiny_model_dir, tmp_path, monkeypatch
+    environment, judge_server, tiny_model_dir, tmp_path, monkeypatch
 ):
     """The stage (in a process of its own) is SIGKILLed after checkpoint 2, during step 3: the
     driver, Ray's processes and the reward actor die with it. Run again, the stage resumes at
     step 2 with that checkpoint's curriculum, judges step 3 again, and records the run as the TRL
     engine does (metrics of both sources, judgments, history, snapshots, the registered model)."""
     environment = environment or verl_python().parents[1]
-    recipe_path = verl_recipe(tmp_path, tiny_model_dir, environment=environment, max_steps=4)
+    recipe_path = verl_recipe(tmp_path, tiny_model_dir, judge_server, environment=environment, max_steps=4)
     storage = open_storage(load_recipe(recipe_path).storage)
     monkeypatch.setenv(STEP_DELAY_ENV, "1.5")  # the first run's steps, so the kill lands mid-run
     first = start(recipe_path)  # the stage in a process of its own, SIGKILLed below
@@ -146,9 +164,11 @@ def test_a_killed_verl_run_resumes_with_its_checkpoints_curriculum_and_its_tree_
     history = _rows(storage, "SELECT step, instruction_id, rung_before, rung_after FROM curriculum_history "
                              "ORDER BY step, instruction_id")  # fmt: skip
     last: dict[str, int] = {}
-    for _, iid, before, after in history:  # one rung at most per step, each step from the last
+    for step, iid, before, after in history:  # one rung at most per step, each step from the last
         assert before == last.get(iid, 0) and after - before in (0, 1)
+        assert after == before or step in (1, 3)  # the judge's verdicts: wins on odd steps only
         last[iid] = after
+    assert any(after > before for _, _, before, after in history)
     # a snapshot with each checkpoint (steps 2 and 4), beside the initial one
     assert open_storage(load_recipe(recipe_path).storage).curriculum.snapshot_steps(curriculum_id) == [
         0,
@@ -167,9 +187,8 @@ def test_a_killed_verl_run_resumes_with_its_checkpoints_curriculum_and_its_tree_
     (run_id,) = _rows(
         storage, "SELECT stage_run_id FROM stage_runs WHERE stage = 'train' ORDER BY started_at DESC"
     )[0]
-    usage = _rows(
-        storage, "SELECT sum(requests), sum(cache_hits) FROM llm_usage WHERE stage_run_id = ?", (run_id,)
-    )
+    usage = _rows(storage, "SELECT sum(requests), sum(cache_hits) FROM llm_usage WHERE stage_run_id = ? "
+                           "AND backend = 'api'", (run_id,))  # fmt: skip
     assert usage[0][0] + usage[0][1] == 4 and usage[0][1] >= 2, usage
     # a clean exit leaves nothing behind either: the driver stopped its Ray session
     deadline = time.monotonic() + 60

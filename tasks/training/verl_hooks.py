@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 JUDGE_FAILED = "judge_failed"  # the per-sample extra info tasks/training/verl_reward.py returns
+CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's record of its newest checkpoint
 
 
 class JudgeStopError(RuntimeError):
@@ -114,7 +115,7 @@ class CurriculumHooks:
         from pathlib import Path
 
         step = self.global_steps - 1
-        tracker = Path(str(self.config.trainer.default_local_dir)) / "latest_checkpointed_iteration.txt"
+        tracker = Path(str(self.config.trainer.default_local_dir)) / CHECKPOINT_TRACKER
         if step <= 0 or (tracker.is_file() and tracker.read_text().strip() == str(step)):
             return
         self.global_steps = step

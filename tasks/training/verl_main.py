@@ -32,7 +32,6 @@ from typing import Any
 
 ENTRY_ENV = "WRL_VERL_ENTRY"
 DEFAULT_ENTRY = "tasks.training.verl_entry"
-TRACKER = "latest_checkpointed_iteration.txt"  # verl's record of its newest checkpoint
 RELAY_INTERVAL_S = 0.5
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,9 @@ logger = logging.getLogger(__name__)
 
 def newest_checkpoint(checkpoints: Path) -> tuple[int, Path] | None:
     """verl's newest checkpoint under `checkpoints`: (step, its global_step_N folder)."""
-    tracker = checkpoints / TRACKER
+    from tasks.training.verl_hooks import CHECKPOINT_TRACKER
+
+    tracker = checkpoints / CHECKPOINT_TRACKER
     if not tracker.is_file():
         return None
     step = int(tracker.read_text().strip())
@@ -97,7 +98,7 @@ def main(spec_path: str) -> int:
     spec = LaunchSpec.read(Path(spec_path))
     entry = importlib.import_module(os.environ.get(ENTRY_ENV) or DEFAULT_ENTRY)
     config = entry.start(override_args(spec.verl_overrides))
-    code = 0
+    code, actor = 0, None
     try:
         actor = start_reward_actor(Path(spec_path), spec.stage_run_id)
         relay = EventRelay(actor)
@@ -118,10 +119,10 @@ def main(spec_path: str) -> int:
                 raise RuntimeError(f"{spec.checkpoint_dir}: verl finished without a checkpoint to export")
             export(entry, found[1], Path(spec.model_dir))
             emit("done", final_step=found[0], resumed_from=ray.get(actor.resumed_from.remote()))
-        finally:
+    finally:
+        if actor is not None:  # the judge's calls, for the stage run's meter
             spec.usage_file.write_text(json.dumps(ray.get(actor.usage.remote())))
             ray.get(actor.close.remote())
-    finally:
         ray.shutdown()
     return code
 

@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 import ray
 import yaml
 
+from tasks.training.verl_hooks import CHECKPOINT_TRACKER as TRACKER
+
 STEP_DELAY_ENV = "WRL_STANDIN_STEP_DELAY_S"  # seconds per step, so a drill can kill mid-run
-TRACKER = "latest_checkpointed_iteration.txt"
 
 
 class Node(dict):

@@ -387,3 +387,15 @@ def test_the_driver_trains_with_verls_own_sync_trainer_under_the_writing_rl_mixi
     done = subprocess.run([str(verl_python()), "-c", ENTRY_CHECK], capture_output=True, text=True, cwd=PROJECT_ROOT,
                           env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, timeout=300)  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_a_missing_verl_environment_is_refused_by_name(tmp_path):
+    from tasks.training.verl_launch import verl_python
+
+    with pytest.raises(
+        ConfigError, match=r"training\.verl\.environment: .*nope/bin/python does not exist.*make verl"
+    ):
+        verl_python(tmp_path / "nope")
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    (tmp_path / "env" / "bin" / "python").write_text("")
+    assert verl_python(tmp_path / "env") == tmp_path / "env" / "bin" / "python"

@@ -44,7 +44,7 @@ from tasks.training.checkpoints import training_run_paths
 from tasks.training.data import training_items
 from tasks.training.launch import LaunchSpec, TrainerFailedError, run_trainer
 from tasks.training.report import RUNG_COUNT_PREFIX
-from tasks.training.verl_launch import run_verl_trainer, verl_spec
+from tasks.training.verl_launch import run_verl_trainer, verl_python, verl_spec
 
 # How many ranks train is not part of a run's identity: a run killed on 8 GPUs resumes on 4 (or a
 # CPU run on 1 rank on 2), its curriculum exactly as checkpointed. The engine (`distributed`,
@@ -100,6 +100,8 @@ def compute(ctx: StageContext) -> StageOutput:
             f"recipe '{recipe.name}': reward judge prompt_version '{judge.prompt_version}' is not a pairwise "
             f"judge prompt (registered: {', '.join(sorted(PAIRWISE_PROMPTS))})"
         )
+    if recipe.training.engine == "verl":  # its environment, before anything is written
+        verl_python(recipe.training.verl_settings.environment)
     ladders, instructions = ctx.read("ladders"), ctx.read("instructions")  # read once, both splits
     items = training_items(ladders, instructions)
     if not items:

@@ -38,10 +38,17 @@ def judge_reply(body: dict) -> str:
 
 
 def verl_recipe(
-    tmp_path: Path, model: Path, server: FaultServer, *, environment: Path, max_steps: int = 4
+    tmp_path: Path,
+    model: Path,
+    server: FaultServer,
+    *,
+    environment: Path,
+    max_steps: int = 4,
+    breaker: int = 25,
 ) -> str:
     path = tmp_path / "verl.yaml"
-    api = f"  api: {{kind: openai-compatible, base_url: '{server.openai_base_url}', max_retries: 0, timeout_s: 10}}\n"
+    api = (f"  api: {{kind: openai-compatible, base_url: '{server.openai_base_url}', max_retries: 0, timeout_s: 10, "
+           f"max_consecutive_failures: {breaker}}}\n")  # fmt: skip
     head = tiny_pipeline_yaml(tmp_path, model, name="verl-test", limit=3, rivals=(("rival", 0.7, 16),),
                               backends_extra=api)  # fmt: skip
     path.write_text(f"""\
@@ -191,6 +198,38 @@ def test_a_killed_verl_run_resumes_with_its_checkpoints_curriculum_and_its_tree_
                            "AND backend = 'api'", (run_id,))  # fmt: skip
     assert usage[0][0] + usage[0][1] == 4 and usage[0][1] >= 2, usage
     # a clean exit leaves nothing behind either: the driver stopped its Ray session
+    deadline = time.monotonic() + 60
+    while leftover := _standin_tree():
+        assert time.monotonic() < deadline, f"left running after the run ended: {leftover}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_judge_that_stops_answering_stops_the_verl_run_with_a_checkpoint_of_the_last_finished_step(
+    tiny_model_dir, tmp_path
+):
+    """The judge's endpoint fails every call from step 2 on (its breaker opens at the first): no
+    update for step 2; step 1, the last finished step, is checkpointed with its curriculum snapshot;
+    the driver exits with the judge-failed code, and the stage fails saying why. Nothing is left
+    running."""
+    from tasks.training.launch import TrainerFailedError
+    from tests.support.fault_server import Fault
+    from tests.support.train_worker import run_curation, run_train
+
+    with FaultServer(reply_text=judge_reply, triggers={"step 2 ": Fault("500")}) as server:
+        recipe = load_recipe(verl_recipe(tmp_path, tiny_model_dir, server, environment=Path(sys.prefix),
+                                         max_steps=3, breaker=1))  # fmt: skip
+        storage = open_storage(recipe.storage)
+        inputs = run_curation(recipe)
+        with pytest.raises(TrainerFailedError, match=r"^train: the judge stopped answering") as failed:
+            run_train(recipe, inputs)
+    assert "the verl trainer exited with code 3" in str(failed.value)  # the judge-failed exit
+    (curriculum_id,) = _rows(storage, "SELECT curriculum_id FROM curricula")[0]
+    assert storage.curriculum.snapshot_steps(curriculum_id) == [0, 1]
+    checkpoints = next(Path(recipe.storage.root, "training").glob("*/checkpoints"))
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text() == "1"
+    assert [s for (s,) in _rows(storage, "SELECT DISTINCT step FROM curriculum_history ORDER BY step")] == [1]
+    assert _rows(storage, "SELECT status FROM stage_runs WHERE stage = 'train'") == [("failed",)]
     deadline = time.monotonic() + 60
     while leftover := _standin_tree():
         assert time.monotonic() < deadline, f"left running after the run ended: {leftover}"

@@ -6,7 +6,8 @@ verl's trainer. Everything around the trainer is the real one: the stage, the dr
 several reward-worker processes, and the Writing-RL mixin (`CurriculumHooks`) on a trainer that
 keeps verl 0.9.1's v1 order (trainer_base.py: `init` loads the newest checkpoint named by
 latest_checkpointed_iteration.txt; each step `on_step_begin`, rollouts and rewards,
-`_compute_advantage`, `_save_checkpoint` when due, `on_step_end`, `_compute_metrics`).
+`_compute_advantage`, `_save_checkpoint` when due, `on_step_end`, `_compute_metrics`), and, like
+verl's v1 agent loop, goes on with the step when a compute_score call raises.
 
 What it does not do is learn: its "policy" writes a fixed text per step and rollout, and a
 checkpoint's model is the starting model copied. The configuration comes from the generated
@@ -122,9 +123,16 @@ class StandInTrainer:
         rollouts = [(row["data_source"], f"step {self.global_steps} rollout {k}: {row['extra_info']['instruction_id']}",
                      row["extra_info"]) for row in batch for k in range(n)]  # fmt: skip
         workers = min(self.config.reward.num_workers, 2)
-        scores = ray.get([reward_worker.remote(self.config, rollouts[w::workers]) for w in range(workers)])
-        replies = [r for chunk in scores for r in chunk]
-        metrics["critic/score/mean"] = sum(r["score"] for r in replies) / len(replies)
+        replies = []
+        for chunk in [reward_worker.remote(self.config, rollouts[w::workers]) for w in range(workers)]:
+            try:
+                replies += ray.get(chunk)
+            except ray.exceptions.RayTaskError:  # verl's v1 agent loop logs a raising compute_score,
+                metrics["stand_in/failed_groups"] = (
+                    metrics.get("stand_in/failed_groups", 0) + 1
+                )  # pads the group
+        if replies:
+            metrics["critic/score/mean"] = sum(r["score"] for r in replies) / len(replies)
         time.sleep(float(os.environ.get(STEP_DELAY_ENV, "0")))
         self._compute_advantage(None, metrics)
 

@@ -66,13 +66,7 @@ class RankReward:
         """Put the curriculum where the run starts: at `checkpoint_step`'s snapshot when resuming;
         at the initial state (snapshot 0) when a killed run left steps but no checkpoint."""
         if self.owner is not None:
-            store, curriculum_id = self.owner.store, self.owner.curriculum_id
-            if checkpoint_step is not None:
-                self.owner.restore(checkpoint_step)
-                forget_after(checkpoint_step)
-            elif store.last_step(curriculum_id) is not None:
-                self.owner.restore(0)
-                forget_after(0)
+            self.owner.resume(checkpoint_step, forget_after)
         self._sync_rungs()
 
     def finish_step(self, step: int) -> tuple[list[RolloutReward], list[Any]]:

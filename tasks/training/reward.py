@@ -44,7 +44,7 @@ import statistics
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -167,6 +167,21 @@ class WritingRLReward:
         with self._lock:
             self._rungs, self._topped = dict(state), topped
         return state
+
+    def resume(self, checkpoint_step: int | None, forget_after: Callable[[int], None] | None = None) -> None:
+        """Where a run starts, for either engine: `checkpoint_step`'s snapshot when resuming, the
+        initial state when a killed run left steps but no checkpoint. `forget_after` takes the
+        later steps out of the training log: they are trained and judged again (the judge's
+        answers come back from the response cache)."""
+        if checkpoint_step is not None:
+            start = checkpoint_step
+        elif self.store.last_step(self.curriculum_id) is not None:
+            start = 0
+        else:
+            return
+        self.restore(start)
+        if forget_after is not None:
+            forget_after(start)
 
     def _group_siblings(self, rollouts: Sequence[Rollout]) -> dict[int, Rollout]:
         """curriculum.top 'group': sample index -> the rollout it is judged against (the next of its

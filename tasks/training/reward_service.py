@@ -124,20 +124,8 @@ class RewardService:
         self.events: list[dict[str, Any]] = []
 
     def start(self, checkpoint_step: int | None) -> dict[str, int]:
-        """Where the run starts (the TRL engine's `RankReward.start`): `checkpoint_step`'s snapshot
-        when resuming, the initial state when a killed run left steps but no checkpoint. Steps
-        after the start leave the training log: they are trained and judged again (the judge's
-        answers come back from the response cache)."""
-        store, curriculum_id = self.reward.store, self.reward.curriculum_id
-        start = (
-            checkpoint_step
-            if checkpoint_step
-            else (0 if store.last_step(curriculum_id) is not None else None)
-        )
-        if start is not None:
-            self.reward.restore(start)
-            if self.forget_after is not None:
-                self.forget_after(start)
+        """Where the run starts (`WritingRLReward.resume`, as the TRL engine's rank 0 does)."""
+        self.reward.resume(checkpoint_step or None, self.forget_after)
         self.resumed_from = checkpoint_step or None
         return self.reward.current_rungs()
 

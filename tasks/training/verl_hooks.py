@@ -38,10 +38,21 @@ pure parts are tested in this project's environment.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 JUDGE_FAILED = "judge_failed"  # the per-sample extra info tasks/training/verl_reward.py returns
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's record of its newest checkpoint
+
+
+def newest_checkpoint(checkpoints: Path) -> tuple[int, Path] | None:
+    """verl's newest checkpoint under `checkpoints` (trainer.default_local_dir), as its tracker
+    names it: (step, its global_step_N folder); None before the first."""
+    tracker = Path(checkpoints) / CHECKPOINT_TRACKER
+    if not tracker.is_file():
+        return None
+    step = int(tracker.read_text().strip())
+    return step, Path(checkpoints) / f"global_step_{step}"
 
 
 class JudgeStopError(RuntimeError):
@@ -112,11 +123,9 @@ class CurriculumHooks:
         """Step s's rewards failed before any of its updates: the weights are step s - 1's, so a
         checkpoint of s - 1 (and its snapshot) loses no finished step. verl's dataloader has
         already drawn step s's batch: the resumed run trains on the next one."""
-        from pathlib import Path
-
         step = self.global_steps - 1
-        tracker = Path(str(self.config.trainer.default_local_dir)) / CHECKPOINT_TRACKER
-        if step <= 0 or (tracker.is_file() and tracker.read_text().strip() == str(step)):
+        newest = newest_checkpoint(Path(str(self.config.trainer.default_local_dir)))
+        if step <= 0 or (newest is not None and newest[0] == step):
             return
         self.global_steps = step
         try:
@@ -195,6 +204,11 @@ def group_mean_scores(rm_scores: Any, uids: list[Any], failed: list[bool]) -> An
     return torch.nested.as_nested_tensor(out, layout=torch.jagged)
 
 
+def _listed(values: Any) -> list[Any]:
+    """A transfer-queue field of non-tensor values (tensordict's NonTensorStack) as a list."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
 class JudgeFailureMasking:
     """Mixed in before verl's trainer class: a failed judgment's rollout leaves the update."""
 
@@ -206,15 +220,12 @@ class JudgeFailureMasking:
 
         fields = ["uid", "response_mask", "rm_scores", "extra_fields"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        extra = data["extra_fields"]
-        failed = failed_rows(extra.tolist() if hasattr(extra, "tolist") else list(extra))
+        failed = failed_rows(_listed(data["extra_fields"]))
         metrics["judge/masked_rollouts"] = float(sum(failed))
         if any(failed):
             update = {"response_mask": mask_rows(data["response_mask"], failed)}
             if self.config.algorithm.adv_estimator == "grpo":
-                uid = data["uid"]
-                uids = uid.tolist() if hasattr(uid, "tolist") else list(uid)
-                update["rm_scores"] = group_mean_scores(data["rm_scores"], uids, failed)
+                update["rm_scores"] = group_mean_scores(data["rm_scores"], _listed(data["uid"]), failed)
             tq.kv_batch_put(
                 keys=batch.keys,
                 partition_id=batch.partition_id,

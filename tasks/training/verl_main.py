@@ -37,17 +37,6 @@ RELAY_INTERVAL_S = 0.5
 logger = logging.getLogger(__name__)
 
 
-def newest_checkpoint(checkpoints: Path) -> tuple[int, Path] | None:
-    """verl's newest checkpoint under `checkpoints`: (step, its global_step_N folder)."""
-    from tasks.training.verl_hooks import CHECKPOINT_TRACKER
-
-    tracker = checkpoints / CHECKPOINT_TRACKER
-    if not tracker.is_file():
-        return None
-    step = int(tracker.read_text().strip())
-    return step, checkpoints / f"global_step_{step}"
-
-
 class EventRelay(threading.Thread):
     """Polls the reward actor for new events and prints them for the stage, until stopped (and
     once more then, so the last step's event is never lost)."""
@@ -93,6 +82,7 @@ def main(spec_path: str) -> int:
     from tasks.training.launch import LaunchSpec, emit
     from tasks.training.reward_service import start_reward_actor
     from tasks.training.verl_config import override_args
+    from tasks.training.verl_hooks import newest_checkpoint
     from tasks.training.worker import BUDGET_EXIT, JUDGE_FAILED_EXIT
 
     spec = LaunchSpec.read(Path(spec_path))

@@ -29,6 +29,7 @@ import ray
 import yaml
 
 from tasks.training.verl_hooks import CHECKPOINT_TRACKER as TRACKER
+from tasks.training.verl_hooks import newest_checkpoint
 
 STEP_DELAY_ENV = "WRL_STANDIN_STEP_DELAY_S"  # seconds per step, so a drill can kill mid-run
 
@@ -98,9 +99,9 @@ class StandInTrainer:
 
     def _load_checkpoint(self) -> None:
         self.global_steps = 0
-        tracker = Path(self.config.trainer.default_local_dir) / TRACKER
-        if self.config.trainer.resume_mode == "auto" and tracker.is_file():
-            self.global_steps = int(tracker.read_text().strip())
+        newest = newest_checkpoint(Path(self.config.trainer.default_local_dir))
+        if self.config.trainer.resume_mode == "auto" and newest is not None:
+            self.global_steps = newest[0]
 
     def fit(self) -> None:
         trainer = self.config.trainer
